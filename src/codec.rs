@@ -1,0 +1,321 @@
+//! The RFC 6455 frame codec, over buffers we own.
+//!
+//! fastwebsockets' `read_frame` copies every payload into a fresh buffer, so
+//! the engine parses client frame headers itself and uses fastwebsockets'
+//! types (`OpCode`, `Frame::fmt_head`, `CloseCode`) and its SIMD `unmask` on
+//! the memory the kernel filled. A masked client header is always 4 bytes
+//! longer than the unmasked server header for the same payload, so the echo's
+//! header is written over the tail of the client's header, right before the
+//! payload, and header and payload leave from that same memory.
+
+use std::ops::Range;
+
+use fastwebsockets::{CloseCode, Frame, OpCode, Payload};
+
+/// Longest client frame header: 2 bytes, 8 of extended length, 4 of mask.
+pub const MAX_CLIENT_HEADER: usize = 14;
+/// Longest server frame header (no mask).
+pub const MAX_SERVER_HEADER: usize = 10;
+/// RFC 6455 §5.5: control frame payloads are at most 125 bytes.
+pub const MAX_CONTROL_PAYLOAD: u64 = 125;
+
+/// A parsed client frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub fin: bool,
+    pub opcode: OpCode,
+    pub mask: [u8; 4],
+    /// Bytes of header, mask included: where the payload starts.
+    pub len: usize,
+    pub payload_len: u64,
+}
+
+impl Header {
+    pub fn frame_len(&self) -> u64 {
+        self.len as u64 + self.payload_len
+    }
+
+    pub fn is_control(&self) -> bool {
+        is_control(self.opcode)
+    }
+}
+
+/// Why a connection must be failed, and with which close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// 1002: the peer broke the framing rules.
+    Protocol(&'static str),
+    /// 1007: a text message or close reason that is not UTF-8.
+    InvalidUtf8,
+    /// 1009: a message over --max-message-size.
+    TooBig,
+}
+
+impl Violation {
+    pub fn close_code(self) -> u16 {
+        match self {
+            Violation::Protocol(_) => 1002,
+            Violation::InvalidUtf8 => 1007,
+            Violation::TooBig => 1009,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Violation::Protocol(why) => why,
+            Violation::InvalidUtf8 => "invalid UTF-8",
+            Violation::TooBig => "message too big",
+        }
+    }
+}
+
+/// Parses a client frame header at the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed. `max_payload` is checked as
+/// soon as the length is known, before anything of that size is allocated.
+pub fn parse_header(buf: &[u8], max_payload: u64) -> Result<Option<Header>, Violation> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        return Err(Violation::Protocol(
+            "reserved bits set without an extension",
+        ));
+    }
+    let opcode = OpCode::try_from(b0 & 0x0F).map_err(|_| Violation::Protocol("unknown opcode"))?;
+    let fin = b0 & 0x80 != 0;
+    if b1 & 0x80 == 0 {
+        return Err(Violation::Protocol("client frame not masked"));
+    }
+    let short = (b1 & 0x7F) as u64;
+    let control = is_control(opcode);
+    if control && !fin {
+        return Err(Violation::Protocol("fragmented control frame"));
+    }
+    if control && short > MAX_CONTROL_PAYLOAD {
+        return Err(Violation::Protocol("control frame over 125 bytes"));
+    }
+    let (extra, payload_len) = match short {
+        126 => match buf.get(2..4) {
+            Some(b) => (2, u16::from_be_bytes([b[0], b[1]]) as u64),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let n = u64::from_be_bytes(b.try_into().expect("8 bytes"));
+                if n >> 63 != 0 {
+                    return Err(Violation::Protocol("frame length has its top bit set"));
+                }
+                (8, n)
+            }
+            None => return Ok(None),
+        },
+        n => (0, n),
+    };
+    if payload_len > max_payload {
+        return Err(Violation::TooBig);
+    }
+    let len = 2 + extra + 4;
+    let Some(mask) = buf.get(len - 4..len) else {
+        return Ok(None);
+    };
+    Ok(Some(Header {
+        fin,
+        opcode,
+        mask: mask.try_into().expect("4 bytes"),
+        len,
+        payload_len,
+    }))
+}
+
+fn is_control(opcode: OpCode) -> bool {
+    matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong)
+}
+
+/// Length of an unmasked server header for `payload_len` bytes.
+pub fn server_header_len(payload_len: usize) -> usize {
+    match payload_len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    }
+}
+
+/// Writes a final, unmasked server header for the payload at `payload` just
+/// before it in `buf`, and returns the range of the whole frame. The caller
+/// guarantees room: the client's header, 4 bytes longer, was there.
+pub fn write_header_before(buf: &mut [u8], payload: Range<usize>, opcode: OpCode) -> Range<usize> {
+    let start = payload.start - server_header_len(payload.len());
+    let (head, body) = buf.split_at_mut(payload.start);
+    let body = &body[..payload.len()];
+    Frame::new(true, opcode, None, Payload::Borrowed(body)).fmt_head(&mut head[start..]);
+    start..payload.end
+}
+
+/// Unmasks `payload`, whose first byte sits at offset `offset` of its frame's
+/// payload (frames longer than a receive buffer are unmasked in pieces).
+pub fn unmask_at(payload: &mut [u8], mask: [u8; 4], offset: u64) {
+    let r = (offset % 4) as usize;
+    let rotated = [
+        mask[r],
+        mask[(r + 1) % 4],
+        mask[(r + 2) % 4],
+        mask[(r + 3) % 4],
+    ];
+    fastwebsockets::unmask(payload, rotated);
+}
+
+/// An unmasked server frame in a new buffer (pings, closes: the cold path).
+pub fn encode(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAX_SERVER_HEADER + payload.len());
+    let len = Frame::new(true, opcode, None, Payload::Borrowed(payload))
+        .write(&mut out)
+        .len();
+    // `write` sizes the buffer for the longest header; keep only the frame.
+    out.truncate(len);
+    out
+}
+
+/// A close frame with `code` and a short reason.
+pub fn encode_close(code: u16, reason: &str) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason.as_bytes());
+    encode(OpCode::Close, &payload)
+}
+
+/// Reads the status code of an (unmasked) close payload, checking it as
+/// RFC 6455 §5.5.1 and §7.4 require. `None`: the client sent no code.
+pub fn parse_close(payload: &[u8]) -> Result<Option<u16>, Violation> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(Violation::Protocol("close payload of one byte")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !CloseCode::from(code).is_allowed() {
+                return Err(Violation::Protocol("invalid close code"));
+            }
+            if !is_utf8(reason) {
+                return Err(Violation::InvalidUtf8);
+            }
+            Ok(Some(code))
+        }
+    }
+}
+
+pub fn is_utf8(bytes: &[u8]) -> bool {
+    Frame::text(Payload::Borrowed(bytes)).is_utf8()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame, as a client library would write it.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut out = vec![(fin as u8) << 7 | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[test]
+    fn echo_header_fits_in_front_of_the_payload_for_every_length_class() {
+        for len in [0usize, 1, 125, 126, 65535, 65536, 70000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut buf = client_frame(true, 2, &payload, [1, 2, 3, 4]);
+            let h = parse_header(&buf, u64::MAX).unwrap().unwrap();
+            assert_eq!(h.payload_len as usize, len);
+            let body = h.len..h.len + len;
+            unmask_at(&mut buf[body.clone()], h.mask, 0);
+            let frame = write_header_before(&mut buf, body, OpCode::Binary);
+            assert_eq!(
+                frame.start, 4,
+                "server header ends where the payload starts"
+            );
+            let expected = encode(OpCode::Binary, &payload);
+            assert_eq!(&buf[frame], &expected[..]);
+        }
+    }
+
+    #[test]
+    fn headers_split_anywhere_ask_for_more() {
+        let buf = client_frame(true, 1, &[b'x'; 300], [9, 8, 7, 6]);
+        for cut in 0..8 {
+            assert_eq!(
+                parse_header(&buf[..cut], u64::MAX),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+        assert!(parse_header(&buf[..8], u64::MAX).unwrap().is_some());
+    }
+
+    #[test]
+    fn unmasking_in_pieces_equals_unmasking_whole() {
+        let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let frame = client_frame(true, 2, &payload, [0xA1, 0xB2, 0xC3, 0xD4]);
+        let mut body = frame[8..].to_vec();
+        let mask = [0xA1, 0xB2, 0xC3, 0xD4];
+        let (a, rest) = body.split_at_mut(333);
+        unmask_at(a, mask, 0);
+        let (b, c) = rest.split_at_mut(2);
+        unmask_at(b, mask, 333);
+        unmask_at(c, mask, 335);
+        assert_eq!(body, payload);
+    }
+
+    #[test]
+    fn violations_carry_the_rfc_close_codes() {
+        let m = [1, 2, 3, 4];
+        let mut rsv = client_frame(true, 2, b"a", m);
+        rsv[0] |= 0x40;
+        assert_eq!(parse_header(&rsv, 100).unwrap_err().close_code(), 1002);
+        let unknown = client_frame(true, 3, b"a", m);
+        assert_eq!(parse_header(&unknown, 100).unwrap_err().close_code(), 1002);
+        let mut unmasked = client_frame(true, 2, b"a", m);
+        unmasked[1] &= 0x7F;
+        assert_eq!(parse_header(&unmasked, 100).unwrap_err().close_code(), 1002);
+        let fragmented_ping = client_frame(false, 9, b"a", m);
+        assert_eq!(
+            parse_header(&fragmented_ping, 100)
+                .unwrap_err()
+                .close_code(),
+            1002
+        );
+        let big_ping = client_frame(true, 9, &[0; 126], m);
+        assert_eq!(
+            parse_header(&big_ping, 1000).unwrap_err().close_code(),
+            1002
+        );
+        let big = client_frame(true, 2, &[0; 101], m);
+        assert_eq!(parse_header(&big, 100), Err(Violation::TooBig));
+        // The size check needs only the length bytes, not the payload.
+        assert_eq!(parse_header(&big[..2], 100), Err(Violation::TooBig));
+    }
+
+    #[test]
+    fn close_payloads_are_checked() {
+        assert_eq!(parse_close(&[]), Ok(None));
+        assert_eq!(parse_close(&[3]).unwrap_err().close_code(), 1002);
+        assert_eq!(parse_close(&1000u16.to_be_bytes()), Ok(Some(1000)));
+        assert_eq!(parse_close(&4999u16.to_be_bytes()), Ok(Some(4999)));
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            assert!(parse_close(&bad.to_be_bytes()).is_err(), "{bad}");
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(&[0xff, 0xfe]);
+        assert_eq!(parse_close(&bad_reason), Err(Violation::InvalidUtf8));
+    }
+}

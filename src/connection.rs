@@ -1,0 +1,219 @@
+//! A connection's HTTP phase: hyper serves HTTP/1.1 until a valid WebSocket
+//! upgrade, then the socket is taken back and handed to the echo session on
+//! the worker's backend.
+//!
+//! hyper runs here on tokio's socket type (it needs AsyncRead/AsyncWrite);
+//! this is the cold path. `without_shutdown` returns the socket and any bytes
+//! read past the upgrade request, so nothing the client pipelined is lost.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::ready;
+use std::rc::Rc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha1::{Digest, Sha1};
+use tokio::net::TcpStream;
+
+use crate::driver::uring::UringStream;
+use crate::options::Backend;
+use crate::runtime::Worker;
+use crate::session;
+
+type Reply = Response<Full<Bytes>>;
+
+const PAGE: &str = include_str!("page.html");
+
+/// Serves one accepted connection until it closes, on the accepting core.
+pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
+    let stats = worker.stats();
+    stats.accepted.add(1);
+    stats.open_connections.add(1);
+    let _ = stream.set_nodelay(true);
+    let upgraded = Rc::new(Cell::new(false));
+    let service = {
+        let worker = worker.clone();
+        let upgraded = upgraded.clone();
+        hyper::service::service_fn(move |request| {
+            ready(Ok::<_, Infallible>(respond(&worker, &upgraded, request)))
+        })
+    };
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(worker.options.handshake_timeout())
+        .serve_connection(TokioIo::new(stream), service)
+        .without_shutdown();
+    let mut shutdown = worker.shutdown.listen();
+    // A connection still in its HTTP phase at shutdown is simply closed.
+    let parts = tokio::select! {
+        parts = http => parts.ok(),
+        () = &mut shutdown => None,
+    };
+    if let (Some(parts), true) = (parts, upgraded.get()) {
+        let stream = parts.io.into_inner();
+        let options = &worker.options;
+        match worker.backend {
+            Backend::Epoll => session::run(stream, &parts.read_buf, options, stats, shutdown).await,
+            Backend::TokioUring => match UringStream::from_tokio(stream) {
+                Ok(stream) => session::run(stream, &parts.read_buf, options, stats, shutdown).await,
+                Err(e) => tracing::warn!("could not hand the socket to io_uring: {e}"),
+            },
+        }
+    }
+    stats.open_connections.sub(1);
+}
+
+fn respond(worker: &Worker, upgraded: &Cell<bool>, request: Request<Incoming>) -> Reply {
+    let path = request.uri().path();
+    let wants_websocket = header_has_token(request.headers(), header::UPGRADE, "websocket");
+    let options = &worker.options;
+    if path == options.ws_path || (path == "/" && wants_websocket) {
+        if wants_websocket {
+            return handshake(worker, upgraded, &request);
+        }
+        if path != "/" {
+            worker.stats().bad_requests.add(1);
+            return text(
+                StatusCode::BAD_REQUEST,
+                "this is a WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket)\n",
+            );
+        }
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");
+    }
+    match path {
+        "/" => with_type(StatusCode::OK, PAGE.into(), "text/html; charset=utf-8"),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/stats" => with_type(
+            StatusCode::OK,
+            worker.engine.stats_json().into(),
+            "application/json",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Checks an upgrade request as RFC 6455 §4.2.1 asks, then the Origin.
+fn handshake(worker: &Worker, upgraded: &Cell<bool>, request: &Request<Incoming>) -> Reply {
+    let headers = request.headers();
+    let stats = worker.stats();
+    let refuse = |status: StatusCode, why: &str| {
+        stats.bad_requests.add(1);
+        text(status, &format!("{why}\n"))
+    };
+    if request.method() != Method::GET {
+        return refuse(StatusCode::BAD_REQUEST, "a WebSocket upgrade must use GET");
+    }
+    if request.version() != Version::HTTP_11 {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade needs HTTP/1.1",
+        );
+    }
+    if !header_has_token(headers, header::CONNECTION, "upgrade") {
+        return refuse(StatusCode::BAD_REQUEST, "missing 'Connection: Upgrade'");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut reply = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "only WebSocket version 13 is supported",
+        );
+        reply.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return reply;
+    }
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| is_valid_key(k.as_bytes()))
+    else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "missing or malformed Sec-WebSocket-Key",
+        );
+    };
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or("\u{fffd}"));
+    if !worker.options.origin_allowed(origin) {
+        stats.origins_refused.add(1);
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    upgraded.set(true);
+    // No Sec-WebSocket-Extensions in the answer: permessage-deflate offers
+    // (every Chromium makes one) are declined by leaving it out.
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept_key(key.as_bytes()))
+        .body(Full::default())
+        .expect("a valid response")
+}
+
+/// Sec-WebSocket-Accept: base64(SHA-1(key + the RFC's GUID)).
+fn accept_key(key: &[u8]) -> String {
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+}
+
+/// A key must be the base64 of 16 bytes.
+fn is_valid_key(key: &[u8]) -> bool {
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|k| k.len() == 16)
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+fn text(status: StatusCode, body: &str) -> Reply {
+    with_type(
+        status,
+        Bytes::copy_from_slice(body.as_bytes()),
+        "text/plain; charset=utf-8",
+    )
+}
+
+fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Reply {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(body))
+        .expect("a valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_valid_key(b"c2hvcnQ="));
+    }
+}

@@ -1,0 +1,15 @@
+//! ringecho: a thread-per-core io_uring WebSocket echo engine.
+//!
+//! Data flows one way: [`runtime`] starts a worker per core and accepts;
+//! [`connection`] serves HTTP until the upgrade; [`session`] runs the echo
+//! over a backend's [`driver`], framing with [`codec`]; every layer counts in
+//! [`stats`]; [`options`] defines and checks the configuration.
+
+pub mod codec;
+pub mod connection;
+pub mod driver;
+pub mod options;
+pub mod runtime;
+pub mod session;
+pub mod shutdown;
+pub mod stats;

@@ -1,0 +1,213 @@
+//! Every engine option, its default and its check: the one place where the
+//! command line is defined. Other modules receive a validated [`Options`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+/// The smallest receive buffer we accept: a control frame (14-byte header and
+/// up to 125 bytes of payload) must always fit in one buffer, so that control
+/// frames are answered in place without an assembly buffer.
+pub const MIN_RECEIVE_BUFFER: usize = 256;
+/// The largest receive buffer: beyond this, per-connection memory dominates
+/// any gain from fewer reads.
+pub const MAX_RECEIVE_BUFFER: usize = 64 << 20;
+
+#[derive(Parser, Debug, Clone, Serialize)]
+#[command(
+    name = "ringecho",
+    version,
+    about = "A thread-per-core io_uring WebSocket echo engine for benchmarking",
+    long_about = "A thread-per-core io_uring WebSocket echo engine for benchmarking.\n\n\
+        One worker per core, each pinned, each with its own reactor and its own SO_REUSEPORT \
+        listener. GET /ws (and an upgrade at /) echoes every message with its type; GET / \
+        serves a test page, GET /stats the per-core counters as JSON, GET /healthz answers 200.\n\n\
+        Logging follows RUST_LOG (default: info)."
+)]
+pub struct Options {
+    /// Address to listen on. Port 0 picks a free port; the address actually
+    /// bound is printed on the first line of output.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Worker threads, each with its own reactor and listener.
+    /// [default: the number of cores this process may run on]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+
+    /// Do not pin each worker thread to its own core.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// I/O backend. `auto` uses io_uring when the kernel allows it and falls
+    /// back to epoll with a warning otherwise.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Path of the WebSocket echo endpoint (an upgrade request at / is echoed too).
+    #[arg(long, value_name = "PATH", default_value = "/ws", value_parser = parse_path)]
+    pub ws_path: String,
+
+    /// Seconds between the ping frames sent to every connection so that
+    /// proxies keep it open (ASP.NET Core's KeepAliveInterval); 0 disables.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub keep_alive_interval: u64,
+
+    /// Size in bytes of each receive buffer handed to the kernel (ASP.NET
+    /// Core's ReceiveBufferSize). A message that fits is echoed from that
+    /// buffer without a copy; larger messages are assembled.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096, value_parser = parse_receive_buffer_size)]
+    pub receive_buffer_size: usize,
+
+    /// Origin allowed to open a WebSocket (repeatable). Requests whose Origin
+    /// header is not listed get 403; requests without Origin are allowed.
+    /// Origin is not authentication. [default: every origin]
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+
+    /// Close a connection from which nothing has arrived for this many
+    /// seconds (close 1001, then TCP close); 0 disables.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub client_timeout: u64,
+
+    /// Largest message accepted, in bytes; larger ones are refused with close 1009.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = parse_max_message_size)]
+    pub max_message_size: usize,
+
+    /// Seconds to wait on SIGINT/SIGTERM for clients to answer close 1001
+    /// before exiting.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub shutdown_timeout: u64,
+
+    /// Seconds a client has to send complete HTTP request headers.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout: u64,
+}
+
+/// The backend named on the command line; [`Backend`] is what runs.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    Auto,
+    TokioUring,
+    Epoll,
+}
+
+/// The backend in force after `auto` has been resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    TokioUring,
+    Epoll,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::TokioUring => "tokio-uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+impl Options {
+    pub fn keep_alive(&self) -> Option<Duration> {
+        (self.keep_alive_interval > 0).then(|| Duration::from_secs(self.keep_alive_interval))
+    }
+
+    pub fn client_timeout(&self) -> Option<Duration> {
+        (self.client_timeout > 0).then(|| Duration::from_secs(self.client_timeout))
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout)
+    }
+
+    /// Whether a WebSocket request carrying this Origin header may upgrade.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(_) if self.allowed_origins.is_empty() => true,
+            Some(origin) => {
+                let origin = origin.trim_end_matches('/');
+                self.allowed_origins
+                    .iter()
+                    .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
+            }
+        }
+    }
+}
+
+fn parse_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.contains(['?', '#', ' ']) {
+        Ok(s.to_string())
+    } else {
+        Err("must be a path starting with '/', without query or spaces (e.g. /ws)".into())
+    }
+}
+
+fn parse_receive_buffer_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if (MIN_RECEIVE_BUFFER..=MAX_RECEIVE_BUFFER).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "must be between {MIN_RECEIVE_BUFFER} and {MAX_RECEIVE_BUFFER} bytes (a control frame must fit in one buffer)"
+        ))
+    }
+}
+
+fn parse_max_message_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if n >= 125 {
+        Ok(n)
+    } else {
+        Err("must be at least 125 bytes".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("ringecho").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_follow_the_aspnet_middleware() {
+        let o = parse(&[]).unwrap();
+        assert_eq!(o.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(o.keep_alive(), Some(Duration::from_secs(120)));
+        assert_eq!(o.receive_buffer_size, 4096);
+        assert!(o.allowed_origins.is_empty());
+        assert_eq!(o.client_timeout(), None);
+        assert_eq!(o.max_message_size, 64 << 20);
+        assert_eq!(o.backend, BackendChoice::Auto);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&["--receive-buffer-size", "16"]).is_err());
+        assert!(parse(&["--threads", "0"]).is_err());
+        assert!(parse(&["--ws-path", "ws"]).is_err());
+        assert!(parse(&["--backend", "kqueue"]).is_err());
+        assert!(parse(&["--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn origins_compare_exactly_up_to_case_and_trailing_slash() {
+        let o = parse(&["--allowed-origin", "https://example.com"]).unwrap();
+        assert!(o.origin_allowed(None));
+        assert!(o.origin_allowed(Some("https://EXAMPLE.com/")));
+        assert!(!o.origin_allowed(Some("https://example.com.evil.net")));
+        assert!(!o.origin_allowed(Some("http://example.com")));
+        assert!(parse(&[]).unwrap().origin_allowed(Some("http://anything")));
+    }
+}

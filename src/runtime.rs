@@ -1,0 +1,321 @@
+//! Threads, cores and rings: one worker per core, pinned, each with its own
+//! reactor and its own SO_REUSEPORT listener on the same address, so that the
+//! kernel spreads connections across cores and a connection lives and dies on
+//! the core that accepted it. The main thread only starts the workers, waits
+//! for SIGINT or SIGTERM, and tells them to stop.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use socket2::{Domain, Socket, Type};
+use tokio::sync::watch;
+
+use crate::connection;
+use crate::options::{Backend, BackendChoice, Options};
+use crate::shutdown::Shutdown;
+use crate::stats::{EngineStats, WorkerStats};
+
+/// Submission queue entries per io_uring. In-flight operations are not
+/// bounded by it; it only caps one batch of submissions.
+const RING_ENTRIES: u32 = 1024;
+const LISTEN_BACKLOG: i32 = 4096;
+pub const COMMIT: &str = env!("RINGECHO_COMMIT");
+
+/// What every worker shares, read-only: the configuration in force and the
+/// counters (each worker writes only its own).
+pub struct Engine {
+    pub options: Options,
+    pub listen: SocketAddr,
+    pub backend: Backend,
+    pub cores: Vec<Option<usize>>,
+    pub stats: Arc<EngineStats>,
+    started: Instant,
+}
+
+/// One worker's context, owned by its thread.
+pub struct Worker {
+    pub index: usize,
+    pub backend: Backend,
+    pub options: Arc<Options>,
+    pub engine: Arc<Engine>,
+    pub shutdown: Rc<Shutdown>,
+}
+
+impl Worker {
+    pub fn stats(&self) -> &WorkerStats {
+        self.engine.stats.worker(self.index)
+    }
+}
+
+impl Engine {
+    /// The `/stats` document: per-worker counters, totals and the
+    /// configuration in force.
+    pub fn stats_json(&self) -> String {
+        let report = self.stats.report();
+        let mut config = serde_json::to_value(&self.options).expect("options serialize");
+        config["listen"] = self.listen.to_string().into();
+        config["backend_requested"] = config["backend"].take();
+        config["backend"] = self.backend.name().into();
+        config["threads"] = self.cores.len().into();
+        config["pinned"] = self.cores.iter().all(Option::is_some).into();
+        serde_json::to_string_pretty(&serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "commit": COMMIT,
+            "backend": self.backend.name(),
+            "listen": self.listen.to_string(),
+            "uptime_secs": self.started.elapsed().as_secs_f64(),
+            "config": config,
+            "workers": report.workers,
+            "totals": report.totals,
+        }))
+        .expect("stats serialize")
+    }
+
+    pub fn startup_line(&self) -> String {
+        let cores = if self.cores.iter().all(Option::is_some) {
+            let ids: Vec<String> = self.cores.iter().flatten().map(|c| c.to_string()).collect();
+            format!("pinned to cores {}", ids.join(","))
+        } else {
+            "not pinned".to_string()
+        };
+        format!(
+            "ringecho listening on {listen} (ws://{listen}{path}): backend {backend}, {n} threads {cores}, receive buffer {buf} B",
+            listen = self.listen,
+            path = self.options.ws_path,
+            backend = self.backend.name(),
+            n = self.cores.len(),
+            buf = self.options.receive_buffer_size,
+        )
+    }
+}
+
+/// Runs the engine until SIGINT or SIGTERM, then shuts down gracefully.
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let backend = resolve_backend(options.backend)?;
+    let available = core_affinity::get_core_ids().unwrap_or_default();
+    let threads = options
+        .threads
+        .map(usize::from)
+        .unwrap_or(available.len().max(1));
+    let pin = !options.no_pin && !available.is_empty();
+    let cores: Vec<Option<usize>> = (0..threads)
+        .map(|i| pin.then(|| available[i % available.len()].id))
+        .collect();
+    let (listeners, listen) = bind_listeners(options.listen, threads)?;
+    let engine = Arc::new(Engine {
+        listen,
+        backend,
+        stats: EngineStats::new(cores.clone()),
+        cores,
+        options: options.clone(),
+        started: Instant::now(),
+    });
+
+    let (stop, stopped) = watch::channel(false);
+    let (ready_tx, ready) = mpsc::channel();
+    let options = Arc::new(options);
+    let mut handles = Vec::with_capacity(threads);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (engine, options, stopped, ready_tx) = (
+            engine.clone(),
+            options.clone(),
+            stopped.clone(),
+            ready_tx.clone(),
+        );
+        let handle = thread::Builder::new()
+            .name(format!("ringecho-w{index}"))
+            .spawn(move || {
+                let core = engine.cores[index];
+                if let Some(id) = core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                        tracing::warn!(worker = index, "could not pin to core {id}");
+                    }
+                }
+                let worker = Rc::new(Worker {
+                    index,
+                    backend,
+                    options,
+                    engine,
+                    shutdown: Shutdown::new(),
+                });
+                if let Err(e) = run_worker(worker, listener, stopped, ready_tx.clone()) {
+                    let _ = ready_tx.send(Err(format!("worker {index}: {e}")));
+                }
+            })
+            .context("spawning a worker thread")?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..threads {
+        match ready.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = stop.send(true);
+                handles.into_iter().for_each(|h| drop(h.join()));
+                bail!("{e}");
+            }
+            Err(_) => bail!("a worker thread died while starting"),
+        }
+    }
+    println!("{}", engine.startup_line());
+    let _ = std::io::stdout().flush();
+
+    let signal = wait_for_signal()?;
+    tracing::info!(
+        "{signal}: closing connections with 1001 (up to {}s)",
+        engine.options.shutdown_timeout
+    );
+    let _ = stop.send(true);
+    for handle in handles {
+        if handle.join().is_err() {
+            tracing::error!("a worker thread panicked");
+        }
+    }
+    Ok(())
+}
+
+fn resolve_backend(choice: BackendChoice) -> anyhow::Result<Backend> {
+    let probe = io_uring::IoUring::new(8).map(drop);
+    match (choice, probe) {
+        (BackendChoice::Epoll, _) => Ok(Backend::Epoll),
+        (BackendChoice::TokioUring | BackendChoice::Auto, Ok(())) => Ok(Backend::TokioUring),
+        (BackendChoice::Auto, Err(e)) => {
+            tracing::warn!("io_uring is unavailable ({e}); falling back to the epoll backend");
+            Ok(Backend::Epoll)
+        }
+        (BackendChoice::TokioUring, Err(e)) => bail!(
+            "io_uring is unavailable here ({e}), so the tokio-uring backend cannot start; \
+             use --backend epoll (or auto, which falls back by itself)"
+        ),
+    }
+}
+
+/// Binds `threads` SO_REUSEPORT listeners on one address.
+///
+/// SO_REUSEPORT would let a second engine silently share a busy port, so a
+/// probe socket without it is bound first: it fails if anything listens there.
+fn bind_listeners(
+    addr: SocketAddr,
+    threads: usize,
+) -> anyhow::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let domain = Domain::for_address(addr);
+    if addr.port() != 0 {
+        let probe = Socket::new(domain, Type::STREAM, None)?;
+        probe.set_reuse_address(true)?;
+        if let Err(e) = probe.bind(&addr.into()) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                bail!("{addr} is already in use (another ringecho?): stop it or choose another --listen address");
+            }
+            bail!("cannot bind {addr}: {e}");
+        }
+    }
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let socket = Socket::new(domain, Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket
+            .bind(&bound.into())
+            .with_context(|| format!("cannot bind {bound}"))?;
+        socket.listen(LISTEN_BACKLOG)?;
+        // With port 0 the first listener picks the port; the others join it.
+        bound = socket
+            .local_addr()?
+            .as_socket()
+            .context("listener has no IP address")?;
+        listeners.push(socket.into());
+    }
+    Ok((listeners, bound))
+}
+
+fn run_worker(
+    worker: Rc<Worker>,
+    listener: std::net::TcpListener,
+    stopped: watch::Receiver<bool>,
+    ready: mpsc::Sender<Result<(), String>>,
+) -> std::io::Result<()> {
+    let serve = accept_loop(worker.clone(), listener, stopped, ready);
+    match worker.backend {
+        Backend::TokioUring => {
+            // COOP_TASKRUN with TASKRUN_FLAG measured cheapest for
+            // tokio-uring here; DEFER_TASKRUN hangs it (shared/ARCHITECTURE.md).
+            let mut ring = tokio_uring::uring_builder();
+            ring.setup_coop_taskrun().setup_taskrun_flag();
+            let mut builder = tokio_uring::builder();
+            builder.entries(RING_ENTRIES).uring_builder(&ring);
+            tokio_uring::Runtime::new(&builder)?.block_on(serve);
+        }
+        Backend::Epoll => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            tokio::task::LocalSet::new().block_on(&rt, serve);
+        }
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    worker: Rc<Worker>,
+    listener: std::net::TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    ready: mpsc::Sender<Result<(), String>>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let _ = ready.send(Err(format!("worker {}: {e}", worker.index)));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::task::spawn_local(connection::serve(stream, worker.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off and keep accepting once
+                    // descriptors free up; never stop the loop.
+                    worker.stats().accept_errors.add(1);
+                    if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(worker = worker.index, "accept failed: {e}; retrying");
+                        last_error_log = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            _ = stopped.changed() => break,
+        }
+    }
+    drop(listener);
+    worker.shutdown.fire();
+    let deadline = Instant::now() + worker.options.shutdown_timeout();
+    while worker.stats().open_connections.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        })
+    })
+}

@@ -1,0 +1,618 @@
+//! The echo session: the WebSocket phase of a connection.
+//!
+//! [`Echo`] is the protocol state machine, with no I/O: given the bytes of a
+//! receive buffer it answers with the pieces to send. [`run`] drives it over
+//! any backend's [`Io`], with the keep-alive, client-timeout and shutdown
+//! timers raced against a read that is never dropped while the connection
+//! lives (dropping an in-flight io_uring read would lose its bytes).
+//!
+//! Payload copies per message:
+//! - whole in one receive buffer: none. The payload is unmasked in place and
+//!   the echo's header is written over the tail of the client's header.
+//! - larger than the receive buffer, or fragmented: one, into an assembly
+//!   buffer that keeps room for the header in front, sent as one frame.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use fastwebsockets::OpCode;
+use tokio::time::Instant;
+
+use crate::codec::{self, Header, Violation};
+use crate::driver::{Io, Out};
+use crate::options::Options;
+use crate::shutdown::Listener;
+use crate::stats::WorkerStats;
+
+/// How long to wait for the client's close after the server sent its own
+/// because of a protocol violation.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Assembly buffers start at most this large; they grow as data arrives, so
+/// a client announcing a large frame cannot make the engine allocate it upfront.
+const ASSEMBLY_RESERVE: u64 = 1 << 20;
+
+/// Where the conversation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Open,
+    /// The server sent a close and waits for the client's.
+    Closing,
+    /// The close handshake is over (or cannot happen): close the socket.
+    Done,
+}
+
+/// A message being reassembled from fragments or from several reads.
+struct Message {
+    opcode: OpCode,
+    /// `MAX_SERVER_HEADER` reserved bytes, then the unmasked payload so far.
+    data: Vec<u8>,
+}
+
+/// A data frame too large for the receive buffer, whose payload continues in
+/// the next reads.
+struct Spanning {
+    fin: bool,
+    mask: [u8; 4],
+    /// Payload bytes of this frame already consumed.
+    offset: u64,
+    remaining: u64,
+    /// Closing: the payload is skipped, not assembled.
+    discard: bool,
+}
+
+/// The echo protocol of one connection.
+pub struct Echo<'a> {
+    stats: &'a WorkerStats,
+    /// Receive buffer size: frames up to this size are handled in place.
+    capacity: usize,
+    max_message: u64,
+    phase: Phase,
+    message: Option<Message>,
+    spanning: Option<Spanning>,
+    /// The code that ended the conversation, for `/stats`.
+    close_code: Option<u16>,
+}
+
+impl<'a> Echo<'a> {
+    pub fn new(stats: &'a WorkerStats, capacity: usize, max_message: usize) -> Self {
+        Echo {
+            stats,
+            capacity,
+            max_message: max_message as u64,
+            phase: Phase::Open,
+            message: None,
+            spanning: None,
+            close_code: None,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
+    }
+
+    /// Handles every complete frame at the front of `buf` and pushes the
+    /// replies to `out`. Returns how many bytes were consumed; the rest is the
+    /// start of a frame that needs more bytes.
+    pub fn on_bytes(&mut self, buf: &mut [u8], out: &mut Vec<Out>) -> usize {
+        let mut pos = 0;
+        while pos < buf.len() && self.phase != Phase::Done {
+            if self.spanning.is_some() {
+                pos += self.continue_spanning(&mut buf[pos..], out);
+                continue;
+            }
+            let assembled = self.message.as_ref().map_or(0, |m| payload_len(&m.data));
+            let limit = self.max_message.saturating_sub(assembled);
+            let header = match codec::parse_header(&buf[pos..], limit) {
+                Ok(Some(header)) => header,
+                Ok(None) => break,
+                Err(violation) => {
+                    self.fail(violation, out);
+                    break;
+                }
+            };
+            let available = (buf.len() - pos) as u64;
+            let step = if header.frame_len() <= available {
+                let payload = pos + header.len..pos + header.frame_len() as usize;
+                self.on_frame(&header, buf, payload, out)
+                    .map(|()| header.frame_len() as usize)
+            } else if header.frame_len() <= self.capacity as u64 {
+                break; // fits once the rest arrives
+            } else {
+                self.begin_spanning(&header).map(|()| header.len)
+            };
+            match step {
+                Ok(n) => pos += n,
+                Err(violation) => {
+                    self.fail(violation, out);
+                    break;
+                }
+            }
+        }
+        if self.phase == Phase::Done {
+            buf.len()
+        } else {
+            pos
+        }
+    }
+
+    fn on_frame(
+        &mut self,
+        h: &Header,
+        buf: &mut [u8],
+        payload: Range<usize>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Violation> {
+        codec::unmask_at(&mut buf[payload.clone()], h.mask, 0);
+        let closing = self.phase == Phase::Closing;
+        match h.opcode {
+            OpCode::Text | OpCode::Binary if closing => Ok(()),
+            OpCode::Text | OpCode::Binary => {
+                if self.message.is_some() {
+                    return Err(Violation::Protocol("new message before the last one ended"));
+                }
+                if !h.fin {
+                    self.message = Some(Message::start(h.opcode, &buf[payload], h.payload_len));
+                    return Ok(());
+                }
+                if h.opcode == OpCode::Text && !codec::is_utf8(&buf[payload.clone()]) {
+                    return Err(Violation::InvalidUtf8);
+                }
+                self.count_echo(payload.len());
+                out.push(Out::Recv(codec::write_header_before(
+                    buf, payload, h.opcode,
+                )));
+                Ok(())
+            }
+            OpCode::Continuation if closing => Ok(()),
+            OpCode::Continuation => {
+                let message = self
+                    .message
+                    .as_mut()
+                    .ok_or(Violation::Protocol("continuation frame without a message"))?;
+                message.data.extend_from_slice(&buf[payload]);
+                if h.fin {
+                    self.finish_message(out)?;
+                }
+                Ok(())
+            }
+            OpCode::Ping if closing => Ok(()),
+            OpCode::Ping => {
+                out.push(Out::Recv(codec::write_header_before(
+                    buf,
+                    payload,
+                    OpCode::Pong,
+                )));
+                Ok(())
+            }
+            OpCode::Pong => Ok(()),
+            OpCode::Close => {
+                // A bad close from the client still ends the conversation:
+                // answer it with the right code, and expect nothing more.
+                let code = codec::parse_close(&buf[payload]).inspect_err(|_| {
+                    self.phase = Phase::Done;
+                })?;
+                if self.phase == Phase::Open {
+                    let reply = code.unwrap_or(1000);
+                    out.push(Out::Owned(codec::encode_close(reply, ""), 0));
+                    self.close_code = Some(code.unwrap_or(1005));
+                }
+                self.phase = Phase::Done;
+                Ok(())
+            }
+        }
+    }
+
+    fn begin_spanning(&mut self, h: &Header) -> Result<(), Violation> {
+        let discard = self.phase == Phase::Closing;
+        if !discard {
+            match (h.opcode, &self.message) {
+                (OpCode::Continuation, None) => {
+                    return Err(Violation::Protocol("continuation frame without a message"))
+                }
+                (OpCode::Continuation, Some(_)) => {}
+                (_, Some(_)) => {
+                    return Err(Violation::Protocol("new message before the last one ended"))
+                }
+                (opcode, None) => self.message = Some(Message::start(opcode, &[], h.payload_len)),
+            }
+        }
+        self.spanning = Some(Spanning {
+            fin: h.fin,
+            mask: h.mask,
+            offset: 0,
+            remaining: h.payload_len,
+            discard,
+        });
+        Ok(())
+    }
+
+    /// Consumes the part of a spanning frame's payload found in `buf`.
+    fn continue_spanning(&mut self, buf: &mut [u8], out: &mut Vec<Out>) -> usize {
+        let span = self.spanning.as_mut().expect("a spanning frame");
+        let take = span.remaining.min(buf.len() as u64) as usize;
+        if !span.discard {
+            let chunk = &mut buf[..take];
+            codec::unmask_at(chunk, span.mask, span.offset);
+            let message = self
+                .message
+                .as_mut()
+                .expect("spanning frames belong to a message");
+            message.data.extend_from_slice(chunk);
+        }
+        span.offset += take as u64;
+        span.remaining -= take as u64;
+        if span.remaining == 0 {
+            let finished = span.fin && !span.discard;
+            self.spanning = None;
+            if finished {
+                if let Err(violation) = self.finish_message(out) {
+                    self.fail(violation, out);
+                }
+            }
+        }
+        take
+    }
+
+    fn finish_message(&mut self, out: &mut Vec<Out>) -> Result<(), Violation> {
+        let Message { opcode, mut data } = self.message.take().expect("a message");
+        let payload = codec::MAX_SERVER_HEADER..data.len();
+        if opcode == OpCode::Text && !codec::is_utf8(&data[payload.clone()]) {
+            return Err(Violation::InvalidUtf8);
+        }
+        self.count_echo(payload.len());
+        let frame = codec::write_header_before(&mut data, payload, opcode);
+        out.push(Out::Owned(data, frame.start));
+        Ok(())
+    }
+
+    fn count_echo(&self, len: usize) {
+        self.stats.messages_in.add(1);
+        self.stats.bytes_in.add(len as u64);
+        self.stats.messages_out.add(1);
+        self.stats.bytes_out.add(len as u64);
+    }
+
+    /// Fails the connection: our close with the violation's code, then wait
+    /// for the client's (unless the conversation is already over).
+    fn fail(&mut self, violation: Violation, out: &mut Vec<Out>) {
+        tracing::debug!(
+            code = violation.close_code(),
+            "closing: {}",
+            violation.reason()
+        );
+        if self.close_code.is_none() {
+            let code = violation.close_code();
+            out.push(Out::Owned(codec::encode_close(code, violation.reason()), 0));
+            self.close_code = Some(code);
+        }
+        self.message = None;
+        self.spanning = None;
+        if self.phase == Phase::Open {
+            self.phase = Phase::Closing;
+        }
+    }
+
+    /// Starts a server-initiated close (shutdown, client timeout): returns
+    /// the close frame to send.
+    pub fn close(&mut self, code: u16, reason: &str) -> Vec<u8> {
+        self.close_code.get_or_insert(code);
+        self.phase = Phase::Closing;
+        codec::encode_close(code, reason)
+    }
+}
+
+impl Message {
+    fn start(opcode: OpCode, first: &[u8], frame_len: u64) -> Self {
+        let reserve = codec::MAX_SERVER_HEADER + frame_len.min(ASSEMBLY_RESERVE) as usize;
+        let mut data = Vec::with_capacity(reserve);
+        data.resize(codec::MAX_SERVER_HEADER, 0);
+        data.extend_from_slice(first);
+        Message { opcode, data }
+    }
+}
+
+fn payload_len(data: &[u8]) -> u64 {
+    (data.len() - codec::MAX_SERVER_HEADER) as u64
+}
+
+/// What the session's single timer is waiting for.
+struct Timers {
+    keep_alive: Option<Duration>,
+    next_ping: Option<Instant>,
+    client_timeout: Option<Duration>,
+    last_received: Instant,
+    close_deadline: Option<Instant>,
+}
+
+enum Due {
+    Ping,
+    ClientTimeout,
+    CloseWaitOver,
+}
+
+impl Timers {
+    fn new(options: &Options) -> Self {
+        let now = Instant::now();
+        let keep_alive = options.keep_alive();
+        Timers {
+            keep_alive,
+            next_ping: keep_alive.map(|every| now + every),
+            client_timeout: options.client_timeout(),
+            last_received: now,
+            close_deadline: None,
+        }
+    }
+
+    /// The earliest deadline. The client timeout is re-armed lazily: a read
+    /// only records the time, and the timer checks it when it fires.
+    fn next(&self) -> Option<Instant> {
+        [
+            self.next_ping,
+            self.client_timeout.map(|t| self.last_received + t),
+            self.close_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn received(&mut self) {
+        if self.client_timeout.is_some() {
+            self.last_received = Instant::now();
+        }
+    }
+
+    fn closing(&mut self, wait: Duration) {
+        self.next_ping = None;
+        self.client_timeout = None;
+        let deadline = Instant::now() + wait;
+        self.close_deadline = Some(self.close_deadline.map_or(deadline, |d| d.min(deadline)));
+    }
+
+    fn due(&mut self, now: Instant) -> Option<Due> {
+        if self.close_deadline.is_some_and(|d| d <= now) {
+            return Some(Due::CloseWaitOver);
+        }
+        if self
+            .client_timeout
+            .is_some_and(|t| self.last_received + t <= now)
+        {
+            return Some(Due::ClientTimeout);
+        }
+        if let (Some(at), Some(every)) = (self.next_ping, self.keep_alive) {
+            if at <= now {
+                self.next_ping = Some(now + every);
+                return Some(Due::Ping);
+            }
+        }
+        None
+    }
+}
+
+/// Serves the WebSocket phase of one connection until it closes.
+/// `initial` holds bytes that arrived with the upgrade request.
+pub async fn run<S: Io>(
+    io: S,
+    initial: &[u8],
+    options: &Options,
+    stats: &WorkerStats,
+    mut shutdown: Listener,
+) {
+    stats.open_websockets.add(1);
+    stats.upgraded.add(1);
+    let capacity = options.receive_buffer_size;
+    let mut echo = Echo::new(stats, capacity, options.max_message_size);
+    let mut buf = vec![0u8; capacity.max(initial.len())];
+    buf[..initial.len()].copy_from_slice(initial);
+    let mut filled = initial.len();
+    let mut out = Vec::new();
+    let mut timers = Timers::new(options);
+    let sleep = tokio::time::sleep_until(timers.next().unwrap_or_else(Instant::now));
+    tokio::pin!(sleep);
+
+    'session: loop {
+        if filled > 0 {
+            let consumed = echo.on_bytes(&mut buf[..filled], &mut out);
+            if !out.is_empty() {
+                let (result, back) = io.write(buf, &mut out).await;
+                buf = back;
+                if result.is_err() {
+                    break;
+                }
+            }
+            buf.copy_within(consumed..filled, 0);
+            filled -= consumed;
+        }
+        match echo.phase() {
+            Phase::Done => break,
+            Phase::Closing if timers.close_deadline.is_none() => {
+                timers.closing(CLOSE_WAIT);
+                sleep
+                    .as_mut()
+                    .reset(timers.next().expect("a close deadline"));
+            }
+            _ => {}
+        }
+
+        let read = io.read(buf, filled..capacity);
+        tokio::pin!(read);
+        let (result, back) = loop {
+            tokio::select! {
+                biased;
+                result = &mut read => break result,
+                () = &mut shutdown, if echo.phase() == Phase::Open => {
+                    let frame = echo.close(1001, "server shutting down");
+                    timers.closing(options.shutdown_timeout());
+                    sleep.as_mut().reset(timers.next().expect("a close deadline"));
+                    if io.send(frame).await.is_err() {
+                        break 'session;
+                    }
+                }
+                () = &mut sleep, if timers.next().is_some() => {
+                    match timers.due(Instant::now()) {
+                        Some(Due::Ping) => {
+                            stats.keep_alive_pings.add(1);
+                            if io.send(codec::encode(OpCode::Ping, b"")).await.is_err() {
+                                break 'session;
+                            }
+                        }
+                        Some(Due::ClientTimeout) => {
+                            tracing::info!("client disconnected: nothing received for {}s", options.client_timeout);
+                            stats.client_timeouts.add(1);
+                            let _ = io.send(echo.close(1001, "client timeout")).await;
+                            break 'session;
+                        }
+                        Some(Due::CloseWaitOver) => break 'session,
+                        None => {}
+                    }
+                    if let Some(next) = timers.next() {
+                        sleep.as_mut().reset(next);
+                    }
+                }
+            }
+        };
+        buf = back;
+        match result {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                filled += n;
+                timers.received();
+            }
+        }
+    }
+    io.shutdown();
+    stats.count_close(echo.close_code().unwrap_or(1006));
+    stats.open_websockets.sub(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut out = vec![(fin as u8) << 7 | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// Feeds `input` through a session in reads of at most `capacity` bytes,
+    /// the way the driver loop does, and returns everything it would send.
+    fn converse(input: &[u8], capacity: usize) -> (Vec<u8>, Phase, Option<u16>) {
+        let stats = WorkerStats::default();
+        let mut echo = Echo::new(&stats, capacity, 1 << 20);
+        let mut buf = vec![0u8; capacity];
+        let mut filled = 0;
+        let mut sent = Vec::new();
+        let mut out = Vec::new();
+        let mut input = input;
+        while echo.phase() != Phase::Done {
+            let n = (capacity - filled).min(input.len());
+            if n == 0 && filled == 0 {
+                break;
+            }
+            buf[filled..filled + n].copy_from_slice(&input[..n]);
+            input = &input[n..];
+            filled += n;
+            let consumed = echo.on_bytes(&mut buf[..filled], &mut out);
+            for piece in out.drain(..) {
+                match piece {
+                    Out::Recv(r) => sent.extend_from_slice(&buf[r]),
+                    Out::Owned(v, s) => sent.extend_from_slice(&v[s..]),
+                }
+            }
+            buf.copy_within(consumed..filled, 0);
+            filled -= consumed;
+            if n == 0 && consumed == 0 {
+                break;
+            }
+        }
+        (sent, echo.phase(), echo.close_code())
+    }
+
+    #[test]
+    fn echoes_pipelined_frames_in_order_at_every_buffer_size() {
+        let mut input = Vec::new();
+        let mut expected = Vec::new();
+        for (i, len) in [0usize, 5, 125, 126, 300, 4000, 70000]
+            .into_iter()
+            .enumerate()
+        {
+            let payload: Vec<u8> = (0..len).map(|j| (i + j) as u8).collect();
+            input.extend(client_frame(true, 2, &payload));
+            expected.extend(codec::encode(OpCode::Binary, &payload));
+            input.extend(client_frame(true, 9, b"hi"));
+            expected.extend(codec::encode(OpCode::Pong, b"hi"));
+        }
+        input.extend(client_frame(true, 8, &1000u16.to_be_bytes()));
+        expected.extend(codec::encode_close(1000, ""));
+        for capacity in [256, 1000, 4096, 65536, 1 << 20] {
+            let (sent, phase, code) = converse(&input, capacity);
+            assert_eq!(sent, expected, "capacity {capacity}");
+            assert_eq!(phase, Phase::Done);
+            assert_eq!(code, Some(1000));
+        }
+    }
+
+    #[test]
+    fn reassembles_fragments_with_control_frames_between() {
+        let mut input = client_frame(false, 1, "héllo ".as_bytes());
+        input.extend(client_frame(true, 9, b"p"));
+        input.extend(client_frame(false, 0, &[b'w'; 3000]));
+        input.extend(client_frame(true, 0, "wörld".as_bytes()));
+        let mut text = "héllo ".to_string();
+        text.push_str(&"w".repeat(3000));
+        text.push_str("wörld");
+        let mut expected = codec::encode(OpCode::Pong, b"p");
+        expected.extend(codec::encode(OpCode::Text, text.as_bytes()));
+        for capacity in [256, 4096] {
+            assert_eq!(converse(&input, capacity).0, expected);
+        }
+    }
+
+    #[test]
+    fn violations_close_with_their_codes() {
+        let bad_utf8 = client_frame(true, 1, &[0xff, 0xfe]);
+        assert_eq!(converse(&bad_utf8, 4096).2, Some(1007));
+        let orphan = client_frame(true, 0, b"x");
+        assert_eq!(converse(&orphan, 4096).2, Some(1002));
+        let mut interleaved = client_frame(false, 2, b"x");
+        interleaved.extend(client_frame(true, 2, b"y"));
+        assert_eq!(converse(&interleaved, 4096).2, Some(1002));
+        let too_big = client_frame(true, 2, &vec![0; (1 << 20) + 1]);
+        assert_eq!(converse(&too_big[..100], 4096).2, Some(1009));
+        let (sent, phase, code) = converse(&client_frame(true, 8, &[]), 4096);
+        assert_eq!((phase, code), (Phase::Done, Some(1005)));
+        assert_eq!(
+            sent,
+            codec::encode_close(1000, ""),
+            "no code: answered 1000"
+        );
+    }
+
+    #[test]
+    fn after_a_violation_only_the_clients_close_matters() {
+        let mut input = client_frame(true, 1, &[0xff]);
+        input.extend(client_frame(true, 2, b"ignored"));
+        input.extend(client_frame(true, 8, &1002u16.to_be_bytes()));
+        let (sent, phase, code) = converse(&input, 4096);
+        assert_eq!(sent, codec::encode_close(1007, "invalid UTF-8"));
+        assert_eq!((phase, code), (Phase::Done, Some(1007)));
+    }
+}
