@@ -46,6 +46,10 @@ struct Message {
     opcode: OpCode,
     /// `MAX_SERVER_HEADER` reserved bytes, then the unmasked payload so far.
     data: Vec<u8>,
+    /// Text is checked as it arrives, so that invalid UTF-8 fails the
+    /// connection at once rather than when the message ends: `data` is valid
+    /// up to here, and what follows is at most an incomplete character.
+    valid_up_to: usize,
 }
 
 /// A data frame too large for the receive buffer, whose payload continues in
@@ -155,7 +159,7 @@ impl<'a> Echo<'a> {
                     return Err(Violation::Protocol("new message before the last one ended"));
                 }
                 if !h.fin {
-                    self.message = Some(Message::start(h.opcode, &buf[payload], h.payload_len));
+                    self.message = Some(Message::start(h.opcode, &buf[payload], h.payload_len)?);
                     return Ok(());
                 }
                 if h.opcode == OpCode::Text && !codec::is_utf8(&buf[payload.clone()]) {
@@ -174,6 +178,7 @@ impl<'a> Echo<'a> {
                     .as_mut()
                     .ok_or(Violation::Protocol("continuation frame without a message"))?;
                 message.data.extend_from_slice(&buf[payload]);
+                message.check_utf8()?;
                 if h.fin {
                     self.finish_message(out)?;
                 }
@@ -217,7 +222,7 @@ impl<'a> Echo<'a> {
                 (_, Some(_)) => {
                     return Err(Violation::Protocol("new message before the last one ended"))
                 }
-                (opcode, None) => self.message = Some(Message::start(opcode, &[], h.payload_len)),
+                (opcode, None) => self.message = Some(Message::start(opcode, &[], h.payload_len)?),
             }
         }
         self.spanning = Some(Spanning {
@@ -242,7 +247,12 @@ impl<'a> Echo<'a> {
                 .as_mut()
                 .expect("spanning frames belong to a message");
             message.data.extend_from_slice(chunk);
+            if let Err(violation) = message.check_utf8() {
+                self.fail(violation, out);
+                return take;
+            }
         }
+        let span = self.spanning.as_mut().expect("a spanning frame");
         span.offset += take as u64;
         span.remaining -= take as u64;
         if span.remaining == 0 {
@@ -258,11 +268,14 @@ impl<'a> Echo<'a> {
     }
 
     fn finish_message(&mut self, out: &mut Vec<Out>) -> Result<(), Violation> {
-        let Message { opcode, mut data } = self.message.take().expect("a message");
-        let payload = codec::MAX_SERVER_HEADER..data.len();
-        if opcode == OpCode::Text && !codec::is_utf8(&data[payload.clone()]) {
-            return Err(Violation::InvalidUtf8);
+        let message = self.message.take().expect("a message");
+        if message.opcode == OpCode::Text && message.valid_up_to != message.data.len() {
+            return Err(Violation::InvalidUtf8); // ends inside a character
         }
+        let Message {
+            opcode, mut data, ..
+        } = message;
+        let payload = codec::MAX_SERVER_HEADER..data.len();
         self.count_echo(payload.len());
         let frame = codec::write_header_before(&mut data, payload, opcode);
         out.push(Out::Owned(data, frame.start));
@@ -306,12 +319,30 @@ impl<'a> Echo<'a> {
 }
 
 impl Message {
-    fn start(opcode: OpCode, first: &[u8], frame_len: u64) -> Self {
+    fn start(opcode: OpCode, first: &[u8], frame_len: u64) -> Result<Self, Violation> {
         let reserve = codec::MAX_SERVER_HEADER + frame_len.min(ASSEMBLY_RESERVE) as usize;
         let mut data = Vec::with_capacity(reserve);
         data.resize(codec::MAX_SERVER_HEADER, 0);
         data.extend_from_slice(first);
-        Message { opcode, data }
+        let mut message = Message {
+            opcode,
+            data,
+            valid_up_to: codec::MAX_SERVER_HEADER,
+        };
+        message.check_utf8()?;
+        Ok(message)
+    }
+
+    fn check_utf8(&mut self) -> Result<(), Violation> {
+        if self.opcode != OpCode::Text {
+            return Ok(());
+        }
+        match simdutf8::compat::from_utf8(&self.data[self.valid_up_to..]) {
+            Ok(_) => self.valid_up_to = self.data.len(),
+            Err(e) if e.error_len().is_none() => self.valid_up_to += e.valid_up_to(),
+            Err(_) => return Err(Violation::InvalidUtf8),
+        }
+        Ok(())
     }
 }
 
@@ -604,6 +635,29 @@ mod tests {
             codec::encode_close(1000, ""),
             "no code: answered 1000"
         );
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_message_ends() {
+        // The bad byte is in the first of three fragments; the rest never
+        // needs to arrive for the verdict.
+        let mut input = client_frame(false, 1, &[b'a', 0xff]);
+        input.extend(client_frame(false, 0, b"b"));
+        let (sent, _, code) = converse(&input, 4096);
+        assert_eq!(code, Some(1007));
+        assert_eq!(sent, codec::encode_close(1007, "invalid UTF-8"));
+        // A character split across fragments is fine.
+        let euro = "€".as_bytes();
+        let mut input = client_frame(false, 1, &euro[..1]);
+        input.extend(client_frame(false, 0, &euro[1..2]));
+        input.extend(client_frame(true, 0, &euro[2..]));
+        assert_eq!(converse(&input, 4096).0, codec::encode(OpCode::Text, euro));
+        // A frame larger than the buffer fails at the read that brings the
+        // bad byte, while later reads are still to come.
+        let mut big = vec![b'x'; 1000];
+        big[300] = 0xff;
+        let frame = client_frame(true, 1, &big);
+        assert_eq!(converse(&frame[..600], 256).2, Some(1007));
     }
 
     #[test]

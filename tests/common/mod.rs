@@ -1,0 +1,139 @@
+//! Starts the real engine binary for integration tests and talks to it with
+//! clients nobody here wrote (tokio-tungstenite) plus plain HTTP requests.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BACKENDS: [&str; 2] = ["tokio-uring", "epoll"];
+
+/// A running engine, stopped (SIGKILL) when dropped if not terminated before.
+pub struct Engine {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Kept open so that the engine never writes into a closed pipe.
+    _stdout: BufReader<ChildStdout>,
+    pub startup_line: String,
+}
+
+impl Engine {
+    pub fn start(backend: &str, args: &[&str]) -> Engine {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringecho"))
+            .args(["--listen", "127.0.0.1:0", "--backend", backend])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringecho");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the start-up line");
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in start-up line {line:?}"))
+            .parse()
+            .expect("a socket address");
+        Engine {
+            child,
+            addr,
+            _stdout: stdout,
+            startup_line: line,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// GET `path`; returns the status code and the body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_request(
+            self.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let (status, body) = self.get("/stats");
+        assert_eq!(status, 200, "/stats answered {status}: {body}");
+        serde_json::from_str(&body).expect("/stats is JSON")
+    }
+
+    /// Waits until `/stats` shows no open connection (the test's own
+    /// request to /stats is the one that remains open while it is served).
+    pub fn wait_for_no_connections(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = self.stats();
+            let open = stats["totals"]["open_connections"].as_u64().unwrap();
+            let websockets = stats["totals"]["open_websockets"].as_u64().unwrap();
+            if open <= 1 && websockets == 0 {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connections still open: {open} TCP, {websockets} WebSocket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.wait(within).expect("engine exited after SIGTERM")
+    }
+
+    pub fn wait(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends a raw HTTP request and reads the whole answer (the server closes).
+pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).to_string();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
