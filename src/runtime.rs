@@ -96,6 +96,9 @@ impl Engine {
 
 /// Runs the engine until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(options: Options) -> anyhow::Result<()> {
+    // Registered first, so that a signal sent as soon as the start-up line
+    // appears is never lost to the default action.
+    let signals = Signals::register()?;
     let backend = resolve_backend(options.backend)?;
     let available = core_affinity::get_core_ids().unwrap_or_default();
     let threads = options
@@ -165,7 +168,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     println!("{}", engine.startup_line());
     let _ = std::io::stdout().flush();
 
-    let signal = wait_for_signal()?;
+    let signal = signals.wait();
     tracing::info!(
         "{signal}: closing connections with 1001 (up to {}s)",
         engine.options.shutdown_timeout
@@ -305,17 +308,32 @@ async fn accept_loop(
     }
 }
 
-fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        Ok(tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+/// SIGINT and SIGTERM, caught on the main thread.
+struct Signals {
+    runtime: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let _context = runtime.enter();
+        let term = signal(SignalKind::terminate()).context("catching SIGTERM")?;
+        let int = signal(SignalKind::interrupt()).context("catching SIGINT")?;
+        drop(_context);
+        Ok(Signals { runtime, term, int })
+    }
+
+    fn wait(mut self) -> &'static str {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
         })
-    })
+    }
 }

@@ -511,3 +511,12 @@ fn startup_line_names_address_backend_threads_and_buffer() {
     );
     assert!(line.contains("receive buffer 8192 B"), "{line}");
 }
+
+#[test]
+fn sigterm_right_after_startup_exits_0() {
+    for backend in common::BACKENDS {
+        let mut engine = Engine::start(backend, &[]);
+        let status = engine.terminate(PATIENCE);
+        assert!(status.success(), "{backend}: exit status {status}");
+    }
+}
