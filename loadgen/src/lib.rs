@@ -1,0 +1,50 @@
+//! loadgen: a WebSocket echo load generator that checks every echo and keeps
+//! its latency in HdrHistogram.
+//!
+//! [`run`] drives the load through [`client`] connections on [`schedule`]
+//! with [`payload`] patterns; [`result`] files hold everything a run was;
+//! [`report`] and [`plot`] put runs side by side; [`options`] defines the
+//! command line.
+
+pub mod client;
+pub mod options;
+pub mod payload;
+pub mod plot;
+pub mod report;
+pub mod result;
+pub mod run;
+pub mod schedule;
+pub mod server_info;
+
+pub use options::{LoadConfig, RunArgs};
+pub use result::RunResult;
+
+/// Writes the files a run asked for and returns whether it was clean.
+pub fn save_outputs(args: &RunArgs, result: &RunResult) -> anyhow::Result<()> {
+    if let Some(path) = &args.out {
+        result.save(path)?;
+    }
+    if let Some(path) = &args.hgrm {
+        std::fs::write(path, result::hgrm(&result.latency()?))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) fn test_load() -> LoadConfig {
+    LoadConfig {
+        url: "ws://127.0.0.1:8080/ws".into(),
+        connections: 100,
+        size: 20,
+        message_type: options::MessageType::Binary,
+        duration: 10.0,
+        warmup: 1.0,
+        threads: 1,
+        no_pin: false,
+        cores: Vec::new(),
+        source_addr: Vec::new(),
+        protocol: options::Protocol::Raw,
+        in_flight: 1,
+        rate: None,
+    }
+}

@@ -1,0 +1,77 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use loadgen::options::{Cli, Command};
+use loadgen::report::{self, Style};
+use loadgen::result::RunResult;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "loadgen: {} (see --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => {
+            if let Err(why) = args.load.validate() {
+                eprintln!("loadgen: {why}");
+                return Ok(ExitCode::from(2));
+            }
+            let result = loadgen::run::run(&args)?;
+            print!("{}", report::summary(&result));
+            loadgen::save_outputs(&args, &result)?;
+            if let Some(path) = &args.out {
+                println!("result written to {}", path.display());
+            }
+            // A run that saw a broken echo is not a measurement.
+            Ok(if result.summary.errors.total() > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Compare { files } => {
+            let results = load_all(&files)?;
+            print!("{}", report::compare(&results, Style::Terminal));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plot { files, output } => {
+            let results = load_all(&files)?;
+            loadgen::plot::plot(&results, &output)?;
+            println!("plot written to {}", output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Merge { files, output } => {
+            let merged = RunResult::merge(&load_all(&files)?)?;
+            merged.save(&output)?;
+            print!("{}", report::summary(&merged));
+            println!("merged result written to {}", output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_all(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<RunResult>> {
+    files.iter().map(|f| RunResult::load(f)).collect()
+}

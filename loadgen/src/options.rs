@@ -1,0 +1,193 @@
+//! Every loadgen option, its default and its check.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "WebSocket echo load generator: closed loop or constant rate, every echo checked, latency in HdrHistogram",
+    long_about = "WebSocket echo load generator.\n\n\
+        `run` loads any WebSocket echo server (closed loop, or constant rate with coordinated-omission \
+        correction), checks every echo byte for byte and saves a result file with its full \
+        configuration; `compare`, `plot` and `merge` work on result files."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a load against a WebSocket echo server.
+    Run(RunArgs),
+    /// One table of several result files, ratios against the first.
+    Compare {
+        /// Result files (JSON, from `run --out`).
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// Latency percentiles and throughput of several result files, as SVG.
+    Plot {
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// The SVG to write.
+        #[arg(short, long, value_name = "FILE.svg")]
+        output: PathBuf,
+    },
+    /// Add up runs made at the same time from several processes or hosts.
+    Merge {
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// The merged result file to write.
+        #[arg(short, long, value_name = "FILE.json")]
+        output: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub load: LoadConfig,
+    /// Write the result (configuration, summary and histograms) to this JSON file.
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+    /// Write HdrHistogram's percentile-distribution text (microseconds) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+    /// No live line, only the final table.
+    #[arg(long)]
+    pub quiet: bool,
+    /// A name for this run in tables and plots. [default: derived from the load]
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+/// The load, as recorded in every result file.
+#[derive(Args, Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoadConfig {
+    /// WebSocket URL of the echo server (ws:// only).
+    #[arg(long, value_name = "ws://HOST:PORT/PATH")]
+    pub url: String,
+
+    /// Concurrent connections.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+
+    /// Payload bytes per message.
+    #[arg(long, value_name = "BYTES", default_value_t = 20)]
+    pub size: usize,
+
+    /// Message type.
+    #[arg(long = "type", value_enum, default_value_t = MessageType::Binary)]
+    pub message_type: MessageType,
+
+    /// Measured seconds, after the warm-up.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_secs)]
+    pub duration: f64,
+
+    /// Seconds of load before measuring (connections open, caches warm).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub warmup: f64,
+
+    /// Load-generator threads, each with its share of the connections.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
+
+    /// Do not pin load-generator threads to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// Cores to pin the threads to, comma-separated.
+    /// [default: the last N cores this process may run on, leaving the first ones to the server]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub cores: Vec<usize>,
+
+    /// Local addresses to spread connections over, comma-separated
+    /// (e.g. 127.0.0.2,127.0.0.3), so that many connections do not run out
+    /// of ephemeral ports. [default: chosen by the kernel]
+    #[arg(long, value_name = "A,B…", value_delimiter = ',')]
+    pub source_addr: Vec<IpAddr>,
+
+    /// Protocol spoken over the WebSocket.
+    #[arg(long, value_enum, default_value_t = Protocol::Raw)]
+    pub protocol: Protocol,
+
+    /// Closed loop: messages outstanding per connection (pipelining).
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "rate")]
+    pub in_flight: u32,
+
+    /// Constant rate: messages per second in total, sent on schedule whatever
+    /// the server does; latency counts from the scheduled time.
+    /// [default: closed loop]
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageType {
+    Binary,
+    Text,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Raw WebSocket messages.
+    Raw,
+    /// The SignalR JSON hub protocol (not implemented yet).
+    Hub,
+}
+
+impl LoadConfig {
+    pub fn mode(&self) -> &'static str {
+        if self.rate.is_some() {
+            "constant-rate"
+        } else {
+            "closed-loop"
+        }
+    }
+
+    /// Checks what clap cannot express; the message says what to do.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.url.starts_with("ws://") {
+            return Err(format!(
+                "--url must start with ws:// (got {:?}; wss is not supported)",
+                self.url
+            ));
+        }
+        if self.protocol == Protocol::Hub {
+            return Err("--protocol hub is not implemented yet; use --protocol raw".into());
+        }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err("--rate must be a positive number of messages per second".into());
+            }
+        }
+        if !(self.warmup.is_finite() && self.warmup >= 0.0) {
+            return Err("--warmup must be zero or more seconds".into());
+        }
+        Ok(())
+    }
+
+    pub fn default_label(&self) -> String {
+        let mode = match self.rate {
+            Some(rate) => format!("{rate} msg/s"),
+            None if self.in_flight > 1 => format!("closed loop ×{}", self.in_flight),
+            None => "closed loop".to_string(),
+        };
+        format!("{} × {} B, {mode}", self.connections, self.size)
+    }
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err("must be a positive number of seconds".into()),
+    }
+}

@@ -1,0 +1,125 @@
+//! Message payloads that can be checked byte for byte.
+//!
+//! Each payload starts with its sequence number (8 bytes: little-endian for
+//! binary, hexadecimal for text) followed by a window into a fixed
+//! pseudo-random block whose offset also depends on the sequence number, so a
+//! server that mixes up, truncates or corrupts messages is caught; checking is
+//! a comparison of slices, cheap enough for the load generator's hot path.
+
+use crate::options::MessageType;
+
+const HEADER: usize = 8;
+/// Offsets into the block vary over this many positions.
+const SPREAD: usize = 4096;
+
+pub struct Pattern {
+    size: usize,
+    message_type: MessageType,
+    block: Vec<u8>,
+}
+
+impl Pattern {
+    pub fn new(size: usize, message_type: MessageType) -> Self {
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let block = (0..size + SPREAD)
+            .map(|_| {
+                // xorshift64*: deterministic, so every run sends the same bytes.
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                let x = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8;
+                match message_type {
+                    MessageType::Binary => x,
+                    MessageType::Text => b'a' + x % 26,
+                }
+            })
+            .collect();
+        Pattern {
+            size,
+            message_type,
+            block,
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    fn header(&self, seq: u64) -> [u8; HEADER] {
+        match self.message_type {
+            MessageType::Binary => seq.to_le_bytes(),
+            MessageType::Text => {
+                let mut out = [0u8; HEADER];
+                let digits = b"0123456789abcdef";
+                for (i, byte) in out.iter_mut().enumerate() {
+                    *byte = digits[((seq >> (4 * (HEADER - 1 - i))) & 0xF) as usize];
+                }
+                out
+            }
+        }
+    }
+
+    fn body(&self, seq: u64) -> &[u8] {
+        let header = HEADER.min(self.size);
+        let offset = (seq.wrapping_mul(2_654_435_761) as usize) % SPREAD;
+        &self.block[offset..offset + self.size - header]
+    }
+
+    /// Writes the payload of message `seq` into `out` (cleared first).
+    pub fn write(&self, seq: u64, out: &mut Vec<u8>) {
+        out.clear();
+        let header = HEADER.min(self.size);
+        out.extend_from_slice(&self.header(seq)[..header]);
+        out.extend_from_slice(self.body(seq));
+    }
+
+    /// Whether `payload` is exactly the payload of message `seq`.
+    pub fn matches(&self, seq: u64, payload: &[u8]) -> bool {
+        let header = HEADER.min(self.size);
+        payload.len() == self.size
+            && payload[..header] == self.header(seq)[..header]
+            && payload[header..] == *self.body(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_payload_checks_against_its_own_sequence_only() {
+        for message_type in [MessageType::Binary, MessageType::Text] {
+            for size in [0, 1, 7, 8, 9, 20, 1024, 16384] {
+                let pattern = Pattern::new(size, message_type);
+                let mut buf = Vec::new();
+                for seq in [0u64, 1, 2, 255, 256, 1 << 40] {
+                    pattern.write(seq, &mut buf);
+                    assert_eq!(buf.len(), size);
+                    assert!(pattern.matches(seq, &buf));
+                    if size >= 8 {
+                        assert!(!pattern.matches(seq + 1, &buf), "seq {seq} size {size}");
+                    }
+                    if message_type == MessageType::Text {
+                        assert!(std::str::from_utf8(&buf).is_ok());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn corruption_and_truncation_are_caught() {
+        let pattern = Pattern::new(100, MessageType::Binary);
+        let mut buf = Vec::new();
+        pattern.write(42, &mut buf);
+        for i in [0, 8, 50, 99] {
+            let mut bad = buf.clone();
+            bad[i] ^= 1;
+            assert!(!pattern.matches(42, &bad), "flip at {i}");
+        }
+        assert!(!pattern.matches(42, &buf[..99]));
+        let mut longer = buf.clone();
+        longer.push(0);
+        assert!(!pattern.matches(42, &longer));
+    }
+}

@@ -1,0 +1,147 @@
+//! The picture of several runs: latency by percentile on the usual
+//! "1/(1-p)" log axis (0 % to 99.999 %), and a throughput bar per run.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use plotters::prelude::*;
+
+use crate::result::RunResult;
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// Highest percentile shown: 99.999 %, i.e. 1/(1-p) = 100 000.
+const X_MAX: f64 = 100_000.0;
+
+pub fn plot(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(!results.is_empty(), "nothing to plot");
+    let mut curves = Vec::new();
+    for r in results {
+        let h = r.latency()?;
+        let points: Vec<(f64, f64)> = h
+            .iter_quantiles(10)
+            .map(|v| {
+                let q = v.quantile_iterated_to().min(1.0 - 1.0 / X_MAX);
+                (1.0 / (1.0 - q), v.value_iterated_to().max(1) as f64)
+            })
+            .collect();
+        curves.push((r.label.clone(), points));
+    }
+    let y_max = curves
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
+        .fold(1.0, f64::max)
+        * 1.5;
+    let y_min = curves
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
+        .fold(f64::MAX, f64::min)
+        .max(1.0)
+        / 1.5;
+
+    let height = 560 + 40 * results.len() as u32;
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(520);
+
+    let mut chart = ChartBuilder::on(&top)
+        .caption("Echo latency by percentile", ("sans-serif", 22))
+        .margin(15)
+        .margin_right(45)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1.0..X_MAX).log_scale(), (y_min..y_max).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (µs)")
+        .x_labels(6)
+        .x_label_formatter(&|x| percentile_label(*x))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    for (i, (label, points)) in curves.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+
+    // Throughput: one horizontal bar per run.
+    let best = results
+        .iter()
+        .map(|r| r.summary.msgs_per_sec)
+        .fold(1.0, f64::max);
+    let n = results.len() as f64;
+    let mut bars = ChartBuilder::on(&bottom)
+        .caption("Throughput (messages per second)", ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(30)
+        .y_label_area_size(10)
+        .build_cartesian_2d(0.0..best * 1.25, 0.0..n)?;
+    bars.configure_mesh()
+        .disable_y_mesh()
+        .disable_y_axis()
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()?;
+    for (i, r) in results.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        // The first run on top; each bar fills most of its row.
+        let row = n - 1.0 - i as f64;
+        bars.draw_series(std::iter::once(Rectangle::new(
+            [(0.0, row + 0.1), (r.summary.msgs_per_sec, row + 0.9)],
+            color.mix(0.35).filled(),
+        )))?;
+        bars.draw_series(std::iter::once(Text::new(
+            format!("{}: {:.0}", r.label, r.summary.msgs_per_sec),
+            (best * 0.01, row + 0.7),
+            ("sans-serif", 14).into_font().color(&BLACK),
+        )))?;
+    }
+    root.present()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn percentile_label(x: f64) -> String {
+    let nines = x.log10().round() as i32;
+    match nines {
+        0 => "0%".into(),
+        1 => "90%".into(),
+        2 => "99%".into(),
+        n => format!("99.{}%", "9".repeat((n - 2) as usize)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_axis_reads_as_nines() {
+        let labels: Vec<String> = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5]
+            .map(percentile_label)
+            .to_vec();
+        assert_eq!(labels, ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]);
+    }
+}

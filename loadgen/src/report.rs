@@ -1,0 +1,279 @@
+//! Tables for people: one run's summary, and several runs side by side.
+
+use std::collections::BTreeMap;
+
+use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
+use comfy_table::{CellAlignment, Table};
+
+use crate::result::RunResult;
+
+/// Terminal or Markdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Terminal,
+    Markdown,
+}
+
+fn table(style: Style) -> Table {
+    let mut table = Table::new();
+    table.load_preset(match style {
+        Style::Terminal => UTF8_FULL_CONDENSED,
+        Style::Markdown => ASCII_MARKDOWN,
+    });
+    table
+}
+
+/// The summary of one run: a line of context and the figures.
+pub fn summary(result: &RunResult) -> String {
+    let s = &result.summary;
+    let l = &s.latency_us;
+    let mut t = table(Style::Terminal);
+    t.set_header([
+        "msgs/s",
+        "MiB/s",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "p99.99 µs",
+        "max µs",
+        "errors",
+    ]);
+    t.add_row([
+        format!("{:.0}", s.msgs_per_sec),
+        format!("{:.2}", s.mib_per_sec),
+        l.p50.to_string(),
+        l.p90.to_string(),
+        l.p99.to_string(),
+        l.p999.to_string(),
+        l.p9999.to_string(),
+        l.max.to_string(),
+        s.errors.total().to_string(),
+    ]);
+    right_align(&mut t, 0);
+    let load = &result.load;
+    let mut out = format!(
+        "{} — {} {:?} messages over {} connections, {} for {} s after {} s warm-up, server {}\n{t}\n",
+        result.label,
+        load.size,
+        load.message_type,
+        s.connections,
+        load.mode(),
+        load.duration,
+        load.warmup,
+        server_name(result),
+    );
+    let e = &s.errors;
+    if e.total() > 0 || s.unanswered > 0 {
+        out.push_str(&format!(
+            "errors: {} mismatched echoes, {} unexpected frames, {} unexpected closes, {} failed connections; {} messages unanswered\n",
+            e.mismatches, e.unexpected_frames, e.unexpected_closes, e.connect_failures, s.unanswered
+        ));
+    }
+    out
+}
+
+fn server_name(result: &RunResult) -> String {
+    let server = &result.server;
+    if server["known"] == true {
+        format!(
+            "{} {} ({})",
+            server["software"].as_str().unwrap_or("?"),
+            server["version"].as_str().unwrap_or("?"),
+            server["backend"].as_str().unwrap_or("?")
+        )
+    } else {
+        "unknown".to_string()
+    }
+}
+
+/// The configuration of a run as flat `key = value` pairs, for finding what
+/// differs between runs. Ports and dates change every run and say nothing.
+fn configuration(result: &RunResult) -> BTreeMap<String, String> {
+    let mut flat = BTreeMap::new();
+    flatten(
+        "",
+        &serde_json::to_value(&result.load).unwrap_or_default(),
+        &mut flat,
+    );
+    flatten("server.", &result.server["config"], &mut flat);
+    flat.insert("server".into(), server_name(result));
+    for noise in ["url", "server.listen", "server.commit"] {
+        flat.remove(noise);
+    }
+    flat
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                flatten(&format!("{prefix}{k}."), v, out);
+            }
+        }
+        serde_json::Value::Null if prefix.is_empty() => {}
+        other => {
+            let key = prefix.trim_end_matches('.').to_string();
+            let text = match other {
+                serde_json::Value::Null => "—".to_string(),
+                serde_json::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            out.insert(key, text);
+        }
+    }
+}
+
+/// Runs side by side: the configuration keys that differ come first, then
+/// throughput and latency with their ratio to the first run.
+pub fn compare(results: &[RunResult], style: Style) -> String {
+    let configs: Vec<BTreeMap<String, String>> = results.iter().map(configuration).collect();
+    let keys: Vec<&String> = configs
+        .first()
+        .map(|_| {
+            let mut all: Vec<&String> = configs.iter().flat_map(|c| c.keys()).collect();
+            all.sort();
+            all.dedup();
+            all.into_iter()
+                // A key differs when the runs that have it disagree; a key
+                // only some runs have (an unknown server's settings) does not.
+                .filter(|k| {
+                    let mut values = configs.iter().filter_map(|c| c.get(*k));
+                    let first_value = values.next();
+                    values.any(|v| Some(v) != first_value)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let mut t = table(style);
+    let mut header = vec!["run".to_string()];
+    header.extend(keys.iter().map(|k| k.to_string()));
+    header.extend(
+        [
+            "msgs/s",
+            "MiB/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "max µs",
+            "errors",
+        ]
+        .map(String::from),
+    );
+    t.set_header(header);
+    let base = results.first().map(|r| &r.summary);
+    for (result, config) in results.iter().zip(&configs) {
+        let s = &result.summary;
+        let with_ratio = |value: f64, base: Option<f64>, digits: usize| match base {
+            Some(b) if b > 0.0 => format!("{value:.digits$} ({:.2}×)", value / b),
+            _ => format!("{value:.digits$}"),
+        };
+        let b = base.expect("a first run");
+        let mut row = vec![result.label.clone()];
+        row.extend(
+            keys.iter()
+                .map(|k| config.get(*k).cloned().unwrap_or_else(|| "—".into())),
+        );
+        row.extend([
+            with_ratio(s.msgs_per_sec, Some(b.msgs_per_sec), 0),
+            format!("{:.2}", s.mib_per_sec),
+            with_ratio(s.latency_us.p50 as f64, Some(b.latency_us.p50 as f64), 0),
+            with_ratio(s.latency_us.p99 as f64, Some(b.latency_us.p99 as f64), 0),
+            with_ratio(s.latency_us.p999 as f64, Some(b.latency_us.p999 as f64), 0),
+            s.latency_us.max.to_string(),
+            s.errors.total().to_string(),
+        ]);
+        t.add_row(row);
+    }
+    let mut out = t.to_string();
+    out.push('\n');
+    if let Some(first) = configs.first() {
+        let same: Vec<String> = first
+            .iter()
+            .filter(|(k, _)| !keys.contains(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        out.push_str(&format!("\nSame in every run: {}\n", same.join(", ")));
+    }
+    out
+}
+
+fn right_align(t: &mut Table, from: usize) {
+    for i in from..t.column_count() {
+        if let Some(column) = t.column_mut(i) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::{Histograms, Machine, Percentiles, Summary, Tool, SCHEMA};
+
+    fn run(label: &str, connections: u32, buffer: u64, msgs_per_sec: f64, p99: u64) -> RunResult {
+        let mut load = crate::test_load();
+        load.connections = connections;
+        RunResult {
+            schema: SCHEMA.into(),
+            label: label.into(),
+            date: "2026-11-25T00:00:00Z".into(),
+            tool: Tool {
+                name: "loadgen".into(),
+                version: "0".into(),
+                commit: "x".into(),
+            },
+            load,
+            server: serde_json::json!({"known": true, "software": "ringecho", "version": "0.1.0",
+                "backend": "epoll", "config": {"receive_buffer_size": buffer, "listen": format!("127.0.0.1:{buffer}")}}),
+            machine: Machine {
+                cpu_model: "cpu".into(),
+                cores: 2,
+                kernel: "6".into(),
+            },
+            summary: Summary {
+                duration_secs: 1.0,
+                msgs_per_sec,
+                latency_us: Percentiles {
+                    p99,
+                    p50: p99 / 2,
+                    ..Percentiles::default()
+                },
+                ..Summary::default()
+            },
+            histograms: Histograms {
+                latency_us: String::new(),
+                connect_us: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn compare_shows_what_differs_first_and_ratios_to_the_first_run() {
+        let results = [
+            run("a", 100, 4096, 1000.0, 100),
+            run("b", 100, 65536, 1500.0, 50),
+        ];
+        let text = compare(&results, Style::Markdown);
+        let header = text.lines().next().unwrap();
+        let columns: Vec<&str> = header
+            .split('|')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(
+            &columns[..3],
+            &["run", "server.receive_buffer_size", "msgs/s"],
+            "{text}"
+        );
+        assert!(text.contains("1500 (1.50×)"), "{text}");
+        assert!(text.contains("50 (0.50×)"), "{text}");
+        // Connections are equal, and the port is noise: neither is a column.
+        assert!(
+            !header.contains("connections") && !header.contains("listen"),
+            "{header}"
+        );
+        assert!(text.contains("connections=100"), "{text}");
+    }
+}

@@ -1,0 +1,363 @@
+//! The result file: the load and server configuration, the machine, the
+//! summary and the histograms themselves (HdrHistogram V2, base64), so that
+//! runs can be compared, merged exactly and re-plotted later.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::options::LoadConfig;
+
+pub const SCHEMA: &str = "ringecho-loadgen-result/1";
+/// Latencies are recorded in microseconds, 1 µs to 60 s, 3 significant digits.
+pub const LATENCY_MAX_US: u64 = 60_000_000;
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub schema: String,
+    pub label: String,
+    /// RFC 3339, UTC.
+    pub date: String,
+    pub tool: Tool,
+    pub load: LoadConfig,
+    /// The server's configuration as its `/stats` reported it, or
+    /// `{"known": false}`.
+    pub server: serde_json::Value,
+    pub machine: Machine,
+    pub summary: Summary,
+    pub histograms: Histograms,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tool {
+    pub name: String,
+    pub version: String,
+    pub commit: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub kernel: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    /// Measured seconds (the warm-up excluded).
+    pub duration_secs: f64,
+    /// Echoes received and checked within the measured window.
+    pub messages: u64,
+    pub msgs_per_sec: f64,
+    /// Payload MiB per second, one direction.
+    pub mib_per_sec: f64,
+    pub latency_us: Percentiles,
+    pub connect_us: Percentiles,
+    pub connections: u64,
+    pub errors: Errors,
+    /// Messages still unanswered when the run stopped waiting (2 s after its end).
+    pub unanswered: u64,
+    /// How many result files were merged into this one (1 for a plain run).
+    #[serde(default = "one")]
+    pub merged_from: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Errors {
+    /// Echoes whose bytes, length or type differ from what was sent.
+    pub mismatches: u64,
+    /// Data frames nobody asked for, and frames that break the protocol.
+    pub unexpected_frames: u64,
+    /// Connections the server closed or reset during the run.
+    pub unexpected_closes: u64,
+    pub connect_failures: u64,
+}
+
+impl Errors {
+    pub fn total(&self) -> u64 {
+        self.mismatches + self.unexpected_frames + self.unexpected_closes + self.connect_failures
+    }
+
+    pub fn add(&mut self, other: &Errors) {
+        self.mismatches += other.mismatches;
+        self.unexpected_frames += other.unexpected_frames;
+        self.unexpected_closes += other.unexpected_closes;
+        self.connect_failures += other.connect_failures;
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        Percentiles {
+            count: h.len(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Histograms {
+    /// Echo latency, µs, HdrHistogram V2 serialization in base64.
+    pub latency_us: String,
+    /// TCP connect plus WebSocket handshake, µs, same encoding.
+    pub connect_us: String,
+}
+
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    V2Serializer::new()
+        .serialize(h, &mut bytes)
+        .expect("serializing into memory");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn decode_histogram(encoded: &str) -> anyhow::Result<Histogram<u64>> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded)?;
+    Ok(Deserializer::new().deserialize(&mut bytes.as_slice())?)
+}
+
+impl RunResult {
+    pub fn latency(&self) -> anyhow::Result<Histogram<u64>> {
+        decode_histogram(&self.histograms.latency_us)
+    }
+
+    pub fn connect(&self) -> anyhow::Result<Histogram<u64>> {
+        decode_histogram(&self.histograms.connect_us)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read result file {}", path.display()))?;
+        let result: RunResult = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a loadgen result file", path.display()))?;
+        anyhow::ensure!(
+            result.schema == SCHEMA,
+            "{} has schema {:?}; this loadgen reads {SCHEMA:?}",
+            path.display(),
+            result.schema
+        );
+        Ok(result)
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(self)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Adds up runs made at the same time (several processes or hosts on one
+    /// server): histograms are added exactly, throughputs summed.
+    pub fn merge(results: &[RunResult]) -> anyhow::Result<RunResult> {
+        let (first, rest) = results.split_first().context("nothing to merge")?;
+        let mut latency = first.latency()?;
+        let mut connect = first.connect()?;
+        let mut merged = first.clone();
+        for r in rest {
+            latency.add(r.latency()?)?;
+            connect.add(r.connect()?)?;
+            let (s, o) = (&mut merged.summary, &r.summary);
+            s.duration_secs = s.duration_secs.max(o.duration_secs);
+            s.messages += o.messages;
+            s.msgs_per_sec += o.msgs_per_sec;
+            s.mib_per_sec += o.mib_per_sec;
+            s.connections += o.connections;
+            s.unanswered += o.unanswered;
+            s.merged_from += o.merged_from;
+            s.errors.add(&o.errors);
+            merged.load.connections += r.load.connections;
+            merged.load.rate = match (merged.load.rate, r.load.rate) {
+                (Some(a), Some(b)) => Some(a + b),
+                _ => None,
+            };
+        }
+        merged.summary.latency_us = Percentiles::of(&latency);
+        merged.summary.connect_us = Percentiles::of(&connect);
+        merged.histograms = Histograms {
+            latency_us: encode_histogram(&latency),
+            connect_us: encode_histogram(&connect),
+        };
+        merged.label = format!("{} (merged ×{})", first.label, merged.summary.merged_from);
+        Ok(merged)
+    }
+}
+
+/// HdrHistogram's percentile-distribution text, as its plotting tools read it.
+pub fn hgrm(h: &Histogram<u64>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
+    for v in h.iter_quantiles(5) {
+        let q = v.quantile_iterated_to();
+        let value = v.value_iterated_to() as f64;
+        if q < 1.0 {
+            let _ = writeln!(
+                out,
+                "{value:12.3} {q:2.12} {:10} {:14.2}",
+                v.count_since_last_iteration(),
+                1.0 / (1.0 - q)
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{value:12.3} {q:2.12} {:10}",
+                v.count_since_last_iteration()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean(),
+        h.stdev()
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        h.max() as f64,
+        h.len()
+    );
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        // HdrHistogram's sub-bucket count: the power of two above 2·10^digits.
+        1u64 << (2.0 * 10f64.powi(h.sigfig() as i32)).log2().ceil() as u32
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result_with(values: &[u64], messages: u64) -> RunResult {
+        let mut latency = new_histogram();
+        for &v in values {
+            latency.record(v).unwrap();
+        }
+        let connect = new_histogram();
+        RunResult {
+            schema: SCHEMA.into(),
+            label: "test".into(),
+            date: "2026-11-25T00:00:00Z".into(),
+            tool: Tool {
+                name: "loadgen".into(),
+                version: "0".into(),
+                commit: "abc".into(),
+            },
+            load: crate::test_load(),
+            server: serde_json::json!({"known": false}),
+            machine: Machine {
+                cpu_model: "cpu".into(),
+                cores: 2,
+                kernel: "6".into(),
+            },
+            summary: Summary {
+                duration_secs: 1.0,
+                messages,
+                msgs_per_sec: messages as f64,
+                latency_us: Percentiles::of(&latency),
+                connect_us: Percentiles::of(&connect),
+                merged_from: 1,
+                ..Summary::default()
+            },
+            histograms: Histograms {
+                latency_us: encode_histogram(&latency),
+                connect_us: encode_histogram(&connect),
+            },
+        }
+    }
+
+    #[test]
+    fn a_result_survives_a_round_trip_through_its_file() {
+        let result = result_with(&[10, 20, 30, 5000], 4);
+        let dir = std::env::temp_dir().join(format!("loadgen-result-{}", std::process::id()));
+        let path = dir.join("r.json");
+        result.save(&path).unwrap();
+        let back = RunResult::load(&path).unwrap();
+        assert_eq!(back.summary, result.summary);
+        assert_eq!(back.load, result.load);
+        assert_eq!(back.latency().unwrap(), result.latency().unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn merged_percentiles_equal_those_of_one_histogram_holding_all_values() {
+        let a: Vec<u64> = (1..=5000).map(|i| i * 3).collect();
+        let b: Vec<u64> = (1..=3000).map(|i| 100_000 + i * 17).collect();
+        let merged = RunResult::merge(&[result_with(&a, 5000), result_with(&b, 3000)]).unwrap();
+        let all: Vec<u64> = a.iter().chain(&b).copied().collect();
+        let together = result_with(&all, 8000);
+        assert_eq!(merged.summary.latency_us, together.summary.latency_us);
+        assert_eq!(merged.summary.messages, 8000);
+        assert_eq!(merged.summary.msgs_per_sec, 8000.0);
+        assert_eq!(merged.load.connections, 2 * crate::test_load().connections);
+        assert_eq!(merged.summary.merged_from, 2);
+    }
+
+    #[test]
+    fn hgrm_ends_at_the_maximum_with_its_footer() {
+        let result = result_with(&[100, 200, 300, 400, 10_000], 5);
+        let text = hgrm(&result.latency().unwrap());
+        assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
+        let last_row = text
+            .lines()
+            .rfind(|l| !l.starts_with('#') && !l.is_empty())
+            .unwrap();
+        assert!(last_row.contains("1.000000000000"), "{last_row}");
+        // 10 000 lies in a bucket whose highest equivalent value is 10 007.
+        assert!(last_row.trim_start().starts_with("10007.000"), "{last_row}");
+        assert!(
+            text.contains("#[Max     =    10007.000, Total count    =            5]"),
+            "{text}"
+        );
+        assert!(text.contains("SubBuckets     =         2048]"), "{text}");
+    }
+
+    #[test]
+    fn other_files_are_refused_with_a_clear_message() {
+        let dir = std::env::temp_dir().join(format!("loadgen-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.json");
+        std::fs::write(&path, "{\"hello\": 1}").unwrap();
+        let err = RunResult::load(&path).unwrap_err().to_string();
+        assert!(err.contains("not a loadgen result file"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

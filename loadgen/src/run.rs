@@ -1,0 +1,649 @@
+//! Running a load: one thread per core, each with a current-thread runtime
+//! and its share of the connections; per-thread histograms and counters,
+//! added together only once a second (the live line) and at the end.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::IsTerminal as _;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fastwebsockets::OpCode;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::client::{self, Decoder, Encoder, Incoming, Target};
+use crate::options::{LoadConfig, MessageType, RunArgs};
+use crate::payload::Pattern;
+use crate::result::{self, Errors, Histograms, Percentiles, RunResult, Summary};
+use crate::schedule::Schedule;
+
+/// How long after the end of the run outstanding echoes are still awaited.
+const DRAIN: Duration = Duration::from_secs(2);
+/// How long the server has to answer our close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Handshakes under way at once per thread: enough to open thousands of
+/// connections in seconds, few enough not to overflow a listen backlog.
+const CONNECTING_AT_ONCE: usize = 64;
+
+/// Runs the load described by `args` and returns its result; prints the live
+/// line (unless quiet) but not the final table.
+pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
+    let load = &args.load;
+    load.validate().map_err(anyhow::Error::msg)?;
+    let target = Target::parse(&load.url)?;
+    let server = crate::server_info::fetch(&target);
+    let cores = pick_cores(load);
+
+    let (to_main, from_threads) = mpsc::channel::<Report>();
+    let mut starts = Vec::new();
+    let mut handles = Vec::new();
+    for thread in 0..load.threads as u32 {
+        let (start_tx, start_rx) = mpsc::channel::<std::time::Instant>();
+        starts.push(start_tx);
+        let (load, target, to_main) = (load.clone(), target.clone(), to_main.clone());
+        let core = cores.get(thread as usize).copied();
+        let handle = std::thread::Builder::new()
+            .name(format!("loadgen-{thread}"))
+            .spawn(move || {
+                if let Some(id) = core {
+                    core_affinity::set_for_current(core_affinity::CoreId { id });
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime");
+                let local = tokio::task::LocalSet::new();
+                local.block_on(
+                    &runtime,
+                    load_thread(thread, load, target, start_rx, to_main),
+                )
+            })
+            .context("spawning a load thread")?;
+        handles.push(handle);
+    }
+    drop(to_main);
+
+    // Every thread reports its connections, then all start together.
+    let mut connect = result::new_histogram();
+    let mut errors = Errors::default();
+    let mut connected = 0;
+    for _ in 0..load.threads {
+        match from_threads
+            .recv()
+            .context("a load thread died while connecting")?
+        {
+            Report::Connected {
+                histogram,
+                failures,
+            } => {
+                connected += histogram.len();
+                connect.add(histogram)?;
+                errors.connect_failures += failures;
+            }
+            _ => unreachable!("threads report their connections first"),
+        }
+    }
+    anyhow::ensure!(
+        connected > 0,
+        "no connection to {} could be opened ({} failed): is the server running?",
+        load.url,
+        errors.connect_failures
+    );
+    let start = std::time::Instant::now() + Duration::from_millis(20);
+    for tx in starts {
+        let _ = tx.send(start);
+    }
+
+    let progress = live_line(args.quiet, load.warmup + load.duration);
+    let mut latency = result::new_histogram();
+    let mut counts = Counts::default();
+    let mut seconds: Vec<(Histogram<u64>, u64, usize)> = Vec::new();
+    let mut finished = 0;
+    while finished < load.threads {
+        match from_threads.recv().context("a load thread died")? {
+            Report::Second {
+                index,
+                histogram,
+                messages,
+            } => {
+                if seconds.len() <= index {
+                    seconds.resize_with(index + 1, || (result::new_histogram(), 0, 0));
+                }
+                let second = &mut seconds[index];
+                second.0.add(histogram)?;
+                second.1 += messages;
+                second.2 += 1;
+                if second.2 == load.threads as usize {
+                    progress.set_position(index as u64 + 1);
+                    progress.set_message(format!(
+                        "{:>9} msgs/s   p50 {:>6} µs   p99 {:>6} µs{}",
+                        group(second.1),
+                        second.0.value_at_quantile(0.5),
+                        second.0.value_at_quantile(0.99),
+                        if (index as f64) < load.warmup {
+                            "   (warm-up)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
+            Report::Done {
+                histogram,
+                counts: c,
+            } => {
+                latency.add(histogram)?;
+                counts.add(&c);
+                finished += 1;
+            }
+            Report::Connected { .. } => unreachable!("connected once"),
+        }
+    }
+    progress.finish_and_clear();
+    for handle in handles {
+        let _ = handle.join();
+    }
+
+    errors.add(&counts.errors);
+    let messages = latency.len();
+    let summary = Summary {
+        duration_secs: load.duration,
+        messages,
+        msgs_per_sec: messages as f64 / load.duration,
+        mib_per_sec: (messages as f64 * load.size as f64) / load.duration / (1024.0 * 1024.0),
+        latency_us: Percentiles::of(&latency),
+        connect_us: Percentiles::of(&connect),
+        connections: connected,
+        errors,
+        unanswered: counts.unanswered,
+        merged_from: 1,
+    };
+    Ok(RunResult {
+        schema: result::SCHEMA.to_string(),
+        label: args.label.clone().unwrap_or_else(|| {
+            format!(
+                "{} · {}",
+                crate::server_info::short_name(&server, &target),
+                load.default_label()
+            )
+        }),
+        date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        tool: result::Tool {
+            name: "loadgen".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            commit: env!("RINGECHO_COMMIT").into(),
+        },
+        load: load.clone(),
+        server,
+        machine: crate::server_info::machine(),
+        summary,
+        histograms: Histograms {
+            latency_us: result::encode_histogram(&latency),
+            connect_us: result::encode_histogram(&connect),
+        },
+    })
+}
+
+/// The last `threads` cores this process may run on, unless told otherwise:
+/// the server usually takes the first ones.
+fn pick_cores(load: &LoadConfig) -> Vec<usize> {
+    if load.no_pin {
+        return Vec::new();
+    }
+    if !load.cores.is_empty() {
+        return load.cores.clone();
+    }
+    let available: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let n = load.threads as usize;
+    if available.is_empty() {
+        return Vec::new();
+    }
+    (0..n)
+        .map(|i| available[(available.len() + i).saturating_sub(n) % available.len()])
+        .collect()
+}
+
+fn live_line(quiet: bool, seconds: f64) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(seconds.ceil() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed:>4} [{bar:20}] {pos}/{len} s  {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What a load thread tells the main thread.
+enum Report {
+    Connected {
+        histogram: Histogram<u64>,
+        failures: u64,
+    },
+    Second {
+        index: usize,
+        histogram: Histogram<u64>,
+        messages: u64,
+    },
+    Done {
+        histogram: Histogram<u64>,
+        counts: Counts,
+    },
+}
+
+#[derive(Default, Clone)]
+struct Counts {
+    errors: Errors,
+    unanswered: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.errors.add(&other.errors);
+        self.unanswered += other.unanswered;
+    }
+}
+
+/// A load thread's shared state: touched by its connections only.
+struct ThreadState {
+    pattern: Pattern,
+    message_type: MessageType,
+    rate: Option<f64>,
+    in_flight: u32,
+    connections: u32,
+    /// Echoes completing in [measure_from, end] are measured.
+    measure_from: Instant,
+    end: Instant,
+    latency: RefCell<Histogram<u64>>,
+    /// The current second, for the live line.
+    second: RefCell<Histogram<u64>>,
+    mismatches: Cell<u64>,
+    unexpected_frames: Cell<u64>,
+    unexpected_closes: Cell<u64>,
+    unanswered: Cell<u64>,
+}
+
+async fn load_thread(
+    thread: u32,
+    load: LoadConfig,
+    target: Target,
+    start: mpsc::Receiver<std::time::Instant>,
+    to_main: mpsc::Sender<Report>,
+) {
+    // Connect this thread's connections (ids thread, thread + threads, …).
+    let ids: Vec<u32> = (thread..load.connections)
+        .step_by(load.threads as usize)
+        .collect();
+    let mut connect = result::new_histogram();
+    let mut failures = 0;
+    let mut streams = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CONNECTING_AT_ONCE) {
+        let attempts = chunk.iter().map(|&id| {
+            let source = source_for(&load.source_addr, id);
+            let target = &target;
+            async move {
+                let began = std::time::Instant::now();
+                let connected = client::connect(target, source).await;
+                (id, began.elapsed(), connected)
+            }
+        });
+        for (id, took, connected) in futures_util::future::join_all(attempts).await {
+            match connected {
+                Ok((stream, leftover)) => {
+                    let _ = connect.record(took.as_micros().max(1) as u64);
+                    streams.push((id, stream, leftover));
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        eprintln!("loadgen: connection {id} failed: {e:#}");
+                    }
+                    failures += 1;
+                }
+            }
+        }
+    }
+    let _ = to_main.send(Report::Connected {
+        histogram: connect,
+        failures,
+    });
+    let Ok(start) = start.recv() else { return };
+    let now_std = std::time::Instant::now();
+    let start = Instant::now() + start.saturating_duration_since(now_std);
+
+    let state = Rc::new(ThreadState {
+        pattern: Pattern::new(load.size, load.message_type),
+        message_type: load.message_type,
+        rate: load.rate,
+        in_flight: load.in_flight,
+        connections: load.connections,
+        measure_from: start + Duration::from_secs_f64(load.warmup),
+        end: start + Duration::from_secs_f64(load.warmup + load.duration),
+        latency: RefCell::new(result::new_histogram()),
+        second: RefCell::new(result::new_histogram()),
+        mismatches: Cell::new(0),
+        unexpected_frames: Cell::new(0),
+        unexpected_closes: Cell::new(0),
+        unanswered: Cell::new(0),
+    });
+
+    tokio::time::sleep_until(start).await;
+    let mut talks = Vec::with_capacity(streams.len());
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|(id, stream, leftover)| {
+            let talk = Conversation::new();
+            talks.push((id, talk.clone()));
+            tokio::task::spawn_local(connection(stream, leftover, talk, state.clone()))
+        })
+        .collect();
+    let pacer = load
+        .rate
+        .map(|rate| tokio::task::spawn_local(pace(start, rate, state.clone(), talks)));
+
+    // The live line: this thread's last second, every second.
+    let ticker = {
+        let state = state.clone();
+        let to_main = to_main.clone();
+        tokio::task::spawn_local(async move {
+            let mut index = 0;
+            loop {
+                tokio::time::sleep_until(start + Duration::from_secs(index as u64 + 1)).await;
+                let histogram =
+                    std::mem::replace(&mut *state.second.borrow_mut(), result::new_histogram());
+                let messages = histogram.len();
+                if to_main
+                    .send(Report::Second {
+                        index,
+                        histogram,
+                        messages,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+                index += 1;
+            }
+        })
+    };
+    for task in tasks {
+        let _ = task.await;
+    }
+    ticker.abort();
+    if let Some(pacer) = pacer {
+        pacer.abort();
+    }
+    let counts = Counts {
+        errors: Errors {
+            mismatches: state.mismatches.get(),
+            unexpected_frames: state.unexpected_frames.get(),
+            unexpected_closes: state.unexpected_closes.get(),
+            connect_failures: 0,
+        },
+        unanswered: state.unanswered.get(),
+    };
+    let histogram = state.latency.replace(result::new_histogram());
+    let _ = to_main.send(Report::Done { histogram, counts });
+}
+
+/// Constant rate: hands each connection its due times, in order across the
+/// thread's connections. tokio's timers tick in milliseconds, far too coarse
+/// for latencies of tens of microseconds, so the pacer sleeps only until a
+/// millisecond before a due time and yields to the connections (without
+/// blocking the thread) through the rest: a busy thread, but sends on time.
+async fn pace(
+    start: Instant,
+    rate: f64,
+    state: Rc<ThreadState>,
+    talks: Vec<(u32, Rc<Conversation>)>,
+) {
+    use std::cmp::Reverse;
+    let schedules: Vec<Schedule> = talks
+        .iter()
+        .map(|(id, _)| Schedule::new(start, rate, state.connections, *id))
+        .collect();
+    let mut next: std::collections::BinaryHeap<Reverse<(Instant, usize, u64)>> = schedules
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Reverse((s.due(0), i, 0)))
+        .collect();
+    while let Some(Reverse((due, i, k))) = next.pop() {
+        if due >= state.end {
+            break;
+        }
+        loop {
+            let now = Instant::now();
+            if now >= due {
+                break;
+            }
+            if due - now > Duration::from_millis(2) {
+                tokio::time::sleep_until(due - Duration::from_millis(1)).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+        let talk = &talks[i].1;
+        talk.credits.borrow_mut().push_back(due);
+        talk.wake.notify_one();
+        next.push(Reverse((schedules[i].due(k + 1), i, k + 1)));
+    }
+}
+
+fn source_for(sources: &[IpAddr], id: u32) -> Option<IpAddr> {
+    (!sources.is_empty()).then(|| sources[id as usize % sources.len()])
+}
+
+/// One connection's conversation: the writer sends on its schedule (closed
+/// loop or constant rate), the reader checks echoes in order.
+struct Conversation {
+    /// Sent and not yet echoed: (sequence number, time latency counts from).
+    in_flight: RefCell<VecDeque<(u64, Instant)>>,
+    /// Wakes the writer: an echo arrived (closed loop), or a ping needs a pong.
+    wake: Notify,
+    pongs: RefCell<Vec<Vec<u8>>>,
+    /// Constant rate: due times handed out by the thread's pacer, not yet sent.
+    credits: RefCell<VecDeque<Instant>>,
+    /// We sent our close: the server's close is expected now.
+    closing: Cell<bool>,
+    /// The reader stopped: nothing more will be answered.
+    reader_done: Cell<bool>,
+}
+
+impl Conversation {
+    fn new() -> Rc<Self> {
+        Rc::new(Conversation {
+            in_flight: RefCell::new(VecDeque::new()),
+            wake: Notify::new(),
+            pongs: RefCell::new(Vec::new()),
+            credits: RefCell::new(VecDeque::new()),
+            closing: Cell::new(false),
+            reader_done: Cell::new(false),
+        })
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    leftover: Vec<u8>,
+    talk: Rc<Conversation>,
+    state: Rc<ThreadState>,
+) {
+    let (read, write) = stream.into_split();
+    let hard_stop = state.end + DRAIN + CLOSE_WAIT;
+    let writer = write_loop(write, state.clone(), talk.clone());
+    let reader = read_loop(read, &leftover, state.clone(), talk.clone());
+    let _ = tokio::time::timeout_at(hard_stop, async { tokio::join!(writer, reader) }).await;
+    state
+        .unanswered
+        .set(state.unanswered.get() + talk.in_flight.borrow().len() as u64);
+}
+
+async fn write_loop(mut write: OwnedWriteHalf, state: Rc<ThreadState>, talk: Rc<Conversation>) {
+    let opcode = match state.message_type {
+        MessageType::Binary => OpCode::Binary,
+        MessageType::Text => OpCode::Text,
+    };
+    let mut encoder = Encoder::default();
+    let mut payload = Vec::with_capacity(state.pattern.size());
+    let mut frame = Vec::with_capacity(state.pattern.size() + 14);
+    let mut seq: u64 = 0;
+    loop {
+        // When may the next message leave, and from when does its latency count?
+        let due = if state.rate.is_some() {
+            loop {
+                if let Some(due) = talk.credits.borrow_mut().pop_front() {
+                    break Some(due);
+                }
+                if talk.reader_done.get() || Instant::now() >= state.end {
+                    break None;
+                }
+                tokio::select! {
+                    () = talk.wake.notified() => {
+                        if flush_pongs(&mut write, &mut encoder, &talk).await.is_err() { return; }
+                    }
+                    () = tokio::time::sleep_until(state.end) => {}
+                }
+            }
+        } else {
+            while talk.in_flight.borrow().len() >= state.in_flight as usize
+                && !talk.reader_done.get()
+            {
+                tokio::select! {
+                    () = talk.wake.notified() => {}
+                    () = tokio::time::sleep_until(state.end) => break,
+                }
+            }
+            Some(Instant::now())
+        };
+        let Some(due) = due else { break };
+        if talk.reader_done.get() || (state.rate.is_none() && Instant::now() >= state.end) {
+            break;
+        }
+        frame.clear();
+        for pong in talk.pongs.borrow_mut().drain(..) {
+            encoder.encode(OpCode::Pong, &pong, &mut frame);
+        }
+        state.pattern.write(seq, &mut payload);
+        encoder.encode(opcode, &payload, &mut frame);
+        talk.in_flight.borrow_mut().push_back((seq, due));
+        if write.write_all(&frame).await.is_err() {
+            return;
+        }
+        seq += 1;
+    }
+    // The run is over: wait for outstanding echoes, then close.
+    let drained = state.end + DRAIN;
+    while !talk.in_flight.borrow().is_empty() && !talk.reader_done.get() && Instant::now() < drained
+    {
+        tokio::select! {
+            () = talk.wake.notified() => {
+                if flush_pongs(&mut write, &mut encoder, &talk).await.is_err() { return; }
+            }
+            () = tokio::time::sleep_until(drained) => {}
+        }
+    }
+    talk.closing.set(true);
+    frame.clear();
+    encoder.encode(OpCode::Close, &1000u16.to_be_bytes(), &mut frame);
+    let _ = write.write_all(&frame).await;
+}
+
+async fn flush_pongs(
+    write: &mut OwnedWriteHalf,
+    encoder: &mut Encoder,
+    talk: &Conversation,
+) -> std::io::Result<()> {
+    let mut frame = Vec::new();
+    for pong in talk.pongs.borrow_mut().drain(..) {
+        encoder.encode(OpCode::Pong, &pong, &mut frame);
+    }
+    if frame.is_empty() {
+        return Ok(());
+    }
+    write.write_all(&frame).await
+}
+
+async fn read_loop(
+    read: tokio::net::tcp::OwnedReadHalf,
+    leftover: &[u8],
+    state: Rc<ThreadState>,
+    talk: Rc<Conversation>,
+) {
+    let max = state.pattern.size().max(1 << 16) * 2;
+    let mut decoder = Decoder::new(read, leftover, max);
+    loop {
+        let incoming = decoder.next().await;
+        let now = Instant::now();
+        match incoming {
+            Ok(Incoming::Binary(payload)) | Ok(Incoming::Text(payload)) => {
+                let is_text = matches!(incoming, Ok(Incoming::Text(_)));
+                let Some((seq, due)) = talk.in_flight.borrow_mut().pop_front() else {
+                    bump(&state.unexpected_frames);
+                    continue;
+                };
+                let right_type = is_text == (state.message_type == MessageType::Text);
+                if !right_type || !state.pattern.matches(seq, payload) {
+                    bump(&state.mismatches);
+                }
+                let micros = now.saturating_duration_since(due).as_micros().max(1) as u64;
+                state.second.borrow_mut().saturating_record(micros);
+                if now >= state.measure_from && now <= state.end {
+                    state.latency.borrow_mut().saturating_record(micros);
+                }
+                talk.wake.notify_one();
+            }
+            Ok(Incoming::Ping(payload)) => {
+                talk.pongs.borrow_mut().push(payload.to_vec());
+                talk.wake.notify_one();
+            }
+            Ok(Incoming::Pong) => {}
+            Ok(Incoming::Close(_)) => {
+                if !talk.closing.get() {
+                    bump(&state.unexpected_closes);
+                }
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                bump(&state.unexpected_frames);
+                break;
+            }
+            Err(_) => {
+                if !talk.closing.get() {
+                    bump(&state.unexpected_closes);
+                }
+                break;
+            }
+        }
+    }
+    talk.reader_done.set(true);
+    talk.wake.notify_one();
+}
+
+fn bump(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
+}

@@ -1,0 +1,75 @@
+//! What a result records besides the load: the server's own configuration,
+//! read from its `/stats` when it has one, and the machine.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::client::Target;
+use crate::result::Machine;
+
+/// The server's configuration from `GET /stats` on the target's host and
+/// port (ringecho answers it); `{"known": false}` for other servers.
+pub fn fetch(target: &Target) -> serde_json::Value {
+    read_stats(target)
+        .filter(|stats| stats.get("config").is_some())
+        .map(|stats| {
+            serde_json::json!({
+                "known": true,
+                "software": "ringecho",
+                "version": stats["version"],
+                "commit": stats["commit"],
+                "backend": stats["backend"],
+                "config": stats["config"],
+            })
+        })
+        .unwrap_or_else(|| serde_json::json!({ "known": false }))
+}
+
+/// How a server is named in default labels: "ringecho tokio-uring", or the
+/// address of a server we know nothing about.
+pub fn short_name(server: &serde_json::Value, target: &Target) -> String {
+    match server["backend"].as_str() {
+        Some(backend) if server["known"] == true => format!("ringecho {backend}"),
+        _ => target.host.clone(),
+    }
+}
+
+fn read_stats(target: &Target) -> Option<serde_json::Value> {
+    let timeout = Duration::from_secs(2);
+    let mut stream = TcpStream::connect_timeout(&target.addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    let request = format!(
+        "GET /stats HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        target.host
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let response = String::from_utf8(response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
+}
+
+pub fn machine() -> Machine {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string());
+    Machine {
+        cpu_model,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel,
+    }
+}

@@ -1,0 +1,172 @@
+//! The loadgen command line against echo servers it did not write:
+//! tokio-tungstenite, once honest and once corrupting every tenth echo.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Starts a tokio-tungstenite echo server on its own thread; with `corrupt`,
+/// every tenth data message comes back with one byte flipped.
+fn echo_server(corrupt: bool) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    let mut n = 0u64;
+                    while let Some(Ok(message)) = ws.next().await {
+                        let reply = match message {
+                            Message::Binary(data) => {
+                                n += 1;
+                                let mut data = data.to_vec();
+                                if corrupt && n.is_multiple_of(10) && !data.is_empty() {
+                                    data[0] ^= 0xFF;
+                                }
+                                Message::binary(data)
+                            }
+                            Message::Text(text) => Message::Text(text),
+                            Message::Close(_) => break,
+                            _ => continue,
+                        };
+                        if ws.send(reply).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+fn loadgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn run(addr: SocketAddr, extra: &[&str], out: &Path) -> Output {
+    let url = format!("ws://{addr}/");
+    let mut args = vec![
+        "run",
+        "--url",
+        &url,
+        "--connections",
+        "8",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--quiet",
+        "--no-pin",
+    ];
+    args.extend_from_slice(extra);
+    let out = out.to_str().unwrap().to_string();
+    args.extend_from_slice(&["--out", &out]);
+    loadgen(&args)
+}
+
+#[test]
+fn an_honest_server_passes_and_results_compare_and_plot() {
+    let dir = std::env::temp_dir().join(format!("loadgen-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = echo_server(false);
+    let files: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.json")).display().to_string())
+        .collect();
+    for (file, extra) in files.iter().zip([
+        &["--size", "20"][..],
+        &["--size", "1024"],
+        &["--size", "20", "--rate", "500"],
+    ]) {
+        let output = run(addr, extra, Path::new(file));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("msgs/s") && stdout.contains("p99.99 µs"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("server unknown"),
+            "not ringecho: no /stats to read: {stdout}"
+        );
+    }
+    let mut compare = vec!["compare"];
+    compare.extend(files.iter().map(String::as_str));
+    let output = loadgen(&compare);
+    assert!(output.status.success());
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("size") && table.contains("rate") && table.contains("(1.00×)"),
+        "{table}"
+    );
+
+    let svg = dir.join("all.svg").display().to_string();
+    let mut plot = vec!["plot"];
+    plot.extend(files.iter().map(String::as_str));
+    plot.extend(["-o", &svg]);
+    assert!(loadgen(&plot).status.success());
+    assert!(std::fs::read_to_string(&svg)
+        .unwrap()
+        .contains("Throughput"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_corrupting_server_is_caught_and_the_run_fails() {
+    let dir = std::env::temp_dir().join(format!("loadgen-corrupt-{}", std::process::id()));
+    let addr = echo_server(true);
+    let path = dir.join("bad.json");
+    let output = run(addr, &["--size", "64"], &path);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a run with mismatches exits non-zero"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("mismatched echoes"), "{stdout}");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(result["summary"]["errors"]["mismatches"].as_u64().unwrap() > 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_flags_and_missing_servers_say_what_to_do() {
+    let output = loadgen(&["run", "--url", "http://x/", "--duration", "1"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ws://"));
+    let output = loadgen(&["run", "--url", "ws://127.0.0.1:1/", "--connections", "0"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&output.stderr).lines().count(), 1);
+    // Nothing listens on port 1.
+    let output = loadgen(&[
+        "run",
+        "--url",
+        "ws://127.0.0.1:1/",
+        "--duration",
+        "1",
+        "--quiet",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is the server running?"));
+}

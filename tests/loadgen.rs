@@ -1,0 +1,85 @@
+//! loadgen against the real engine: a two-second load in each mode, its
+//! result file read back, and compare / plot / merge on those results.
+//! No test here asserts a speed.
+
+mod common;
+
+use common::Engine;
+use loadgen::options::{LoadConfig, MessageType, Protocol, RunArgs};
+use loadgen::report::{self, Style};
+use loadgen::RunResult;
+
+fn args(engine: &Engine, rate: Option<f64>, out: std::path::PathBuf) -> RunArgs {
+    RunArgs {
+        load: LoadConfig {
+            url: engine.url("/ws"),
+            connections: 20,
+            size: 100,
+            message_type: MessageType::Binary,
+            duration: 2.0,
+            warmup: 0.5,
+            threads: 1,
+            no_pin: true,
+            cores: Vec::new(),
+            source_addr: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
+            protocol: Protocol::Raw,
+            in_flight: 2,
+            rate,
+        },
+        out: Some(out),
+        hgrm: None,
+        quiet: true,
+        label: None,
+    }
+}
+
+#[test]
+fn both_modes_run_check_every_echo_and_save_their_results() {
+    let dir = std::env::temp_dir().join(format!("ringecho-loadgen-{}", std::process::id()));
+    let engine = Engine::start("tokio-uring", &["--receive-buffer-size", "8192"]);
+    let mut results = Vec::new();
+    for (name, rate) in [("closed", None), ("rate", Some(2000.0))] {
+        let path = dir.join(format!("{name}.json"));
+        let run = args(&engine, rate, path.clone());
+        let result = loadgen::run::run(&run).expect("the run completes");
+        loadgen::save_outputs(&run, &result).unwrap();
+        let back = RunResult::load(&path).expect("the result file reads back");
+        let s = &back.summary;
+        assert_eq!(s.errors.total(), 0, "{name}: {:?}", s.errors);
+        assert!(s.messages > 0, "{name}: no message measured");
+        assert_eq!(s.connections, 20);
+        assert_eq!(s.latency_us.count, s.messages);
+        assert_eq!(back.latency().unwrap().len(), s.messages);
+        assert_eq!(back.load, run.load);
+        // The engine's configuration came from its /stats.
+        assert_eq!(back.server["known"], true);
+        assert_eq!(back.server["config"]["receive_buffer_size"], 8192);
+        assert_eq!(back.server["backend"], "tokio-uring");
+        assert!(back.machine.cores > 0 && !back.machine.kernel.is_empty());
+        results.push(back);
+    }
+    // Constant rate: close to the asked rate (2000/s for 2 s), whatever the
+    // machine's speed; the measured window cuts at most a few at its edges.
+    let rate_run = &results[1].summary;
+    assert!(
+        (3600..=4200).contains(&rate_run.messages),
+        "constant rate sent {} messages in 2 s at 2000/s",
+        rate_run.messages
+    );
+    // The engine saw every connection close cleanly.
+    let stats = engine.wait_for_no_connections();
+    assert_eq!(stats["totals"]["closes"]["1000"], 40);
+
+    let table = report::compare(&results, Style::Markdown);
+    assert!(table.lines().next().unwrap().contains("rate"), "{table}");
+    let svg = dir.join("plot.svg");
+    loadgen::plot::plot(&results, &svg).unwrap();
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawing.starts_with("<svg") && drawing.contains("Echo latency by percentile"));
+    let merged = RunResult::merge(&results).unwrap();
+    assert_eq!(
+        merged.summary.messages,
+        results[0].summary.messages + rate_run.messages
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
