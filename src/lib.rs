@@ -3,8 +3,10 @@
 //! Data flows one way: [`runtime`] starts a worker per core and accepts;
 //! [`connection`] serves HTTP until the upgrade; [`session`] runs the echo
 //! over a backend's [`driver`], framing with [`codec`]; every layer counts in
-//! [`stats`]; [`options`] defines and checks the configuration.
+//! [`stats`]; [`options`] defines and checks the configuration; [`bench`]
+//! measures the engine with loadgen.
 
+pub mod bench;
 pub mod codec;
 pub mod connection;
 pub mod driver;

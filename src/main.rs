@@ -1,14 +1,14 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use ringecho::options::Options;
+use ringecho::options::{Cli, Command};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let options = match Options::try_parse() {
-        Ok(options) => options,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version
             let _ = e.print();
@@ -32,8 +32,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match ringecho::runtime::run(options) {
-        Ok(()) => ExitCode::SUCCESS,
+    let outcome = match cli.command {
+        None => ringecho::runtime::run(cli.engine).map(|()| ExitCode::SUCCESS),
+        Some(Command::Bench(options)) => ringecho::bench::run(&options),
+    };
+    match outcome {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ringecho: {e:#}");
             ExitCode::from(1)

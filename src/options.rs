@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 /// The smallest receive buffer we accept: a control frame (14-byte header and
@@ -15,17 +15,131 @@ pub const MIN_RECEIVE_BUFFER: usize = 256;
 /// any gain from fewer reads.
 pub const MAX_RECEIVE_BUFFER: usize = 64 << 20;
 
-#[derive(Parser, Debug, Clone, Serialize)]
+/// The command line: the engine's options, or `bench` and its own.
+#[derive(Parser, Debug)]
 #[command(
     name = "ringecho",
     version,
+    args_conflicts_with_subcommands = true,
     about = "A thread-per-core io_uring WebSocket echo engine for benchmarking",
     long_about = "A thread-per-core io_uring WebSocket echo engine for benchmarking.\n\n\
-        One worker per core, each pinned, each with its own reactor and its own SO_REUSEPORT \
-        listener. GET /ws (and an upgrade at /) echoes every message with its type; GET / \
-        serves a test page, GET /stats the per-core counters as JSON, GET /healthz answers 200.\n\n\
+        Without a subcommand the engine serves: one worker per core, each pinned, each with its own \
+        reactor and its own SO_REUSEPORT listener. GET /ws (and an upgrade at /) echoes every message \
+        with its type; GET / serves a test page, GET /stats the per-core counters as JSON, GET /healthz \
+        answers 200. `ringecho bench` starts the engine itself and measures it.\n\n\
         Logging follows RUST_LOG (default: info)."
 )]
+pub struct Cli {
+    #[command(flatten)]
+    pub engine: Options,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the engine on a free port, run the standard benchmark cases
+    /// against it with loadgen, print the comparison and write results/.
+    Bench(BenchOptions),
+}
+
+/// `ringecho bench`: comma-separated engine options are swept, restarting
+/// the engine for each combination, and the runs are put side by side.
+#[derive(Args, Debug, Clone, Serialize)]
+pub struct BenchOptions {
+    /// Backends to measure, comma-separated (e.g. tokio-uring,epoll).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    pub backend: Vec<BackendChoice>,
+
+    /// Receive buffer sizes to measure, comma-separated (e.g. 4096,16384,65536).
+    #[arg(long, value_name = "BYTES,…", value_delimiter = ',', default_value = "4096", value_parser = parse_receive_buffer_size)]
+    pub receive_buffer_size: Vec<usize>,
+
+    /// Engine threads to measure, comma-separated. The engine takes the first
+    /// cores and loadgen the rest. [default: half the cores, at least 1]
+    #[arg(long, value_name = "N,…", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Vec<u16>,
+
+    /// Cases to run, comma-separated (the standard cases of shared/BENCHMARKING.md).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "small,medium,large,fanin"
+    )]
+    pub cases: Vec<Case>,
+
+    /// Measured seconds of each closed-loop case.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub duration: f64,
+
+    /// Warm-up seconds before each measurement.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub warmup: f64,
+
+    /// Measured seconds of the constant-rate run (the first case at half its
+    /// measured closed-loop throughput, for tail latency); 0 skips it.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub rate_duration: f64,
+
+    /// Folder for result files, tables and plots.
+    /// [default: results/bench/DATE]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
+
+    /// No live line during each run.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The standard cases (shared/BENCHMARKING.md), closed loop, binary.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Case {
+    /// 100 connections × 20 B: per-message overhead.
+    Small,
+    /// 10 connections × 1 KiB: the typical chat or dashboard message.
+    Medium,
+    /// 10 connections × 16 KiB: copy and buffer costs.
+    Large,
+    /// 500 connections × 16 KiB: many busy connections on few cores.
+    Fanin,
+}
+
+impl Case {
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::Small => "small",
+            Case::Medium => "medium",
+            Case::Large => "large",
+            Case::Fanin => "fanin",
+        }
+    }
+
+    /// (connections, payload bytes)
+    pub fn shape(self) -> (u32, usize) {
+        match self {
+            Case::Small => (100, 20),
+            Case::Medium => (10, 1024),
+            Case::Large => (10, 16 * 1024),
+            Case::Fanin => (500, 16 * 1024),
+        }
+    }
+}
+
+impl BackendChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::TokioUring => "tokio-uring",
+            BackendChoice::Epoll => "epoll",
+        }
+    }
+}
+
+/// The engine's own options.
+#[derive(Parser, Debug, Clone, Serialize)]
+#[command(name = "ringecho")]
 pub struct Options {
     /// Address to listen on. Port 0 picks a free port; the address actually
     /// bound is printed on the first line of output.
@@ -177,7 +291,41 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Options, clap::Error> {
-        Options::try_parse_from(std::iter::once("ringecho").chain(args.iter().copied()))
+        Cli::try_parse_from(std::iter::once("ringecho").chain(args.iter().copied()))
+            .map(|cli| cli.engine)
+    }
+
+    fn bench(args: &[&str]) -> Result<BenchOptions, clap::Error> {
+        let cli = Cli::try_parse_from(
+            ["ringecho", "bench"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )?;
+        match cli.command {
+            Some(Command::Bench(options)) => Ok(options),
+            None => panic!("bench parsed as no subcommand"),
+        }
+    }
+
+    #[test]
+    fn bench_sweeps_comma_separated_engine_options() {
+        let b = bench(&[
+            "--receive-buffer-size",
+            "4096,16384,65536",
+            "--backend",
+            "tokio-uring,epoll",
+        ])
+        .unwrap();
+        assert_eq!(b.receive_buffer_size, [4096, 16384, 65536]);
+        assert_eq!(b.backend, [BackendChoice::TokioUring, BackendChoice::Epoll]);
+        assert_eq!(
+            b.cases,
+            [Case::Small, Case::Medium, Case::Large, Case::Fanin]
+        );
+        assert!(bench(&["--receive-buffer-size", "4096,12"]).is_err());
+        assert!(bench(&["--cases", "huge"]).is_err());
+        // Engine options belong before no subcommand: mixing is refused.
+        assert!(Cli::try_parse_from(["ringecho", "--threads", "2", "bench"]).is_err());
     }
 
     #[test]

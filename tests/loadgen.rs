@@ -9,6 +9,10 @@ use loadgen::options::{LoadConfig, MessageType, Protocol, RunArgs};
 use loadgen::report::{self, Style};
 use loadgen::RunResult;
 
+/// Each test loads both cores; run them one at a time so that neither
+/// starves the other's constant-rate schedule.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn args(engine: &Engine, rate: Option<f64>, out: std::path::PathBuf) -> RunArgs {
     RunArgs {
         load: LoadConfig {
@@ -35,6 +39,7 @@ fn args(engine: &Engine, rate: Option<f64>, out: std::path::PathBuf) -> RunArgs 
 
 #[test]
 fn both_modes_run_check_every_echo_and_save_their_results() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("ringecho-loadgen-{}", std::process::id()));
     let engine = Engine::start("tokio-uring", &["--receive-buffer-size", "8192"]);
     let mut results = Vec::new();
@@ -81,5 +86,62 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
         merged.summary.messages,
         results[0].summary.messages + rate_run.messages
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-bench-{}", std::process::id()));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ringecho"))
+        .args([
+            "bench",
+            "--backend",
+            "tokio-uring,epoll",
+            "--cases",
+            "small",
+        ])
+        .args([
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--rate-duration",
+            "0.5",
+            "--quiet",
+        ])
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("[4/4]"),
+        "two configurations × (small + its constant-rate run): {stdout}"
+    );
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("tokio-uring, 4096 B buffers")
+            && summary.contains("epoll, 4096 B buffers")
+    );
+    assert!(
+        summary.contains("(1.00×)") && summary.contains("small-rate"),
+        "{summary}"
+    );
+    for file in [
+        "small.svg",
+        "small-rate.svg",
+        "epoll-buf4096-t1-small.json",
+        "tokio-uring-buf4096-t1-small-rate.hgrm",
+    ] {
+        assert!(dir.join(file).exists(), "{file} missing");
+    }
+    let result = RunResult::load(&dir.join("epoll-buf4096-t1-small-rate.json")).unwrap();
+    assert!(result.load.rate.is_some() && result.summary.errors.total() == 0);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -124,28 +124,49 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, S
     }
 }
 
-/// Runs side by side: the configuration keys that differ come first, then
-/// throughput and latency with their ratio to the first run.
+/// Runs side by side, followed by the settings they all share.
 pub fn compare(results: &[RunResult], style: Style) -> String {
-    let configs: Vec<BTreeMap<String, String>> = results.iter().map(configuration).collect();
-    let keys: Vec<&String> = configs
-        .first()
-        .map(|_| {
-            let mut all: Vec<&String> = configs.iter().flat_map(|c| c.keys()).collect();
-            all.sort();
-            all.dedup();
-            all.into_iter()
-                // A key differs when the runs that have it disagree; a key
-                // only some runs have (an unknown server's settings) does not.
-                .filter(|k| {
-                    let mut values = configs.iter().filter_map(|c| c.get(*k));
-                    let first_value = values.next();
-                    values.any(|v| Some(v) != first_value)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut out = compare_table(results, style);
+    out.push_str(&common_settings(results));
+    out
+}
 
+/// The configuration keys that differ between runs (runs that lack a key,
+/// such as an unknown server's settings, do not count).
+fn differing_keys(configs: &[BTreeMap<String, String>]) -> Vec<String> {
+    let mut all: Vec<&String> = configs.iter().flat_map(|c| c.keys()).collect();
+    all.sort();
+    all.dedup();
+    all.into_iter()
+        .filter(|k| {
+            let mut values = configs.iter().filter_map(|c| c.get(*k));
+            let first = values.next();
+            values.any(|v| Some(v) != first)
+        })
+        .cloned()
+        .collect()
+}
+
+/// "Same in every run: …", for a reader who wants the whole configuration.
+pub fn common_settings(results: &[RunResult]) -> String {
+    let configs: Vec<BTreeMap<String, String>> = results.iter().map(configuration).collect();
+    let keys = differing_keys(&configs);
+    let Some(first) = configs.first() else {
+        return String::new();
+    };
+    let same: Vec<String> = first
+        .iter()
+        .filter(|(k, _)| !keys.contains(k))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("\nSame in every run: {}\n", same.join(", "))
+}
+
+/// The configuration keys that differ come first, then throughput and
+/// latency with their ratio to the first run.
+pub fn compare_table(results: &[RunResult], style: Style) -> String {
+    let configs: Vec<BTreeMap<String, String>> = results.iter().map(configuration).collect();
+    let keys = differing_keys(&configs);
     let mut t = table(style);
     let mut header = vec!["run".to_string()];
     header.extend(keys.iter().map(|k| k.to_string()));
@@ -173,7 +194,7 @@ pub fn compare(results: &[RunResult], style: Style) -> String {
         let mut row = vec![result.label.clone()];
         row.extend(
             keys.iter()
-                .map(|k| config.get(*k).cloned().unwrap_or_else(|| "—".into())),
+                .map(|k| config.get(k).cloned().unwrap_or_else(|| "—".into())),
         );
         row.extend([
             with_ratio(s.msgs_per_sec, Some(b.msgs_per_sec), 0),
@@ -188,14 +209,6 @@ pub fn compare(results: &[RunResult], style: Style) -> String {
     }
     let mut out = t.to_string();
     out.push('\n');
-    if let Some(first) = configs.first() {
-        let same: Vec<String> = first
-            .iter()
-            .filter(|(k, _)| !keys.contains(k))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        out.push_str(&format!("\nSame in every run: {}\n", same.join(", ")));
-    }
     out
 }
 
