@@ -241,7 +241,7 @@ fn write_summary(
          - engine configurations: {}\n\
          - cases: {}; closed loop {} s after {} s warm-up; constant rate {} s\n\
          - engine pinned to the first cores, loadgen to the others\n\
-         - command: `ringecho bench {}`\n",
+         - command: `{}`\n",
         first.date,
         first.machine.cpu_model,
         first.machine.cores,
@@ -252,7 +252,10 @@ fn write_summary(
         options.duration,
         options.warmup,
         options.rate_duration,
-        std::env::args().skip(2).collect::<Vec<_>>().join(" "),
+        std::iter::once("ringecho bench".to_string())
+            .chain(std::env::args().skip(2))
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     for case in cases {
         let results: Vec<RunResult> = measured
