@@ -192,6 +192,8 @@ fn measure(
             connections,
             size,
             message_type: MessageType::Binary,
+            text: false,
+            binary: false,
             duration: options.duration,
             warmup: options.warmup,
             threads: spare_cores.len().max(1) as u16,

@@ -20,6 +20,8 @@ fn args(engine: &Engine, rate: Option<f64>, out: std::path::PathBuf) -> RunArgs 
             connections: 20,
             size: 100,
             message_type: MessageType::Binary,
+            text: false,
+            binary: false,
             duration: 2.0,
             warmup: 0.5,
             threads: 1,

@@ -37,6 +37,8 @@ pub(crate) fn test_load() -> LoadConfig {
         connections: 100,
         size: 20,
         message_type: options::MessageType::Binary,
+        text: false,
+        binary: false,
         duration: 10.0,
         warmup: 1.0,
         threads: 1,

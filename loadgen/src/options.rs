@@ -86,6 +86,16 @@ pub struct LoadConfig {
     #[arg(long = "type", value_enum, default_value_t = MessageType::Binary)]
     pub message_type: MessageType,
 
+    /// Send text messages (short for --type text).
+    #[arg(long, conflicts_with_all = ["binary", "message_type"])]
+    #[serde(skip)]
+    pub text: bool,
+
+    /// Send binary messages (short for --type binary; the default).
+    #[arg(long, conflicts_with = "message_type")]
+    #[serde(skip)]
+    pub binary: bool,
+
     /// Measured seconds, after the warm-up.
     #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_secs)]
     pub duration: f64,
@@ -151,6 +161,15 @@ impl LoadConfig {
         } else {
             "closed-loop"
         }
+    }
+
+    /// Folds the --text/--binary shorthands into `message_type`.
+    pub fn normalize(&mut self) {
+        if self.text {
+            self.message_type = MessageType::Text;
+        }
+        self.text = false;
+        self.binary = false;
     }
 
     /// Checks what clap cannot express; the message says what to do.

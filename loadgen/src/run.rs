@@ -36,7 +36,9 @@ const CONNECTING_AT_ONCE: usize = 64;
 /// Runs the load described by `args` and returns its result; prints the live
 /// line (unless quiet) but not the final table.
 pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
-    let load = &args.load;
+    let mut load = args.load.clone();
+    load.normalize();
+    let load = &load;
     load.validate().map_err(anyhow::Error::msg)?;
     let target = Target::parse(&load.url)?;
     let server = crate::server_info::fetch(&target);
@@ -216,7 +218,7 @@ fn pick_cores(load: &LoadConfig) -> Vec<usize> {
 }
 
 fn live_line(quiet: bool, seconds: f64) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
+    if quiet || !std::io::stdout().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(seconds.ceil() as u64);
