@@ -50,3 +50,44 @@ pub(crate) fn test_load() -> LoadConfig {
         rate: None,
     }
 }
+
+/// A plausible result holding `values` as its latencies, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_result(values: &[u64], messages: u64) -> RunResult {
+    use result::*;
+    let mut latency = new_histogram();
+    for &v in values {
+        latency.record(v).unwrap();
+    }
+    let connect = new_histogram();
+    RunResult {
+        schema: SCHEMA.into(),
+        label: "test".into(),
+        date: "2026-11-25T00:00:00Z".into(),
+        tool: Tool {
+            name: "loadgen".into(),
+            version: "0".into(),
+            commit: "abc".into(),
+        },
+        load: test_load(),
+        server: serde_json::json!({"known": false}),
+        machine: Machine {
+            cpu_model: "cpu".into(),
+            cores: 2,
+            kernel: "6".into(),
+        },
+        summary: Summary {
+            duration_secs: 1.0,
+            messages,
+            msgs_per_sec: messages as f64,
+            latency_us: Percentiles::of(&latency),
+            connect_us: Percentiles::of(&connect),
+            merged_from: 1,
+            ..Summary::default()
+        },
+        histograms: Histograms {
+            latency_us: encode_histogram(&latency),
+            connect_us: encode_histogram(&connect),
+        },
+    }
+}

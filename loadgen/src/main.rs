@@ -1,26 +1,13 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use loadgen::options::{Cli, Command};
 use loadgen::report::{self, Style};
 use loadgen::result::RunResult;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match loadgen::options::parse_or_exit("loadgen") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "loadgen: {} (see --help)",
-                first.trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match execute(cli.command) {
         Ok(code) => code,

@@ -210,3 +210,24 @@ fn positive_secs(s: &str) -> Result<f64, String> {
         _ => Err("must be a positive number of seconds".into()),
     }
 }
+
+/// Parses the command line of `program`: --help and --version print and exit
+/// 0; a bad flag prints one line and exits 2, as both binaries promise.
+pub fn parse_or_exit<T: Parser>(program: &str) -> Result<T, std::process::ExitCode> {
+    match T::try_parse() {
+        Ok(parsed) => Ok(parsed),
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "{program}: {} (see --help)",
+                first.trim_start_matches("error: ")
+            );
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}

@@ -223,43 +223,21 @@ fn right_align(t: &mut Table, from: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::result::{Histograms, Machine, Percentiles, Summary, Tool, SCHEMA};
+    use crate::result::Percentiles;
 
     fn run(label: &str, connections: u32, buffer: u64, msgs_per_sec: f64, p99: u64) -> RunResult {
-        let mut load = crate::test_load();
-        load.connections = connections;
-        RunResult {
-            schema: SCHEMA.into(),
-            label: label.into(),
-            date: "2026-11-25T00:00:00Z".into(),
-            tool: Tool {
-                name: "loadgen".into(),
-                version: "0".into(),
-                commit: "x".into(),
-            },
-            load,
-            server: serde_json::json!({"known": true, "software": "ringecho", "version": "0.1.0",
-                "backend": "epoll", "config": {"receive_buffer_size": buffer, "listen": format!("127.0.0.1:{buffer}")}}),
-            machine: Machine {
-                cpu_model: "cpu".into(),
-                cores: 2,
-                kernel: "6".into(),
-            },
-            summary: Summary {
-                duration_secs: 1.0,
-                msgs_per_sec,
-                latency_us: Percentiles {
-                    p99,
-                    p50: p99 / 2,
-                    ..Percentiles::default()
-                },
-                ..Summary::default()
-            },
-            histograms: Histograms {
-                latency_us: String::new(),
-                connect_us: String::new(),
-            },
-        }
+        let mut result = crate::test_result(&[], 0);
+        result.label = label.into();
+        result.load.connections = connections;
+        result.server = serde_json::json!({"known": true, "software": "ringecho", "version": "0.1.0",
+            "backend": "epoll", "config": {"receive_buffer_size": buffer, "listen": format!("127.0.0.1:{buffer}")}});
+        result.summary.msgs_per_sec = msgs_per_sec;
+        result.summary.latency_us = Percentiles {
+            p99,
+            p50: p99 / 2,
+            ..Percentiles::default()
+        };
+        result
     }
 
     #[test]
