@@ -24,7 +24,8 @@ use tokio::net::TcpStream;
 use crate::driver::uring::UringStream;
 use crate::options::Backend;
 use crate::runtime::Worker;
-use crate::session;
+use crate::session::{self, Handler, RawEcho};
+use crate::shutdown::Listener;
 
 type Reply = Response<Full<Bytes>>;
 
@@ -57,16 +58,31 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
     };
     if let (Some(parts), true) = (parts, upgraded.get()) {
         let stream = parts.io.into_inner();
-        let options = &worker.options;
-        match worker.backend {
-            Backend::Epoll => session::run(stream, &parts.read_buf, options, stats, shutdown).await,
-            Backend::TokioUring => match UringStream::from_tokio(stream) {
-                Ok(stream) => session::run(stream, &parts.read_buf, options, stats, shutdown).await,
-                Err(e) => tracing::warn!("could not hand the socket to io_uring: {e}"),
-            },
-        }
+        let echo = RawEcho {
+            stats,
+            keep_alive: worker.options.keep_alive(),
+        };
+        websocket(stream, &parts.read_buf, &echo, &worker, shutdown).await;
     }
     stats.open_connections.sub(1);
+}
+
+/// Runs the WebSocket phase with `handler` on the worker's backend.
+async fn websocket<H: Handler>(
+    stream: TcpStream,
+    initial: &[u8],
+    handler: &H,
+    worker: &Worker,
+    shutdown: Listener,
+) {
+    let (options, stats) = (&worker.options, worker.stats());
+    match worker.backend {
+        Backend::Epoll => session::run(stream, initial, handler, options, stats, shutdown).await,
+        Backend::TokioUring => match UringStream::from_tokio(stream) {
+            Ok(stream) => session::run(stream, initial, handler, options, stats, shutdown).await,
+            Err(e) => tracing::warn!("could not hand the socket to io_uring: {e}"),
+        },
+    }
 }
 
 fn respond(worker: &Worker, upgraded: &Cell<bool>, request: Request<Incoming>) -> Reply {

@@ -1,10 +1,13 @@
-//! The echo session: the WebSocket phase of a connection.
+//! The WebSocket session: the WebSocket phase of a connection.
 //!
-//! [`Echo`] is the protocol state machine, with no I/O: given the bytes of a
-//! receive buffer it answers with the pieces to send. [`run`] drives it over
-//! any backend's [`Io`], with the keep-alive, client-timeout and shutdown
-//! timers raced against a read that is never dropped while the connection
-//! lives (dropping an in-flight io_uring read would lose its bytes).
+//! [`Session`] is the protocol state machine, with no I/O: given the bytes of
+//! a receive buffer it answers with the pieces to send. What it does with a
+//! complete data message is its [`Handler`]'s business: [`RawEcho`] sends it
+//! back from the memory it arrived in; the hub protocol answers invocations.
+//! [`run`] drives a session over any backend's [`Io`], with the keep-alive,
+//! client-timeout and shutdown timers raced against a read that is never
+//! dropped while the connection lives (dropping an in-flight io_uring read
+//! would lose its bytes).
 //!
 //! Payload copies per message:
 //! - whole in one receive buffer: none. The payload is unmasked in place and
@@ -64,9 +67,96 @@ struct Spanning {
     discard: bool,
 }
 
-/// The echo protocol of one connection.
-pub struct Echo<'a> {
-    stats: &'a WorkerStats,
+/// What a session does with complete data messages. Methods take `&self` so
+/// that the session loop can wait on [`Handler::pushed`] while handling input.
+#[allow(async_fn_in_trait)] // static dispatch, one thread
+pub trait Handler {
+    /// A message that arrived whole in one frame, unmasked in place at
+    /// `payload` (text already checked as UTF-8).
+    fn on_message(
+        &self,
+        opcode: OpCode,
+        buf: &mut [u8],
+        payload: Range<usize>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Violation>;
+
+    /// A message assembled from fragments or from several reads: `data`
+    /// holds `MAX_SERVER_HEADER` spare bytes, then the payload.
+    fn on_assembled(
+        &self,
+        opcode: OpCode,
+        data: Vec<u8>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Violation>;
+
+    /// How often the keep-alive frame goes out, if at all.
+    fn keep_alive_interval(&self) -> Option<Duration>;
+
+    /// The keep-alive frame: a WebSocket ping for the raw echo.
+    fn keep_alive_frame(&self) -> Vec<u8>;
+
+    /// The next frame others want sent on this connection (hub broadcasts).
+    async fn pushed(&self) -> Vec<u8>;
+}
+
+/// The raw echo: every message back with its opcode, from the same memory.
+pub struct RawEcho<'a> {
+    pub stats: &'a WorkerStats,
+    pub keep_alive: Option<Duration>,
+}
+
+impl Handler for RawEcho<'_> {
+    fn on_message(
+        &self,
+        opcode: OpCode,
+        buf: &mut [u8],
+        payload: Range<usize>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Violation> {
+        self.count(payload.len());
+        out.push(Out::Recv(codec::write_header_before(buf, payload, opcode)));
+        Ok(())
+    }
+
+    fn on_assembled(
+        &self,
+        opcode: OpCode,
+        mut data: Vec<u8>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Violation> {
+        let payload = codec::MAX_SERVER_HEADER..data.len();
+        self.count(payload.len());
+        let frame = codec::write_header_before(&mut data, payload, opcode);
+        out.push(Out::Owned(data, frame.start));
+        Ok(())
+    }
+
+    fn keep_alive_interval(&self) -> Option<Duration> {
+        self.keep_alive
+    }
+
+    fn keep_alive_frame(&self) -> Vec<u8> {
+        codec::encode(OpCode::Ping, b"")
+    }
+
+    async fn pushed(&self) -> Vec<u8> {
+        std::future::pending().await
+    }
+}
+
+impl RawEcho<'_> {
+    fn count(&self, len: usize) {
+        self.stats.messages_in.add(1);
+        self.stats.bytes_in.add(len as u64);
+        self.stats.messages_out.add(1);
+        self.stats.bytes_out.add(len as u64);
+    }
+}
+
+/// The WebSocket protocol of one connection.
+pub struct Session<'a, H> {
+    handler: &'a H,
     /// Receive buffer size: frames up to this size are handled in place.
     capacity: usize,
     max_message: u64,
@@ -77,10 +167,10 @@ pub struct Echo<'a> {
     close_code: Option<u16>,
 }
 
-impl<'a> Echo<'a> {
-    pub fn new(stats: &'a WorkerStats, capacity: usize, max_message: usize) -> Self {
-        Echo {
-            stats,
+impl<'a, H: Handler> Session<'a, H> {
+    pub fn new(handler: &'a H, capacity: usize, max_message: usize) -> Self {
+        Session {
+            handler,
             capacity,
             max_message: max_message as u64,
             phase: Phase::Open,
@@ -165,11 +255,7 @@ impl<'a> Echo<'a> {
                 if h.opcode == OpCode::Text && !codec::is_utf8(&buf[payload.clone()]) {
                     return Err(Violation::InvalidUtf8);
                 }
-                self.count_echo(payload.len());
-                out.push(Out::Recv(codec::write_header_before(
-                    buf, payload, h.opcode,
-                )));
-                Ok(())
+                self.handler.on_message(h.opcode, buf, payload, out)
             }
             OpCode::Continuation if closing => Ok(()),
             OpCode::Continuation => {
@@ -272,21 +358,7 @@ impl<'a> Echo<'a> {
         if message.opcode == OpCode::Text && message.valid_up_to != message.data.len() {
             return Err(Violation::InvalidUtf8); // ends inside a character
         }
-        let Message {
-            opcode, mut data, ..
-        } = message;
-        let payload = codec::MAX_SERVER_HEADER..data.len();
-        self.count_echo(payload.len());
-        let frame = codec::write_header_before(&mut data, payload, opcode);
-        out.push(Out::Owned(data, frame.start));
-        Ok(())
-    }
-
-    fn count_echo(&self, len: usize) {
-        self.stats.messages_in.add(1);
-        self.stats.bytes_in.add(len as u64);
-        self.stats.messages_out.add(1);
-        self.stats.bytes_out.add(len as u64);
+        self.handler.on_assembled(message.opcode, message.data, out)
     }
 
     /// Fails the connection: our close with the violation's code, then wait
@@ -366,9 +438,8 @@ enum Due {
 }
 
 impl Timers {
-    fn new(options: &Options) -> Self {
+    fn new(options: &Options, keep_alive: Option<Duration>) -> Self {
         let now = Instant::now();
-        let keep_alive = options.keep_alive();
         Timers {
             keep_alive,
             next_ping: keep_alive.map(|every| now + every),
@@ -426,9 +497,10 @@ impl Timers {
 
 /// Serves the WebSocket phase of one connection until it closes.
 /// `initial` holds bytes that arrived with the upgrade request.
-pub async fn run<S: Io>(
+pub async fn run<S: Io, H: Handler>(
     io: S,
     initial: &[u8],
+    handler: &H,
     options: &Options,
     stats: &WorkerStats,
     mut shutdown: Listener,
@@ -436,18 +508,18 @@ pub async fn run<S: Io>(
     stats.open_websockets.add(1);
     stats.upgraded.add(1);
     let capacity = options.receive_buffer_size;
-    let mut echo = Echo::new(stats, capacity, options.max_message_size);
+    let mut session = Session::new(handler, capacity, options.max_message_size);
     let mut buf = vec![0u8; capacity.max(initial.len())];
     buf[..initial.len()].copy_from_slice(initial);
     let mut filled = initial.len();
     let mut out = Vec::new();
-    let mut timers = Timers::new(options);
+    let mut timers = Timers::new(options, handler.keep_alive_interval());
     let sleep = tokio::time::sleep_until(timers.next().unwrap_or_else(Instant::now));
     tokio::pin!(sleep);
 
     'session: loop {
         if filled > 0 {
-            let consumed = echo.on_bytes(&mut buf[..filled], &mut out);
+            let consumed = session.on_bytes(&mut buf[..filled], &mut out);
             if !out.is_empty() {
                 let (result, back) = io.write(buf, &mut out).await;
                 buf = back;
@@ -458,7 +530,7 @@ pub async fn run<S: Io>(
             buf.copy_within(consumed..filled, 0);
             filled -= consumed;
         }
-        match echo.phase() {
+        match session.phase() {
             Phase::Done => break,
             Phase::Closing if timers.close_deadline.is_none() => {
                 timers.closing(CLOSE_WAIT);
@@ -475,10 +547,15 @@ pub async fn run<S: Io>(
             tokio::select! {
                 biased;
                 result = &mut read => break result,
-                () = &mut shutdown, if echo.phase() == Phase::Open => {
-                    let frame = echo.close(1001, "server shutting down");
+                () = &mut shutdown, if session.phase() == Phase::Open => {
+                    let frame = session.close(1001, "server shutting down");
                     timers.closing(options.shutdown_timeout());
                     sleep.as_mut().reset(timers.next().expect("a close deadline"));
+                    if io.send(frame).await.is_err() {
+                        break 'session;
+                    }
+                }
+                frame = handler.pushed(), if session.phase() == Phase::Open => {
                     if io.send(frame).await.is_err() {
                         break 'session;
                     }
@@ -487,14 +564,14 @@ pub async fn run<S: Io>(
                     match timers.due(Instant::now()) {
                         Some(Due::Ping) => {
                             stats.keep_alive_pings.add(1);
-                            if io.send(codec::encode(OpCode::Ping, b"")).await.is_err() {
+                            if io.send(handler.keep_alive_frame()).await.is_err() {
                                 break 'session;
                             }
                         }
                         Some(Due::ClientTimeout) => {
                             tracing::info!("client disconnected: nothing received for {}s", options.client_timeout);
                             stats.client_timeouts.add(1);
-                            let _ = io.send(echo.close(1001, "client timeout")).await;
+                            let _ = io.send(session.close(1001, "client timeout")).await;
                             break 'session;
                         }
                         Some(Due::CloseWaitOver) => break 'session,
@@ -516,7 +593,7 @@ pub async fn run<S: Io>(
         }
     }
     io.shutdown();
-    stats.count_close(echo.close_code().unwrap_or(1006));
+    stats.count_close(session.close_code().unwrap_or(1006));
     stats.open_websockets.sub(1);
 }
 
@@ -547,7 +624,11 @@ mod tests {
     /// the way the driver loop does, and returns everything it would send.
     fn converse(input: &[u8], capacity: usize) -> (Vec<u8>, Phase, Option<u16>) {
         let stats = WorkerStats::default();
-        let mut echo = Echo::new(&stats, capacity, 1 << 20);
+        let handler = RawEcho {
+            stats: &stats,
+            keep_alive: None,
+        };
+        let mut echo = Session::new(&handler, capacity, 1 << 20);
         let mut buf = vec![0u8; capacity];
         let mut filled = 0;
         let mut sent = Vec::new();
