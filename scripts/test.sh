@@ -21,6 +21,16 @@ if [ -z "${KOSOKU:-}" ]; then
 fi
 export KOSOKU
 
+# The official SignalR client (@microsoft/signalr), run by Node.js.
+if ! command -v node >/dev/null 2>&1; then
+  echo "test.sh: installing Node.js (for the official SignalR client)"
+  apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+if [ ! -d tests/signalr/node_modules/@microsoft/signalr ]; then
+  echo "test.sh: installing @microsoft/signalr into tests/signalr"
+  (cd tests/signalr && npm ci --no-audit --no-fund --silent)
+fi
+
 echo "test.sh: formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -49,6 +49,9 @@ pub enum Violation {
     InvalidUtf8,
     /// 1009: a message over --max-message-size.
     TooBig,
+    /// 1000: the conversation above WebSocket ended (a hub Close, a failed
+    /// hub handshake); whatever it had to say was sent before.
+    Ended(&'static str),
 }
 
 impl Violation {
@@ -57,12 +60,13 @@ impl Violation {
             Violation::Protocol(_) => 1002,
             Violation::InvalidUtf8 => 1007,
             Violation::TooBig => 1009,
+            Violation::Ended(_) => 1000,
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
-            Violation::Protocol(why) => why,
+            Violation::Protocol(why) | Violation::Ended(why) => why,
             Violation::InvalidUtf8 => "invalid UTF-8",
             Violation::TooBig => "message too big",
         }

@@ -22,12 +22,20 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use crate::driver::uring::UringStream;
+use crate::hub::HubSession;
 use crate::options::Backend;
 use crate::runtime::Worker;
 use crate::session::{self, Handler, RawEcho};
 use crate::shutdown::Listener;
 
 type Reply = Response<Full<Bytes>>;
+
+/// Which WebSocket endpoint a connection was upgraded to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Echo,
+    Hub,
+}
 
 const PAGE: &str = include_str!("page.html");
 
@@ -37,7 +45,7 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
     stats.accepted.add(1);
     stats.open_connections.add(1);
     let _ = stream.set_nodelay(true);
-    let upgraded = Rc::new(Cell::new(false));
+    let upgraded = Rc::new(Cell::new(None));
     let service = {
         let worker = worker.clone();
         let upgraded = upgraded.clone();
@@ -56,13 +64,27 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
         parts = http => parts.ok(),
         () = &mut shutdown => None,
     };
-    if let (Some(parts), true) = (parts, upgraded.get()) {
+    if let (Some(parts), Some(endpoint)) = (parts, upgraded.get()) {
         let stream = parts.io.into_inner();
-        let echo = RawEcho {
-            stats,
-            keep_alive: worker.options.keep_alive(),
-        };
-        websocket(stream, &parts.read_buf, &echo, &worker, shutdown).await;
+        let options = &worker.options;
+        match endpoint {
+            Endpoint::Echo => {
+                let echo = RawEcho {
+                    stats,
+                    keep_alive: options.keep_alive(),
+                };
+                websocket(stream, &parts.read_buf, &echo, &worker, shutdown).await;
+            }
+            Endpoint::Hub => {
+                let hub = HubSession::new(
+                    worker.hub.clone(),
+                    stats,
+                    options.hub_keep_alive(),
+                    options.max_message_size,
+                );
+                websocket(stream, &parts.read_buf, &hub, &worker, shutdown).await;
+            }
+        }
     }
     stats.open_connections.sub(1);
 }
@@ -85,13 +107,49 @@ async fn websocket<H: Handler>(
     }
 }
 
-fn respond(worker: &Worker, upgraded: &Cell<bool>, request: Request<Incoming>) -> Reply {
+fn respond(
+    worker: &Worker,
+    upgraded: &Cell<Option<Endpoint>>,
+    request: Request<Incoming>,
+) -> Reply {
     let path = request.uri().path();
     let wants_websocket = header_has_token(request.headers(), header::UPGRADE, "websocket");
     let options = &worker.options;
+    if let Some(rest) = path.strip_prefix(options.hub_path.as_str()) {
+        if rest == "/negotiate" {
+            if request.method() != Method::POST {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "negotiate with POST\n");
+            }
+            let body = worker.engine.hub_tokens.negotiate();
+            return with_type(StatusCode::OK, body.into(), "application/json");
+        }
+        if rest.is_empty() {
+            if !wants_websocket {
+                worker.stats().bad_requests.add(1);
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "this is the SignalR hub endpoint: connect with a SignalR client (WebSockets transport)\n",
+                );
+            }
+            // After negotiation the client comes back with its one-use token.
+            let token = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("id=")));
+            if let Some(token) = token {
+                if !worker.engine.hub_tokens.redeem(token) {
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        "unknown or already used connection token\n",
+                    );
+                }
+            }
+            return handshake(worker, upgraded, &request, Endpoint::Hub);
+        }
+    }
     if path == options.ws_path || (path == "/" && wants_websocket) {
         if wants_websocket {
-            return handshake(worker, upgraded, &request);
+            return handshake(worker, upgraded, &request, Endpoint::Echo);
         }
         if path != "/" {
             worker.stats().bad_requests.add(1);
@@ -117,7 +175,12 @@ fn respond(worker: &Worker, upgraded: &Cell<bool>, request: Request<Incoming>) -
 }
 
 /// Checks an upgrade request as RFC 6455 §4.2.1 asks, then the Origin.
-fn handshake(worker: &Worker, upgraded: &Cell<bool>, request: &Request<Incoming>) -> Reply {
+fn handshake(
+    worker: &Worker,
+    upgraded: &Cell<Option<Endpoint>>,
+    request: &Request<Incoming>,
+    endpoint: Endpoint,
+) -> Reply {
     let headers = request.headers();
     let stats = worker.stats();
     let refuse = |status: StatusCode, why: &str| {
@@ -167,7 +230,7 @@ fn handshake(worker: &Worker, upgraded: &Cell<bool>, request: &Request<Incoming>
         stats.origins_refused.add(1);
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
-    upgraded.set(true);
+    upgraded.set(Some(endpoint));
     // No Sec-WebSocket-Extensions in the answer: permessage-deflate offers
     // (every Chromium makes one) are declined by leaving it out.
     Response::builder()

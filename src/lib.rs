@@ -10,6 +10,7 @@ pub mod bench;
 pub mod codec;
 pub mod connection;
 pub mod driver;
+pub mod hub;
 pub mod options;
 pub mod runtime;
 pub mod session;

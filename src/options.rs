@@ -164,6 +164,15 @@ pub struct Options {
     #[arg(long, value_name = "PATH", default_value = "/ws", value_parser = parse_path)]
     pub ws_path: String,
 
+    /// Path of the SignalR JSON hub endpoint (negotiation at PATH/negotiate).
+    #[arg(long, value_name = "PATH", default_value = "/hub", value_parser = parse_path)]
+    pub hub_path: String,
+
+    /// Seconds between the hub Ping messages sent to every hub connection
+    /// (the official client gives up after 30 s of silence); 0 disables.
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    pub hub_keep_alive: u64,
+
     /// Seconds between the ping frames sent to every connection so that
     /// proxies keep it open (ASP.NET Core's KeepAliveInterval); 0 disables.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
@@ -229,6 +238,10 @@ impl Backend {
 impl Options {
     pub fn keep_alive(&self) -> Option<Duration> {
         (self.keep_alive_interval > 0).then(|| Duration::from_secs(self.keep_alive_interval))
+    }
+
+    pub fn hub_keep_alive(&self) -> Option<Duration> {
+        (self.hub_keep_alive > 0).then(|| Duration::from_secs(self.hub_keep_alive))
     }
 
     pub fn client_timeout(&self) -> Option<Duration> {

@@ -16,6 +16,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 
 use crate::connection;
+use crate::hub::{self, HubWorker};
 use crate::options::{Backend, BackendChoice, Options};
 use crate::shutdown::Shutdown;
 use crate::stats::{EngineStats, WorkerStats};
@@ -34,6 +35,8 @@ pub struct Engine {
     pub backend: Backend,
     pub cores: Vec<Option<usize>>,
     pub stats: Arc<EngineStats>,
+    /// Connection tokens handed out by hub negotiation.
+    pub hub_tokens: hub::Tokens,
     started: Instant,
 }
 
@@ -44,6 +47,8 @@ pub struct Worker {
     pub options: Arc<Options>,
     pub engine: Arc<Engine>,
     pub shutdown: Rc<Shutdown>,
+    /// This core's hub connections and broadcast queues.
+    pub hub: Rc<HubWorker>,
 }
 
 impl Worker {
@@ -116,14 +121,20 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         stats: EngineStats::new(cores.clone()),
         cores,
         options: options.clone(),
+        hub_tokens: hub::Tokens::default(),
         started: Instant::now(),
     });
+    // One broadcast queue per core: SendToAll puts its frame on each.
+    let (hub_senders, hub_receivers): (Vec<_>, Vec<_>) = (0..threads)
+        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .unzip();
 
     let (stop, stopped) = watch::channel(false);
     let (ready_tx, ready) = mpsc::channel();
     let options = Arc::new(options);
     let mut handles = Vec::with_capacity(threads);
-    for (index, listener) in listeners.into_iter().enumerate() {
+    for ((index, listener), hub_inbox) in listeners.into_iter().enumerate().zip(hub_receivers) {
+        let hub_senders = hub_senders.clone();
         let (engine, options, stopped, ready_tx) = (
             engine.clone(),
             options.clone(),
@@ -145,8 +156,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                     options,
                     engine,
                     shutdown: Shutdown::new(),
+                    hub: HubWorker::new(hub_senders),
                 });
-                if let Err(e) = run_worker(worker, listener, stopped, ready_tx.clone()) {
+                if let Err(e) = run_worker(worker, listener, hub_inbox, stopped, ready_tx.clone()) {
                     let _ = ready_tx.send(Err(format!("worker {index}: {e}")));
                 }
             })
@@ -241,11 +253,16 @@ fn bind_listeners(
 fn run_worker(
     worker: Rc<Worker>,
     listener: std::net::TcpListener,
+    hub_inbox: tokio::sync::mpsc::UnboundedReceiver<hub::Broadcast>,
     stopped: watch::Receiver<bool>,
     ready: mpsc::Sender<Result<(), String>>,
 ) -> std::io::Result<()> {
-    let serve = accept_loop(worker.clone(), listener, stopped, ready);
-    match worker.backend {
+    let backend = worker.backend;
+    let serve = async move {
+        tokio::task::spawn_local(worker.hub.clone().deliver(hub_inbox));
+        accept_loop(worker, listener, stopped, ready).await
+    };
+    match backend {
         Backend::TokioUring => {
             // COOP_TASKRUN with TASKRUN_FLAG measured cheapest for
             // tokio-uring here; DEFER_TASKRUN hangs it (shared/ARCHITECTURE.md).

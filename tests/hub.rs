@@ -1,0 +1,118 @@
+//! The hub endpoint against the official SignalR client (@microsoft/signalr,
+//! installed under tests/signalr by scripts/test.sh), on every backend, and
+//! the negotiation token rules over plain HTTP.
+
+mod common;
+
+use std::process::Command;
+
+use common::{http_request, Engine, BACKENDS};
+
+fn official_client(engine: &Engine) -> serde_json::Value {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/signalr");
+    assert!(
+        std::path::Path::new(dir).join("node_modules/@microsoft/signalr").exists(),
+        "the official SignalR client is not installed: run scripts/test.sh (it runs npm install in tests/signalr)"
+    );
+    let output = Command::new("node")
+        .arg(format!("{dir}/hub-client.js"))
+        .arg(format!("http://{}/hub", engine.addr))
+        .output()
+        .expect("node runs (Node.js 18 or newer)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
+#[test]
+fn the_official_client_invokes_echo_receives_broadcasts_and_stops_cleanly() {
+    for backend in BACKENDS {
+        let engine = Engine::start(backend, &["--threads", "2"]);
+        let r = official_client(&engine);
+        assert_eq!(r["string"], "hello", "{backend}");
+        assert_eq!(r["number"], 42.5);
+        assert_eq!(
+            r["object"],
+            serde_json::json!({"a": [1, "x", null], "b": {"c": true}})
+        );
+        assert_eq!(r["bigEchoed"], true, "a 64 KiB string");
+        assert!(r["unknownMethod"]
+            .as_str()
+            .unwrap()
+            .contains("Unknown hub method 'NoSuchMethod'"));
+        assert_eq!(r["skipNegotiation"], "direct");
+        assert!(r["negotiatedId"].is_string());
+        // Listeners sat on both workers, and every one heard the broadcast.
+        let per_worker: Vec<u64> = r["websocketsPerWorker"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect();
+        assert!(
+            per_worker.iter().all(|&n| n > 0),
+            "{backend}: {per_worker:?}"
+        );
+        let received = r["received"].as_array().unwrap();
+        assert_eq!(received.len(), 8);
+        assert!(received
+            .iter()
+            .all(|m| m == &serde_json::json!({"news": "for everyone"})));
+        assert_eq!(r["stopClean"], true);
+        assert_eq!(r["stateAfterStop"], "Disconnected");
+        let stats = engine.wait_for_no_connections();
+        assert_eq!(
+            stats["totals"]["closes"]["1006"], 0,
+            "{backend}: every hub connection closed cleanly"
+        );
+    }
+}
+
+#[test]
+fn negotiated_tokens_work_once_and_unknown_ones_get_404() {
+    let engine = Engine::start("epoll", &[]);
+    let (status, body) = http_request(
+        engine.addr,
+        "POST /hub/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let negotiated: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(negotiated["negotiateVersion"], 1);
+    let transports = &negotiated["availableTransports"];
+    assert_eq!(transports.as_array().unwrap().len(), 1);
+    assert_eq!(transports[0]["transport"], "WebSockets");
+    let token = negotiated["connectionToken"].as_str().unwrap();
+    // A 101 (or a kept-alive 404) leaves the connection open: read only
+    // the status line.
+    let status_of = |query: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(engine.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(
+            format!(
+                "GET /hub{query} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut line = [0u8; 12];
+        s.read_exact(&mut line).unwrap();
+        String::from_utf8_lossy(&line[9..12]).to_string()
+    };
+    assert_eq!(status_of(&format!("?id={token}")), "101");
+    assert_eq!(status_of(&format!("?id={token}")), "404", "a reused token");
+    assert_eq!(status_of("?id=made-up"), "404");
+    assert_eq!(
+        status_of(""),
+        "101",
+        "skipNegotiation clients come without a token"
+    );
+    assert_eq!(engine.get("/hub").0, 400);
+    assert_eq!(engine.get("/hub/negotiate").0, 405);
+}

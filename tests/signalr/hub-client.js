@@ -1,0 +1,70 @@
+// Drives the ringecho hub endpoint with the official SignalR client and
+// prints what happened as one JSON line. Usage: node hub-client.js http://HOST:PORT/hub
+const signalR = require('@microsoft/signalr');
+
+const url = process.argv[2];
+const WebSockets = signalR.HttpTransportType.WebSockets;
+
+function connect(options) {
+  return new signalR.HubConnectionBuilder()
+    .withUrl(url, { transport: WebSockets, ...options })
+    .configureLogging(signalR.LogLevel.Error)
+    .build();
+}
+
+function within(ms, promise, what) {
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => setTimeout(() => reject(new Error(`${what}: no answer in ${ms} ms`)), ms).unref()),
+  ]);
+}
+
+async function main() {
+  const result = {};
+  const negotiated = connect({});
+  await negotiated.start();
+  result.negotiatedId = negotiated.connectionId;
+  result.string = await negotiated.invoke('Echo', 'hello');
+  result.number = await negotiated.invoke('Echo', 42.5);
+  result.object = await negotiated.invoke('Echo', { a: [1, 'x', null], b: { c: true } });
+  const big = 'é'.repeat(32768); // 64 KiB of UTF-8
+  result.bigEchoed = (await negotiated.invoke('Echo', big)) === big;
+  try {
+    await negotiated.invoke('NoSuchMethod', 1);
+    result.unknownMethod = 'no error';
+  } catch (e) {
+    result.unknownMethod = e.message;
+  }
+
+  const direct = connect({ skipNegotiation: true });
+  await direct.start();
+  result.skipNegotiation = await direct.invoke('Echo', 'direct');
+
+  // Several listeners, so that with two workers some sit on each core.
+  const listeners = [];
+  const heard = [];
+  for (let i = 0; i < 8; i++) {
+    const listener = connect({ skipNegotiation: i % 2 === 0 });
+    const got = new Promise((resolve) => listener.on('Receive', resolve));
+    await listener.start();
+    listeners.push(listener);
+    heard.push(got);
+  }
+  const stats = await (await fetch(url.replace(/\/hub$/, '/stats'))).json();
+  result.websocketsPerWorker = stats.workers.map((w) => w.open_websockets);
+  await direct.invoke('SendToAll', { news: 'for everyone' });
+  result.received = await within(5000, Promise.all(heard), 'Receive');
+
+  let closeError = 'onclose never called';
+  negotiated.onclose((e) => { closeError = e ? e.message : null; });
+  await negotiated.stop();
+  result.stopClean = closeError === null;
+  result.stateAfterStop = negotiated.state;
+  await Promise.all([direct, ...listeners].map((c) => c.stop()));
+  console.log(JSON.stringify(result));
+}
+
+main().catch((e) => {
+  console.log(JSON.stringify({ error: String(e && e.stack || e) }));
+  process.exit(1);
+});
