@@ -65,11 +65,21 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
 
-    let per_config = options.cases.len() + usize::from(options.rate_duration > 0.0);
+    let raw_runs = if options.protocol.contains(&Protocol::Raw) {
+        options.cases.len()
+    } else {
+        0
+    };
+    let hub_runs = if options.protocol.contains(&Protocol::Hub) {
+        options.cases.iter().filter(|&&c| c != Case::Fanin).count()
+    } else {
+        0
+    };
+    let per_config = raw_runs + hub_runs + usize::from(options.rate_duration > 0.0 && raw_runs > 0);
     let total = configs.len() * per_config;
     let seconds_each = options.warmup + options.duration;
     let estimate = configs.len() as f64
-        * (options.cases.len() as f64 * (seconds_each + 1.0)
+        * ((raw_runs + hub_runs) as f64 * (seconds_each + 1.0)
             + if options.rate_duration > 0.0 {
                 options.warmup + options.rate_duration + 3.0
             } else {
@@ -101,57 +111,60 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
             .copied()
             .collect();
         let mut closed_loop: Vec<(Case, f64)> = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
         for &case in &options.cases {
+            if options.protocol.contains(&Protocol::Raw) {
+                jobs.push(Job::new(case, Protocol::Raw, None));
+            }
+            // The hub is measured at the sizes the comparison asks for.
+            if options.protocol.contains(&Protocol::Hub) && case != Case::Fanin {
+                jobs.push(Job::new(case, Protocol::Hub, None));
+            }
+        }
+        for job in jobs {
             index += 1;
-            let (connections, size) = case.shape();
             println!(
-                "[{index}/{total}] {name} · {}: {connections} connections × {size} B, closed loop, {} s",
-                case.name(),
+                "[{index}/{total}] {name} · {}, {} s",
+                job.describe(),
                 options.duration
             );
             let result = measure(
                 &engine,
                 options,
+                options.duration,
                 &out_dir,
                 &name,
-                case.name(),
                 &spare,
-                connections,
-                size,
-                None,
+                &job,
             )?;
-            closed_loop.push((case, result.summary.msgs_per_sec));
+            if job.protocol == Protocol::Raw {
+                closed_loop.push((job.case, result.summary.msgs_per_sec));
+            }
             measured.push(Measured {
-                case: case.name().to_string(),
+                case: job.label(),
                 result,
             });
         }
         if options.rate_duration > 0.0 {
             if let Some(&(case, max)) = closed_loop.first() {
                 index += 1;
-                let rate = (max / 2.0).round().max(1.0);
-                let (connections, size) = case.shape();
+                let job = Job::new(case, Protocol::Raw, Some((max / 2.0).round().max(1.0)));
                 println!(
-                    "[{index}/{total}] {name} · {}-rate: {connections} connections × {size} B at {rate:.0} msg/s (half the closed-loop maximum), {} s",
-                    case.name(),
+                    "[{index}/{total}] {name} · {} (half the closed-loop maximum), {} s",
+                    job.describe(),
                     options.rate_duration
                 );
-                let label = format!("{}-rate", case.name());
-                let mut bench = options.clone();
-                bench.duration = options.rate_duration;
                 let result = measure(
                     &engine,
-                    &bench,
+                    options,
+                    options.rate_duration,
                     &out_dir,
                     &name,
-                    &label,
                     &spare,
-                    connections,
-                    size,
-                    Some(rate),
+                    &job,
                 )?;
                 measured.push(Measured {
-                    case: label,
+                    case: job.label(),
                     result,
                 });
             }
@@ -161,6 +174,9 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
 
     let summary = write_summary(options, &configs, &measured, &out_dir)?;
     println!("\n{summary}");
+    if let Some(table) = write_raw_vs_hub(&measured, &out_dir, options.out.is_none())? {
+        println!("raw WebSocket against SignalR hub (hub/raw):\n{table}");
+    }
     println!(
         "results, tables (summary.md) and plots written to {}",
         out_dir.display()
@@ -173,36 +189,84 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One load against the engine: a standard case, in a protocol, closed
+/// loop or at a constant rate.
+struct Job {
+    case: Case,
+    protocol: Protocol,
+    rate: Option<f64>,
+}
+
+impl Job {
+    fn new(case: Case, protocol: Protocol, rate: Option<f64>) -> Self {
+        Job {
+            case,
+            protocol,
+            rate,
+        }
+    }
+
+    /// Names the job in tables and files: "small", "small-hub", "small-rate".
+    fn label(&self) -> String {
+        let mut label = self.case.name().to_string();
+        if self.protocol == Protocol::Hub {
+            label.push_str("-hub");
+        }
+        if self.rate.is_some() {
+            label.push_str("-rate");
+        }
+        label
+    }
+
+    fn describe(&self) -> String {
+        let (connections, size) = self.case.shape();
+        let mode = match self.rate {
+            Some(rate) => format!("at {rate:.0} msg/s"),
+            None => "closed loop".to_string(),
+        };
+        let protocol = match self.protocol {
+            Protocol::Raw => "raw",
+            Protocol::Hub => "hub Echo invocations",
+        };
+        format!(
+            "{}: {connections} connections × {size} B, {protocol}, {mode}",
+            self.label()
+        )
+    }
+}
+
 fn measure(
     engine: &EngineProcess,
     options: &BenchOptions,
+    duration: f64,
     out_dir: &Path,
     config_name: &str,
-    case: &str,
     spare_cores: &[usize],
-    connections: u32,
-    size: usize,
-    rate: Option<f64>,
+    job: &Job,
 ) -> anyhow::Result<RunResult> {
-    let file = format!("{}-{case}", engine.file_stem);
+    let file = format!("{}-{}", engine.file_stem, job.label());
+    let (connections, size) = job.case.shape();
+    let path = match job.protocol {
+        Protocol::Raw => "/ws",
+        Protocol::Hub => "/hub",
+    };
     let args = RunArgs {
         load: LoadConfig {
-            url: format!("ws://{}/ws", engine.addr),
+            url: format!("ws://{}{path}", engine.addr),
             connections,
             size,
             message_type: MessageType::Binary,
             text: false,
             binary: false,
-            duration: options.duration,
+            duration,
             warmup: options.warmup,
             threads: spare_cores.len().max(1) as u16,
             no_pin: spare_cores.is_empty(),
             cores: spare_cores.to_vec(),
             source_addr: Vec::new(),
-            protocol: Protocol::Raw,
+            protocol: job.protocol,
             in_flight: 1,
-            rate,
+            rate: job.rate,
         },
         out: Some(out_dir.join(format!("{file}.json"))),
         hgrm: Some(out_dir.join(format!("{file}.hgrm"))),
@@ -290,6 +354,105 @@ fn write_summary(
     ));
     std::fs::write(out_dir.join("summary.md"), markdown)?;
     Ok(terminal)
+}
+
+/// The raw-versus-hub comparison: for each size measured both ways, the
+/// hub's throughput and latency as ratios of the raw echo's, and one plot.
+/// With the default output folder it is also written to results/raw-vs-hub.md.
+fn write_raw_vs_hub(
+    measured: &[Measured],
+    out_dir: &Path,
+    default_place: bool,
+) -> anyhow::Result<Option<String>> {
+    let mut table = String::from(
+        "| engine | size | connections | raw msgs/s | hub msgs/s | hub/raw throughput | raw p50 µs | hub p50 µs | hub/raw p50 | raw p99 µs | hub p99 µs | hub/raw p99 |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut curves = Vec::new();
+    let configs: Vec<&str> = {
+        let mut c: Vec<&str> = measured.iter().map(|m| m.result.label.as_str()).collect();
+        c.dedup();
+        c
+    };
+    for raw in measured.iter().filter(|m| !m.case.contains('-')) {
+        let hub_case = format!("{}-hub", raw.case);
+        let Some(hub) = measured
+            .iter()
+            .find(|m| m.case == hub_case && m.result.label == raw.result.label)
+        else {
+            continue;
+        };
+        let (r, h) = (&raw.result.summary, &hub.result.summary);
+        let ratio = |hub: f64, raw: f64| {
+            if raw > 0.0 {
+                format!("{:.2}×", hub / raw)
+            } else {
+                "—".into()
+            }
+        };
+        table.push_str(&format!(
+            "| {} | {} B | {} | {:.0} | {:.0} | **{}** | {} | {} | {} | {} | {} | {} |\n",
+            raw.result.label,
+            raw.result.load.size,
+            raw.result.load.connections,
+            r.msgs_per_sec,
+            h.msgs_per_sec,
+            ratio(h.msgs_per_sec, r.msgs_per_sec),
+            r.latency_us.p50,
+            h.latency_us.p50,
+            ratio(h.latency_us.p50 as f64, r.latency_us.p50 as f64),
+            r.latency_us.p99,
+            h.latency_us.p99,
+            ratio(h.latency_us.p99 as f64, r.latency_us.p99 as f64),
+        ));
+        for (result, protocol) in [(&raw.result, "raw"), (&hub.result, "hub")] {
+            let mut curve = result.clone();
+            curve.label = if configs.len() > 1 {
+                format!("{protocol} {} B, {}", result.load.size, result.label)
+            } else {
+                format!("{protocol} {} B", result.load.size)
+            };
+            curves.push(curve);
+        }
+    }
+    if curves.is_empty() {
+        return Ok(None);
+    }
+    loadgen::plot::plot(&curves, &out_dir.join("raw-vs-hub.svg"))?;
+    let first = &curves[0];
+    let document = |plot: &str| {
+        format!(
+            "# Raw WebSockets against the SignalR hub protocol\n\n\
+             The ASP.NET Core WebSockets article says SignalR has \"no significant performance \
+             disadvantage\" against raw WebSockets, without a measurement. This is ours: the same \
+             engine, connections and payload sizes, closed loop, one message in flight per \
+             connection. Raw: a binary message echoed. Hub: an `Echo(payload)` invocation (the \
+             payload as a JSON string) answered by its Completion, over the JSON hub protocol.\n\n\
+             - date: {}\n- machine: {} ({} cores), kernel {}\n- commit: {}\n\
+             - engine pinned to the first cores, loadgen to the others; {} s measured after {} s warm-up\n\n\
+             {table}\n![latency by percentile and throughput, raw and hub]({plot})\n",
+            first.date,
+            first.machine.cpu_model,
+            first.machine.cores,
+            first.machine.kernel,
+            first.tool.commit,
+            first.load.duration,
+            first.load.warmup,
+        )
+    };
+    std::fs::write(out_dir.join("raw-vs-hub.md"), document("raw-vs-hub.svg"))?;
+    if default_place {
+        // results/raw-vs-hub.md, next to the bench folders it points into.
+        let relative = out_dir
+            .strip_prefix("results")
+            .unwrap_or(out_dir)
+            .join("raw-vs-hub.svg");
+        std::fs::write(
+            "results/raw-vs-hub.md",
+            document(&relative.display().to_string()),
+        )?;
+    }
+    Ok(Some(table))
 }
 
 /// The engine under test, started from this very binary.

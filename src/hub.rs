@@ -4,6 +4,10 @@
 //! text records ended by 0x1E (several may share a frame, one may span
 //! frames), first the handshake, then messages. `Echo(x)` answers with a
 //! Completion holding x, copied as raw JSON (never re-serialized);
+//! JSON goes through serde_json, with arguments borrowed as raw JSON:
+//! benches/hub_json.rs measured it against sonic-rs and simd-json for an
+//! Echo; serde_json is fastest at small sizes and the JSON crate is a minor
+//! part of the engine's cost at every size (README, "Hub protocol").
 //! `SendToAll(x)` delivers `Receive(x)` to every hub connection on every core
 //! through per-core queues: the sender's core puts the frame on each worker's
 //! channel, and each worker hands it to its own connections' mailboxes.
@@ -181,7 +185,7 @@ impl<'a> HubSession<'a> {
     /// answered in one text frame; an incomplete tail waits for the next.
     fn on_data(&self, data: &[u8], out: &mut Vec<Out>) -> Result<(), Violation> {
         let mut state = self.state.borrow_mut();
-        let mut replies = Replies::new();
+        let mut replies = Replies::with_capacity(data.len());
         let joined;
         let data = if state.partial.is_empty() {
             data
@@ -190,10 +194,16 @@ impl<'a> HubSession<'a> {
             joined = std::mem::take(&mut state.partial);
             &joined[..]
         };
-        let mut records = data.split(|&b| b == RECORD_SEPARATOR);
-        let tail = records.next_back().unwrap_or_default();
+        // memchr finds separators 16 or 32 bytes at a time; a plain split
+        // costs more than the JSON parse on large records.
+        let mut start = 0;
+        let mut records = memchr::memchr_iter(RECORD_SEPARATOR, data).map(|end| {
+            let record = &data[start..end];
+            start = end + 1;
+            record
+        });
         let mut outcome = Ok(());
-        for record in records {
+        for record in records.by_ref() {
             outcome = if state.handshaken {
                 self.on_record(record, &mut replies)
             } else {
@@ -204,6 +214,8 @@ impl<'a> HubSession<'a> {
                 break;
             }
         }
+        drop(records);
+        let tail = &data[start..];
         if outcome.is_ok() {
             if state.partial.len() + tail.len() > self.max_message {
                 replies.close_with_error("record too large");
@@ -344,7 +356,14 @@ struct Replies(Vec<u8>);
 
 impl Replies {
     fn new() -> Self {
-        Replies(vec![0; codec::MAX_SERVER_HEADER])
+        Self::with_capacity(0)
+    }
+
+    /// Answers rarely outgrow their request by more than a few dozen bytes.
+    fn with_capacity(request: usize) -> Self {
+        let mut frame = Vec::with_capacity(codec::MAX_SERVER_HEADER + request + 64);
+        frame.resize(codec::MAX_SERVER_HEADER, 0);
+        Replies(frame)
     }
 
     fn record(&mut self, json: &[u8]) {
@@ -353,19 +372,25 @@ impl Replies {
     }
 
     /// A Completion: `Ok(Some(raw JSON))` a result, `Ok(None)` none,
-    /// `Err` an error. Invocations without an id get no answer.
+    /// `Err` an error. Invocations without an id get no answer. Written
+    /// straight into the frame: the result is copied once, from the request.
     fn completion(&mut self, id: Option<&str>, result: Result<Option<&str>, &str>) {
         let Some(id) = id else { return };
-        let id = serde_json::to_string(id).expect("a string serializes");
-        let record = match result {
-            Ok(Some(value)) => format!(r#"{{"type":3,"invocationId":{id},"result":{value}}}"#),
-            Ok(None) => format!(r#"{{"type":3,"invocationId":{id}}}"#),
-            Err(error) => {
-                let error = serde_json::to_string(error).expect("a string serializes");
-                format!(r#"{{"type":3,"invocationId":{id},"error":{error}}}"#)
+        self.0.extend_from_slice(b"{\"type\":3,\"invocationId\":");
+        self.json_string(id);
+        match result {
+            Ok(Some(value)) => {
+                self.0.extend_from_slice(b",\"result\":");
+                self.0.extend_from_slice(value.as_bytes());
             }
-        };
-        self.record(record.as_bytes());
+            Ok(None) => {}
+            Err(error) => {
+                self.0.extend_from_slice(b",\"error\":");
+                self.json_string(error);
+            }
+        }
+        self.0.push(b'}');
+        self.0.push(RECORD_SEPARATOR);
     }
 
     fn completion_error(&mut self, id: Option<&str>, error: &str) {
@@ -373,10 +398,16 @@ impl Replies {
     }
 
     fn invocation(&mut self, target: &str, argument: &str) {
-        let target = serde_json::to_string(target).expect("a string serializes");
-        self.record(
-            format!(r#"{{"type":1,"target":{target},"arguments":[{argument}]}}"#).as_bytes(),
-        );
+        self.0.extend_from_slice(b"{\"type\":1,\"target\":");
+        self.json_string(target);
+        self.0.extend_from_slice(b",\"arguments\":[");
+        self.0.extend_from_slice(argument.as_bytes());
+        self.0.extend_from_slice(b"]}");
+        self.0.push(RECORD_SEPARATOR);
+    }
+
+    fn json_string(&mut self, s: &str) {
+        serde_json::to_writer(&mut self.0, s).expect("writing to memory");
     }
 
     fn close_with_error(&mut self, error: &str) {

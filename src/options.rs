@@ -69,6 +69,12 @@ pub struct BenchOptions {
     )]
     pub cases: Vec<Case>,
 
+    /// Protocols to measure, comma-separated: raw WebSocket echo, and Echo
+    /// invocations over the SignalR hub protocol (small, medium and large
+    /// cases), set side by side in raw-vs-hub.md.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,hub")]
+    pub protocol: Vec<loadgen::options::Protocol>,
+
     /// Measured seconds of each closed-loop case.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub duration: f64,

@@ -101,6 +101,32 @@ pub async fn connect(
     Ok((stream, response[end..].to_vec()))
 }
 
+/// The hub handshake over an open WebSocket: JSON protocol version 1,
+/// answered by `{}`. Returns bytes read past the answer.
+pub async fn hub_handshake(stream: &mut TcpStream, leftover: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    let mut frame = Vec::new();
+    Encoder::default().encode(OpCode::Text, crate::hub::HANDSHAKE, &mut frame);
+    stream.write_all(&frame).await?;
+    let mut decoder = Decoder::new(&mut *stream, &leftover, 1 << 20);
+    let answer = loop {
+        match decoder.next().await? {
+            Incoming::Text(text) => break text.to_vec(),
+            Incoming::Ping(_) | Incoming::Pong => continue,
+            other => anyhow::bail!("hub handshake answered with {other:?}"),
+        }
+    };
+    let record = answer
+        .split(|&b| b == crate::hub::RECORD_SEPARATOR)
+        .next()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        record == b"{}",
+        "hub handshake refused: {}",
+        String::from_utf8_lossy(record)
+    );
+    Ok(decoder.buffered().to_vec())
+}
+
 fn accept_key(key: &str) -> String {
     let mut sha1 = Sha1::new();
     sha1.update(key.as_bytes());
@@ -340,6 +366,11 @@ impl<R: AsyncRead + Unpin> Decoder<R> {
             len,
             payload_len,
         }))
+    }
+
+    /// Bytes read from the stream and not decoded yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
     }
 
     /// Ensures `need` bytes fit from `start`: moves the partial frame to the

@@ -7,6 +7,7 @@
 //! command line.
 
 pub mod client;
+pub mod hub;
 pub mod options;
 pub mod payload;
 pub mod plot;

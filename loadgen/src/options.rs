@@ -150,7 +150,8 @@ pub enum MessageType {
 pub enum Protocol {
     /// Raw WebSocket messages.
     Raw,
-    /// The SignalR JSON hub protocol (not implemented yet).
+    /// The SignalR JSON hub protocol: Echo invocations, latency measured to
+    /// their completion; the payload is sent as a JSON string (text).
     Hub,
 }
 
@@ -165,7 +166,8 @@ impl LoadConfig {
 
     /// Folds the --text/--binary shorthands into `message_type`.
     pub fn normalize(&mut self) {
-        if self.text {
+        // Hub payloads travel as JSON strings: text.
+        if self.text || self.protocol == Protocol::Hub {
             self.message_type = MessageType::Text;
         }
         self.text = false;
@@ -179,9 +181,6 @@ impl LoadConfig {
                 "--url must start with ws:// (got {:?}; wss is not supported)",
                 self.url
             ));
-        }
-        if self.protocol == Protocol::Hub {
-            return Err("--protocol hub is not implemented yet; use --protocol raw".into());
         }
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0) {
@@ -200,7 +199,11 @@ impl LoadConfig {
             None if self.in_flight > 1 => format!("closed loop ×{}", self.in_flight),
             None => "closed loop".to_string(),
         };
-        format!("{} × {} B, {mode}", self.connections, self.size)
+        let protocol = match self.protocol {
+            Protocol::Raw => "",
+            Protocol::Hub => "hub, ",
+        };
+        format!("{protocol}{} × {} B, {mode}", self.connections, self.size)
     }
 }
 

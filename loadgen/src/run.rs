@@ -20,7 +20,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::client::{self, Decoder, Encoder, Incoming, Target};
-use crate::options::{LoadConfig, MessageType, RunArgs};
+use crate::hub::{self, Records, Reply};
+use crate::options::{LoadConfig, MessageType, Protocol, RunArgs};
 use crate::payload::Pattern;
 use crate::result::{self, Errors, Histograms, Percentiles, RunResult, Summary};
 use crate::schedule::Schedule;
@@ -275,6 +276,7 @@ impl Counts {
 /// A load thread's shared state: touched by its connections only.
 struct ThreadState {
     pattern: Pattern,
+    protocol: Protocol,
     message_type: MessageType,
     rate: Option<f64>,
     in_flight: u32,
@@ -309,9 +311,17 @@ async fn load_thread(
         let attempts = chunk.iter().map(|&id| {
             let source = source_for(&load.source_addr, id);
             let target = &target;
+            let protocol = load.protocol;
             async move {
                 let began = std::time::Instant::now();
-                let connected = client::connect(target, source).await;
+                let connected = match client::connect(target, source).await {
+                    Ok((mut stream, leftover)) if protocol == Protocol::Hub => {
+                        client::hub_handshake(&mut stream, leftover)
+                            .await
+                            .map(|leftover| (stream, leftover))
+                    }
+                    other => other,
+                };
                 (id, began.elapsed(), connected)
             }
         });
@@ -340,6 +350,7 @@ async fn load_thread(
 
     let state = Rc::new(ThreadState {
         pattern: Pattern::new(load.size, load.message_type),
+        protocol: load.protocol,
         message_type: load.message_type,
         rate: load.rate,
         in_flight: load.in_flight,
@@ -513,6 +524,7 @@ async fn write_loop(mut write: OwnedWriteHalf, state: Rc<ThreadState>, talk: Rc<
     let mut encoder = Encoder::default();
     let mut payload = Vec::with_capacity(state.pattern.size());
     let mut frame = Vec::with_capacity(state.pattern.size() + 14);
+    let mut record = Vec::new();
     let mut seq: u64 = 0;
     loop {
         // When may the next message leave, and from when does its latency count?
@@ -551,7 +563,13 @@ async fn write_loop(mut write: OwnedWriteHalf, state: Rc<ThreadState>, talk: Rc<
             encoder.encode(OpCode::Pong, &pong, &mut frame);
         }
         state.pattern.write(seq, &mut payload);
-        encoder.encode(opcode, &payload, &mut frame);
+        if state.protocol == Protocol::Hub {
+            record.clear();
+            hub::invocation(seq, &payload, &mut record);
+            encoder.encode(OpCode::Text, &record, &mut frame);
+        } else {
+            encoder.encode(opcode, &payload, &mut frame);
+        }
         talk.in_flight.borrow_mut().push_back((seq, due));
         if write.write_all(&frame).await.is_err() {
             return;
@@ -598,10 +616,46 @@ async fn read_loop(
 ) {
     let max = state.pattern.size().max(1 << 16) * 2;
     let mut decoder = Decoder::new(read, leftover, max);
+    let mut records = Records::default();
     loop {
         let incoming = decoder.next().await;
         let now = Instant::now();
         match incoming {
+            Ok(Incoming::Text(text)) if state.protocol == Protocol::Hub => {
+                let mut server_closed = false;
+                records.feed(text, |record| {
+                    match serde_json::from_slice::<Reply>(record) {
+                        Ok(reply) if reply.kind == 3 => {
+                            let Some((seq, due)) = talk.in_flight.borrow_mut().pop_front() else {
+                                bump(&state.unexpected_frames);
+                                return;
+                            };
+                            let expected_id = reply.id.as_deref() == Some(seq.to_string().as_str());
+                            let echoed = reply
+                                .result
+                                .as_deref()
+                                .is_some_and(|r| state.pattern.matches(seq, r.as_bytes()));
+                            if !expected_id || !echoed || reply.error.is_some() {
+                                bump(&state.mismatches);
+                            }
+                            record_latency(&state, due, now);
+                            talk.wake.notify_one();
+                        }
+                        Ok(reply) if reply.kind == 6 => {} // the server's keep-alive
+                        Ok(reply) if reply.kind == 7 => server_closed = true,
+                        _ => bump(&state.unexpected_frames),
+                    }
+                });
+                if server_closed {
+                    if !talk.closing.get() {
+                        bump(&state.unexpected_closes);
+                    }
+                    break;
+                }
+            }
+            Ok(Incoming::Binary(_)) if state.protocol == Protocol::Hub => {
+                bump(&state.unexpected_frames)
+            }
             Ok(Incoming::Binary(payload)) | Ok(Incoming::Text(payload)) => {
                 let is_text = matches!(incoming, Ok(Incoming::Text(_)));
                 let Some((seq, due)) = talk.in_flight.borrow_mut().pop_front() else {
@@ -612,11 +666,7 @@ async fn read_loop(
                 if !right_type || !state.pattern.matches(seq, payload) {
                     bump(&state.mismatches);
                 }
-                let micros = now.saturating_duration_since(due).as_micros().max(1) as u64;
-                state.second.borrow_mut().saturating_record(micros);
-                if now >= state.measure_from && now <= state.end {
-                    state.latency.borrow_mut().saturating_record(micros);
-                }
+                record_latency(&state, due, now);
                 talk.wake.notify_one();
             }
             Ok(Incoming::Ping(payload)) => {
@@ -644,6 +694,15 @@ async fn read_loop(
     }
     talk.reader_done.set(true);
     talk.wake.notify_one();
+}
+
+/// Records one echo's latency, counted from when it was due.
+fn record_latency(state: &ThreadState, due: Instant, now: Instant) {
+    let micros = now.saturating_duration_since(due).as_micros().max(1) as u64;
+    state.second.borrow_mut().saturating_record(micros);
+    if now >= state.measure_from && now <= state.end {
+        state.latency.borrow_mut().saturating_record(micros);
+    }
 }
 
 fn bump(counter: &Cell<u64>) {
