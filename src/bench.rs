@@ -26,6 +26,8 @@ struct EngineConfig {
 /// A run's place in the tables: which case, under which configuration.
 struct Measured {
     case: String,
+    /// Which round of `--repeat` it belongs to.
+    round: u32,
     result: RunResult,
 }
 
@@ -75,11 +77,12 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
     } else {
         0
     };
-    let per_config = raw_runs + hub_runs + usize::from(options.rate_duration > 0.0 && raw_runs > 0);
+    let per_config = (raw_runs + hub_runs) * options.repeat as usize
+        + usize::from(options.rate_duration > 0.0 && raw_runs > 0);
     let total = configs.len() * per_config;
     let seconds_each = options.warmup + options.duration;
     let estimate = configs.len() as f64
-        * ((raw_runs + hub_runs) as f64 * (seconds_each + 1.0)
+        * ((raw_runs + hub_runs) as f64 * options.repeat as f64 * (seconds_each + 1.0)
             + if options.rate_duration > 0.0 {
                 options.warmup + options.rate_duration + 3.0
             } else {
@@ -121,7 +124,10 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
                 jobs.push(Job::new(case, Protocol::Hub, None));
             }
         }
-        for job in jobs {
+        // Each round runs every job once, raw and hub of one size back to
+        // back: the interleaved pairs that ratios are taken from.
+        let rounds = (0..options.repeat).flat_map(|round| jobs.iter().map(move |job| (round, job)));
+        for (round, job) in rounds {
             index += 1;
             println!(
                 "[{index}/{total}] {name} · {}, {} s",
@@ -135,13 +141,15 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
                 &out_dir,
                 &name,
                 &spare,
-                &job,
+                job,
+                round,
             )?;
-            if job.protocol == Protocol::Raw {
+            if job.protocol == Protocol::Raw && round == 0 {
                 closed_loop.push((job.case, result.summary.msgs_per_sec));
             }
             measured.push(Measured {
                 case: job.label(),
+                round,
                 result,
             });
         }
@@ -162,9 +170,11 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
                     &name,
                     &spare,
                     &job,
+                    0,
                 )?;
                 measured.push(Measured {
                     case: job.label(),
+                    round: 0,
                     result,
                 });
             }
@@ -243,8 +253,12 @@ fn measure(
     config_name: &str,
     spare_cores: &[usize],
     job: &Job,
+    round: u32,
 ) -> anyhow::Result<RunResult> {
-    let file = format!("{}-{}", engine.file_stem, job.label());
+    let mut file = format!("{}-{}", engine.file_stem, job.label());
+    if options.repeat > 1 {
+        file.push_str(&format!("-round{}", round + 1));
+    }
     let (connections, size) = job.case.shape();
     let path = match job.protocol {
         Protocol::Raw => "/ws",
@@ -271,7 +285,11 @@ fn measure(
         out: Some(out_dir.join(format!("{file}.json"))),
         hgrm: Some(out_dir.join(format!("{file}.hgrm"))),
         quiet: options.quiet,
-        label: Some(config_name.to_string()),
+        label: Some(if options.repeat > 1 {
+            format!("{config_name} (round {})", round + 1)
+        } else {
+            config_name.to_string()
+        }),
     };
     let result = loadgen::run::run(&args)?;
     loadgen::save_outputs(&args, &result)?;
@@ -365,54 +383,89 @@ fn write_raw_vs_hub(
     default_place: bool,
 ) -> anyhow::Result<Option<String>> {
     let mut table = String::from(
-        "| engine | size | connections | raw msgs/s | hub msgs/s | hub/raw throughput | raw p50 µs | hub p50 µs | hub/raw p50 | raw p99 µs | hub p99 µs | hub/raw p99 |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| engine | size | connections | raw msgs/s | hub msgs/s | hub/raw throughput | hub/raw p50 | hub/raw p99 | pairs |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     let mut curves = Vec::new();
-    let configs: Vec<&str> = {
-        let mut c: Vec<&str> = measured.iter().map(|m| m.result.label.as_str()).collect();
-        c.dedup();
-        c
+    let config_of = |m: &Measured| {
+        m.result
+            .label
+            .split(" (round")
+            .next()
+            .unwrap_or_default()
+            .to_string()
     };
-    for raw in measured.iter().filter(|m| !m.case.contains('-')) {
-        let hub_case = format!("{}-hub", raw.case);
-        let Some(hub) = measured
+    let mut configs: Vec<String> = measured.iter().map(config_of).collect();
+    configs.dedup();
+    for config in &configs {
+        let sizes: Vec<&Measured> = measured
             .iter()
-            .find(|m| m.case == hub_case && m.result.label == raw.result.label)
-        else {
-            continue;
-        };
-        let (r, h) = (&raw.result.summary, &hub.result.summary);
-        let ratio = |hub: f64, raw: f64| {
-            if raw > 0.0 {
-                format!("{:.2}×", hub / raw)
-            } else {
-                "—".into()
+            .filter(|m| !m.case.contains('-') && m.round == 0 && config_of(m) == *config)
+            .collect();
+        for first_raw in sizes {
+            // Pair raw and hub of the same round.
+            let pairs: Vec<(&RunResult, &RunResult)> = measured
+                .iter()
+                .filter(|m| m.case == first_raw.case && config_of(m) == *config)
+                .filter_map(|raw| {
+                    measured
+                        .iter()
+                        .find(|m| {
+                            m.case == format!("{}-hub", raw.case)
+                                && m.round == raw.round
+                                && config_of(m) == *config
+                        })
+                        .map(|hub| (&raw.result, &hub.result))
+                })
+                .collect();
+            if pairs.is_empty() {
+                continue;
             }
-        };
-        table.push_str(&format!(
-            "| {} | {} B | {} | {:.0} | {:.0} | **{}** | {} | {} | {} | {} | {} | {} |\n",
-            raw.result.label,
-            raw.result.load.size,
-            raw.result.load.connections,
-            r.msgs_per_sec,
-            h.msgs_per_sec,
-            ratio(h.msgs_per_sec, r.msgs_per_sec),
-            r.latency_us.p50,
-            h.latency_us.p50,
-            ratio(h.latency_us.p50 as f64, r.latency_us.p50 as f64),
-            r.latency_us.p99,
-            h.latency_us.p99,
-            ratio(h.latency_us.p99 as f64, r.latency_us.p99 as f64),
-        ));
-        for (result, protocol) in [(&raw.result, "raw"), (&hub.result, "hub")] {
-            let mut curve = result.clone();
-            curve.label = if configs.len() > 1 {
-                format!("{protocol} {} B, {}", result.load.size, result.label)
-            } else {
-                format!("{protocol} {} B", result.load.size)
+            let spread = |f: &dyn Fn(&RunResult) -> f64| {
+                let mut ratios: Vec<f64> = pairs
+                    .iter()
+                    .map(|(raw, hub)| f(hub) / f(raw).max(f64::MIN_POSITIVE))
+                    .collect();
+                ratios.sort_by(f64::total_cmp);
+                let median = ratios[ratios.len() / 2];
+                if ratios.len() > 1 {
+                    format!(
+                        "{median:.2}× ({:.2}–{:.2})",
+                        ratios[0],
+                        ratios[ratios.len() - 1]
+                    )
+                } else {
+                    format!("{median:.2}×")
+                }
             };
-            curves.push(curve);
+            let median_of = |pick: &dyn Fn(&(&RunResult, &RunResult)) -> f64| {
+                let mut values: Vec<f64> = pairs.iter().map(pick).collect();
+                values.sort_by(f64::total_cmp);
+                values[values.len() / 2]
+            };
+            let throughput = |r: &RunResult| r.summary.msgs_per_sec;
+            let load = &first_raw.result.load;
+            table.push_str(&format!(
+                "| {config} | {} B | {} | {:.0} | {:.0} | **{}** | {} | {} | {} |\n",
+                load.size,
+                load.connections,
+                median_of(&|(raw, _)| raw.summary.msgs_per_sec),
+                median_of(&|(_, hub)| hub.summary.msgs_per_sec),
+                spread(&throughput),
+                spread(&|r| r.summary.latency_us.p50 as f64),
+                spread(&|r| r.summary.latency_us.p99 as f64),
+                pairs.len(),
+            ));
+            let (raw, hub) = pairs[0];
+            for (result, protocol) in [(raw, "raw"), (hub, "hub")] {
+                let mut curve = result.clone();
+                curve.label = if configs.len() > 1 {
+                    format!("{protocol} {} B, {config}", result.load.size)
+                } else {
+                    format!("{protocol} {} B", result.load.size)
+                };
+                curves.push(curve);
+            }
         }
     }
     if curves.is_empty() {
@@ -427,7 +480,9 @@ fn write_raw_vs_hub(
              disadvantage\" against raw WebSockets, without a measurement. This is ours: the same \
              engine, connections and payload sizes, closed loop, one message in flight per \
              connection. Raw: a binary message echoed. Hub: an `Echo(payload)` invocation (the \
-             payload as a JSON string) answered by its Completion, over the JSON hub protocol.\n\n\
+             payload as a JSON string) answered by its Completion, over the JSON hub protocol. \
+             Each pair is a raw run and a hub run back to back; ratios are hub/raw per pair, \
+             as the median with (min–max) over the pairs. The plot shows the first pair.\n\n\
              - date: {}\n- machine: {} ({} cores), kernel {}\n- commit: {}\n\
              - engine pinned to the first cores, loadgen to the others; {} s measured after {} s warm-up\n\n\
              {table}\n![latency by percentile and throughput, raw and hub]({plot})\n",

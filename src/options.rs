@@ -75,6 +75,11 @@ pub struct BenchOptions {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,hub")]
     pub protocol: Vec<loadgen::options::Protocol>,
 
+    /// Rounds of every closed-loop run, interleaved (raw then hub of a size,
+    /// back to back): raw-vs-hub.md reports the median ratio with its range.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repeat: u32,
+
     /// Measured seconds of each closed-loop case.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub duration: f64,
