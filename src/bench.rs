@@ -117,61 +117,49 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
         let mut jobs: Vec<Job> = Vec::new();
         for &case in &options.cases {
             if options.protocol.contains(&Protocol::Raw) {
-                jobs.push(Job::new(case, Protocol::Raw, None));
+                jobs.push(Job::new(case, Protocol::Raw, None, options.duration));
             }
             // The hub is measured at the sizes the comparison asks for.
             if options.protocol.contains(&Protocol::Hub) && case != Case::Fanin {
-                jobs.push(Job::new(case, Protocol::Hub, None));
+                jobs.push(Job::new(case, Protocol::Hub, None, options.duration));
             }
         }
         // Each round runs every job once, raw and hub of one size back to
         // back: the interleaved pairs that ratios are taken from.
-        let rounds = (0..options.repeat).flat_map(|round| jobs.iter().map(move |job| (round, job)));
-        for (round, job) in rounds {
+        let rounds = (0..options.repeat).flat_map(|round| {
+            jobs.iter().map(move |job| Job {
+                round,
+                ..job.clone()
+            })
+        });
+        for job in rounds {
             index += 1;
             println!(
                 "[{index}/{total}] {name} · {}, {} s",
                 job.describe(),
-                options.duration
+                job.duration
             );
-            let result = measure(
-                &engine,
-                options,
-                options.duration,
-                &out_dir,
-                &name,
-                &spare,
-                job,
-                round,
-            )?;
-            if job.protocol == Protocol::Raw && round == 0 {
+            let result = measure(&engine, options, &out_dir, &name, &spare, &job)?;
+            if job.protocol == Protocol::Raw && job.round == 0 {
                 closed_loop.push((job.case, result.summary.msgs_per_sec));
             }
             measured.push(Measured {
                 case: job.label(),
-                round,
+                round: job.round,
                 result,
             });
         }
         if options.rate_duration > 0.0 {
             if let Some(&(case, max)) = closed_loop.first() {
                 index += 1;
-                let job = Job::new(case, Protocol::Raw, Some((max / 2.0).round().max(1.0)));
+                let rate = Some((max / 2.0).round().max(1.0));
+                let job = Job::new(case, Protocol::Raw, rate, options.rate_duration);
                 println!(
                     "[{index}/{total}] {name} · {} (half the closed-loop maximum), {} s",
                     job.describe(),
-                    options.rate_duration
+                    job.duration
                 );
-                let result = measure(
-                    &engine,
-                    options,
-                    options.rate_duration,
-                    &out_dir,
-                    &name,
-                    &spare,
-                    &job,
-                    0,
-                )?;
+                let result = measure(&engine, options, &out_dir, &name, &spare, &job)?;
                 measured.push(Measured {
                     case: job.label(),
                     round: 0,
@@ -201,18 +189,25 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
 
 /// One load against the engine: a standard case, in a protocol, closed
 /// loop or at a constant rate.
+#[derive(Clone)]
 struct Job {
     case: Case,
     protocol: Protocol,
     rate: Option<f64>,
+    /// Measured seconds.
+    duration: f64,
+    /// Which round of `--repeat`.
+    round: u32,
 }
 
 impl Job {
-    fn new(case: Case, protocol: Protocol, rate: Option<f64>) -> Self {
+    fn new(case: Case, protocol: Protocol, rate: Option<f64>, duration: f64) -> Self {
         Job {
             case,
             protocol,
             rate,
+            duration,
+            round: 0,
         }
     }
 
@@ -248,13 +243,12 @@ impl Job {
 fn measure(
     engine: &EngineProcess,
     options: &BenchOptions,
-    duration: f64,
     out_dir: &Path,
     config_name: &str,
     spare_cores: &[usize],
     job: &Job,
-    round: u32,
 ) -> anyhow::Result<RunResult> {
+    let (round, duration) = (job.round, job.duration);
     let mut file = format!("{}-{}", engine.file_stem, job.label());
     if options.repeat > 1 {
         file.push_str(&format!("-round{}", round + 1));

@@ -89,11 +89,12 @@ impl Engine {
             "not pinned".to_string()
         };
         format!(
-            "ringecho listening on {listen} (ws://{listen}{path}): backend {backend}, {n} threads {cores}, receive buffer {buf} B",
+            "ringecho listening on {listen} (ws://{listen}{path}): backend {backend}, {n} thread{s} {cores}, receive buffer {buf} B",
             listen = self.listen,
             path = self.options.ws_path,
             backend = self.backend.name(),
             n = self.cores.len(),
+            s = if self.cores.len() == 1 { "" } else { "s" },
             buf = self.options.receive_buffer_size,
         )
     }

@@ -13,10 +13,19 @@ use loadgen::RunResult;
 /// starves the other's constant-rate schedule.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn args(engine: &Engine, rate: Option<f64>, out: std::path::PathBuf) -> RunArgs {
+fn args(
+    engine: &Engine,
+    protocol: Protocol,
+    rate: Option<f64>,
+    out: std::path::PathBuf,
+) -> RunArgs {
+    let path = match protocol {
+        Protocol::Raw => "/ws",
+        Protocol::Hub => "/hub",
+    };
     RunArgs {
         load: LoadConfig {
-            url: engine.url("/ws"),
+            url: engine.url(path),
             connections: 20,
             size: 100,
             message_type: MessageType::Binary,
@@ -28,7 +37,7 @@ fn args(engine: &Engine, rate: Option<f64>, out: std::path::PathBuf) -> RunArgs 
             no_pin: true,
             cores: Vec::new(),
             source_addr: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
-            protocol: Protocol::Raw,
+            protocol,
             in_flight: 2,
             rate,
         },
@@ -45,9 +54,15 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
     let dir = std::env::temp_dir().join(format!("ringecho-loadgen-{}", std::process::id()));
     let engine = Engine::start("tokio-uring", &["--receive-buffer-size", "8192"]);
     let mut results = Vec::new();
-    for (name, rate) in [("closed", None), ("rate", Some(2000.0))] {
+    let runs = [
+        ("closed", Protocol::Raw, None),
+        ("rate", Protocol::Raw, Some(2000.0)),
+        ("hub-closed", Protocol::Hub, None),
+        ("hub-rate", Protocol::Hub, Some(2000.0)),
+    ];
+    for (name, protocol, rate) in runs {
         let path = dir.join(format!("{name}.json"));
-        let run = args(&engine, rate, path.clone());
+        let run = args(&engine, protocol, rate, path.clone());
         let result = loadgen::run::run(&run).expect("the run completes");
         loadgen::save_outputs(&run, &result).unwrap();
         let back = RunResult::load(&path).expect("the result file reads back");
@@ -57,7 +72,9 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
         assert_eq!(s.connections, 20);
         assert_eq!(s.latency_us.count, s.messages);
         assert_eq!(back.latency().unwrap().len(), s.messages);
-        assert_eq!(back.load, run.load);
+        let mut expected_load = run.load.clone();
+        expected_load.normalize();
+        assert_eq!(back.load, expected_load);
         // The engine's configuration came from its /stats.
         assert_eq!(back.server["known"], true);
         assert_eq!(back.server["config"]["receive_buffer_size"], 8192);
@@ -75,7 +92,9 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
     );
     // The engine saw every connection close cleanly.
     let stats = engine.wait_for_no_connections();
-    assert_eq!(stats["totals"]["closes"]["1000"], 40);
+    assert_eq!(stats["totals"]["closes"]["1000"], 80);
+    // Hub invocations were counted as messages by the engine.
+    assert!(stats["totals"]["messages_in"].as_u64().unwrap() >= results[2].summary.messages);
 
     let table = report::compare(&results, Style::Markdown);
     assert!(table.lines().next().unwrap().contains("rate"), "{table}");
@@ -86,7 +105,7 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
     let merged = RunResult::merge(&results).unwrap();
     assert_eq!(
         merged.summary.messages,
-        results[0].summary.messages + rate_run.messages
+        results.iter().map(|r| r.summary.messages).sum::<u64>()
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -123,9 +142,15 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("[4/4]"),
-        "two configurations × (small + its constant-rate run): {stdout}"
+        stdout.contains("[6/6]"),
+        "two configurations × (small raw, small hub, constant rate): {stdout}"
     );
+    let comparison = std::fs::read_to_string(dir.join("raw-vs-hub.md")).unwrap();
+    assert!(
+        comparison.contains("| 20 B | 100 |") && comparison.contains("hub/raw throughput"),
+        "{comparison}"
+    );
+    assert!(dir.join("raw-vs-hub.svg").exists());
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(
         summary.contains("tokio-uring, 4096 B buffers")
@@ -138,7 +163,9 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
     for file in [
         "small.svg",
         "small-rate.svg",
+        "small-hub.svg",
         "epoll-buf4096-t1-small.json",
+        "epoll-buf4096-t1-small-hub.json",
         "tokio-uring-buf4096-t1-small-rate.hgrm",
     ] {
         assert!(dir.join(file).exists(), "{file} missing");
