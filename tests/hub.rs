@@ -116,3 +116,34 @@ fn negotiated_tokens_work_once_and_unknown_ones_get_404() {
     assert_eq!(engine.get("/hub").0, 400);
     assert_eq!(engine.get("/hub/negotiate").0, 405);
 }
+
+async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => text.to_string(),
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_server_pings_hub_connections_every_keep_alive_interval() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    for backend in BACKENDS {
+        let engine = Engine::start(backend, &["--hub-keep-alive", "1"]);
+        let (mut ws, _) = tokio_tungstenite::connect_async(engine.url("/hub"))
+            .await
+            .unwrap();
+        ws.send(Message::text("{\"protocol\":\"json\",\"version\":1}\u{1e}"))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut ws).await, "{}\u{1e}");
+        let started = std::time::Instant::now();
+        assert_eq!(next_text(&mut ws).await, "{\"type\":6}\u{1e}", "{backend}");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    }
+}
