@@ -31,6 +31,16 @@ if [ ! -d tests/signalr/node_modules/@microsoft/signalr ]; then
   (cd tests/signalr && npm ci --no-audit --no-fund --silent)
 fi
 
+# A real browser for the page tests: Debian's Chromium, driven by playwright-core.
+if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+  echo "test.sh: installing Chromium (for the browser tests)"
+  apt-get update -qq && apt-get install -y -qq chromium
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "test.sh: installing playwright-core into tests/browser"
+  (cd tests/browser && npm ci --no-audit --no-fund --silent)
+fi
+
 echo "test.sh: formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -37,7 +37,9 @@ enum Endpoint {
     Hub,
 }
 
+/// The sample echo page and the live view, built into the binary.
 const PAGE: &str = include_str!("page.html");
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves one accepted connection until it closes, on the accepting core.
 pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
@@ -164,6 +166,7 @@ fn respond(
     }
     match path {
         "/" => with_type(StatusCode::OK, PAGE.into(), "text/html; charset=utf-8"),
+        "/dashboard" => with_type(StatusCode::OK, DASHBOARD.into(), "text/html; charset=utf-8"),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/stats" => with_type(
             StatusCode::OK,

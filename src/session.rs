@@ -283,12 +283,20 @@ impl<'a, H: Handler> Session<'a, H> {
             OpCode::Close => {
                 // A bad close from the client still ends the conversation:
                 // answer it with the right code, and expect nothing more.
-                let code = codec::parse_close(&buf[payload]).inspect_err(|_| {
+                let code = codec::parse_close(&buf[payload.clone()]).inspect_err(|_| {
                     self.phase = Phase::Done;
                 })?;
                 if self.phase == Phase::Open {
-                    let reply = code.unwrap_or(1000);
-                    out.push(Out::Owned(codec::encode_close(reply, ""), 0));
+                    // As ASP.NET's sample does: the same code and reason back,
+                    // here from the memory the client's close arrived in.
+                    match code {
+                        Some(_) => out.push(Out::Recv(codec::write_header_before(
+                            buf,
+                            payload,
+                            OpCode::Close,
+                        ))),
+                        None => out.push(Out::Owned(codec::encode_close(1000, ""), 0)),
+                    }
                     self.close_code = Some(code.unwrap_or(1005));
                 }
                 self.phase = Phase::Done;
@@ -672,8 +680,10 @@ mod tests {
             input.extend(client_frame(true, 9, b"hi"));
             expected.extend(codec::encode(OpCode::Pong, b"hi"));
         }
-        input.extend(client_frame(true, 8, &1000u16.to_be_bytes()));
-        expected.extend(codec::encode_close(1000, ""));
+        let mut close = 1000u16.to_be_bytes().to_vec();
+        close.extend_from_slice("done".as_bytes());
+        input.extend(client_frame(true, 8, &close));
+        expected.extend(codec::encode_close(1000, "done"));
         for capacity in [256, 1000, 4096, 65536, 1 << 20] {
             let (sent, phase, code) = converse(&input, capacity);
             assert_eq!(sent, expected, "capacity {capacity}");

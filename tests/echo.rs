@@ -172,7 +172,13 @@ async fn close_is_answered_with_the_same_code(backend: &str) {
             reason: "bye".into(),
         };
         ws.send(Message::Close(Some(frame))).await.unwrap();
-        assert_eq!(close_code(&mut ws).await, code);
+        match next(&mut ws).await {
+            Message::Close(Some(reply)) => {
+                assert_eq!(u16::from(reply.code), code);
+                assert_eq!(reply.reason.as_str(), "bye", "the reason comes back too");
+            }
+            other => panic!("expected a close, got {other:?}"),
+        }
         // Then the server closes the TCP connection.
         assert!(timeout(PATIENCE, ws.next()).await.unwrap().is_none());
     }

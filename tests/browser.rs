@@ -1,0 +1,83 @@
+//! The sample page and the live view in a real browser (Debian's Chromium,
+//! driven by playwright-core from tests/browser), as a person would use them:
+//! Connect, Send, see the echo, switch to the hub, watch the connection count
+//! rise on the live view, Close Socket and read code 1000 in the log.
+//! Screenshots of each page land in results/screenshots/.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Engine, BACKENDS};
+
+#[test]
+fn a_person_can_echo_watch_and_close_from_the_browser() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new(dir).join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run scripts/test.sh (it installs Chromium and playwright-core)"
+    );
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/results/screenshots");
+    std::fs::create_dir_all(shots).unwrap();
+    for backend in BACKENDS {
+        let engine = Engine::start(backend, &[]);
+        // Screenshots of one backend are enough; the other writes to a scratch folder.
+        let scratch = std::env::temp_dir().join(format!("ringecho-shots-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let out = if backend == BACKENDS[0] {
+            shots.into()
+        } else {
+            scratch.clone()
+        };
+        let output = Command::new("node")
+            .arg(format!("{dir}/pages.js"))
+            .arg(format!("http://{}", engine.addr))
+            .arg(&out)
+            .output()
+            .expect("node runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{backend}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+        assert_eq!(
+            r["prefilledUrl"],
+            format!("ws://{}/ws", engine.addr),
+            "the page's own address"
+        );
+        assert_eq!(r["hubUrl"], format!("ws://{}/hub", engine.addr));
+        assert_eq!(r["initialState"], "Ready to connect...");
+        assert_eq!(r["stateAfterConnect"], "Open");
+        assert_eq!(r["websocketsWithOneClient"], 1);
+        assert_eq!(r["websocketsWithTwoClients"], 2);
+        assert_eq!(r["websocketsAfterClose"], 1);
+        assert_eq!(
+            r["coresShown"],
+            engine.stats()["workers"].as_array().unwrap().len()
+        );
+        assert!(
+            r["stateAfterClose"]
+                .as_str()
+                .unwrap()
+                .starts_with("Closed. Code: 1000"),
+            "{}",
+            r["stateAfterClose"]
+        );
+        let log = r["echoLog"].as_array().unwrap();
+        let has = |from: &str, data: &str| log.iter().any(|row| row[0] == from && row[2] == data);
+        assert!(has("Client", "Connection opened"));
+        assert!(has("Server", "Hello from Chromium"));
+        assert!(log
+            .iter()
+            .any(|row| row[2].as_str().unwrap().contains("Code: 1000")));
+        for page in ["echo-page.png", "hub-page.png", "dashboard.png"] {
+            assert!(
+                out.join(page).metadata().unwrap().len() > 10_000,
+                "{page} written"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+}
