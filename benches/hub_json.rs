@@ -97,7 +97,7 @@ fn hub_json(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500));
     let stats = WorkerStats::default();
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let hub = HubSession::new(HubWorker::new(vec![tx]), &stats, None, 64 << 20);
+    let hub = HubSession::new(HubWorker::new(vec![tx]), &stats, None, 64 << 20, 4 << 20);
     let mut out = Vec::new();
     let mut handshake = b"{\"protocol\":\"json\",\"version\":1}\x1e".to_vec();
     let len = handshake.len();

@@ -49,6 +49,8 @@ pub enum Violation {
     InvalidUtf8,
     /// 1009: a message over --max-message-size.
     TooBig,
+    /// 1008: the client broke a policy (it let too much output pile up).
+    Policy(&'static str),
     /// 1000: the conversation above WebSocket ended (a hub Close, a failed
     /// hub handshake); whatever it had to say was sent before.
     Ended(&'static str),
@@ -60,13 +62,14 @@ impl Violation {
             Violation::Protocol(_) => 1002,
             Violation::InvalidUtf8 => 1007,
             Violation::TooBig => 1009,
+            Violation::Policy(_) => 1008,
             Violation::Ended(_) => 1000,
         }
     }
 
     pub fn reason(self) -> &'static str {
         match self {
-            Violation::Protocol(why) | Violation::Ended(why) => why,
+            Violation::Protocol(why) | Violation::Ended(why) | Violation::Policy(why) => why,
             Violation::InvalidUtf8 => "invalid UTF-8",
             Violation::TooBig => "message too big",
         }

@@ -39,6 +39,8 @@ enum Endpoint {
 
 /// The sample echo page and the live view, built into the binary.
 const PAGE: &str = include_str!("page.html");
+/// Request heads above this get 431 and never reach the echo code.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Serves one accepted connection until it closes, on the accepting core.
@@ -47,6 +49,13 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
     stats.accepted.add(1);
     stats.open_connections.add(1);
     let _ = stream.set_nodelay(true);
+    let engine = worker.engine.clone();
+    let Some(_admission) = engine.admit() else {
+        stats.refused.add(1);
+        refuse(stream, &worker).await;
+        stats.open_connections.sub(1);
+        return;
+    };
     let upgraded = Rc::new(Cell::new(None));
     let service = {
         let worker = worker.clone();
@@ -58,6 +67,7 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
     let http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(worker.options.handshake_timeout())
+        .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(stream), service)
         .without_shutdown();
     let mut shutdown = worker.shutdown.listen();
@@ -83,12 +93,35 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
                     stats,
                     options.hub_keep_alive(),
                     options.max_message_size,
+                    options.max_pending_bytes,
                 );
                 websocket(stream, &parts.read_buf, &hub, &worker, shutdown).await;
             }
         }
     }
     stats.open_connections.sub(1);
+}
+
+/// Answers 503 to whatever the client asks, then closes: the engine is at
+/// --max-connections. hyper reads the request first, so the client sees the
+/// answer rather than a reset.
+async fn refuse(stream: TcpStream, worker: &Worker) {
+    let service = hyper::service::service_fn(|_request| {
+        let mut reply = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections: try again later\n",
+        );
+        reply
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        ready(Ok::<_, Infallible>(reply))
+    });
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(worker.options.handshake_timeout())
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = http.await;
 }
 
 /// Runs the WebSocket phase with `handler` on the worker's backend.

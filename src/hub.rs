@@ -17,7 +17,7 @@
 //! starts.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::rc::Rc;
@@ -94,6 +94,11 @@ pub struct HubWorker {
 #[derive(Default)]
 struct Mailbox {
     frames: RefCell<VecDeque<Broadcast>>,
+    /// Bytes in `frames`, against --max-pending-bytes.
+    bytes: Cell<u64>,
+    /// Set when a frame did not fit: the connection closes with 1008.
+    overflowed: Cell<bool>,
+    limit: u64,
     arrived: Notify,
 }
 
@@ -109,7 +114,13 @@ impl HubWorker {
     pub async fn deliver(self: Rc<Self>, mut channel: mpsc::UnboundedReceiver<Broadcast>) {
         while let Some(frame) = channel.recv().await {
             for (_, mailbox) in self.mailboxes.borrow().iter() {
-                mailbox.frames.borrow_mut().push_back(frame.clone());
+                let bytes = mailbox.bytes.get() + frame.len() as u64;
+                if bytes > mailbox.limit {
+                    mailbox.overflowed.set(true);
+                } else {
+                    mailbox.bytes.set(bytes);
+                    mailbox.frames.borrow_mut().push_back(frame.clone());
+                }
                 mailbox.arrived.notify_one();
             }
         }
@@ -167,8 +178,12 @@ impl<'a> HubSession<'a> {
         stats: &'a WorkerStats,
         keep_alive: Option<Duration>,
         max_message: usize,
+        max_pending: u64,
     ) -> Self {
-        let mailbox = Rc::new(Mailbox::default());
+        let mailbox = Rc::new(Mailbox {
+            limit: max_pending,
+            ..Mailbox::default()
+        });
         let key = worker.mailboxes.borrow_mut().insert(mailbox.clone());
         HubSession {
             worker,
@@ -340,11 +355,25 @@ impl Handler for HubSession<'_> {
         codec::encode(OpCode::Text, b"{\"type\":6}\x1e")
     }
 
-    async fn pushed(&self) -> Vec<u8> {
+    async fn pushed(&self) -> Result<Vec<u8>, Violation> {
         loop {
-            if let Some(frame) = self.mailbox.frames.borrow_mut().pop_front() {
-                return frame.to_vec();
+            if self.mailbox.overflowed.get() {
+                return Err(Violation::Policy(
+                    "too many broadcasts waiting for this client",
+                ));
             }
+            if let Some(frame) = self.mailbox.frames.borrow_mut().pop_front() {
+                self.mailbox
+                    .bytes
+                    .set(self.mailbox.bytes.get() - frame.len() as u64);
+                return Ok(frame.to_vec());
+            }
+            self.mailbox.arrived.notified().await;
+        }
+    }
+
+    async fn overflowed(&self) {
+        while !self.mailbox.overflowed.get() {
             self.mailbox.arrived.notified().await;
         }
     }
@@ -478,7 +507,7 @@ mod tests {
     #[test]
     fn handshake_then_messages_in_the_same_frame() {
         let f = fixture();
-        let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20);
+        let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20, 1 << 20);
         let first = format!("{HANDSHAKE}{{\"type\":6}}\x1e{{\"type\":1,\"target\":\"Echo\",\"arguments\":[\"hi\"],\"invocationId\":\"0\"}}\x1e");
         let (replies, outcome) = converse(&hub, &[&first]);
         assert!(outcome.is_ok());
@@ -491,7 +520,7 @@ mod tests {
     #[test]
     fn records_may_span_frames_and_share_them() {
         let f = fixture();
-        let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20);
+        let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20, 1 << 20);
         let (replies, _) = converse(
             &hub,
             &[
@@ -512,7 +541,7 @@ mod tests {
     #[test]
     fn every_message_type_gets_its_answer() {
         let f = fixture();
-        let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20);
+        let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20, 1 << 20);
         assert!(converse(&hub, &[HANDSHAKE]).1.is_ok());
         let cases = [
             // no invocationId: no answer
@@ -540,7 +569,7 @@ mod tests {
     #[test]
     fn send_to_all_goes_through_every_cores_queue() {
         let mut f = fixture();
-        let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20);
+        let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20, 1 << 20);
         assert!(converse(&hub, &[HANDSHAKE]).1.is_ok());
         let (replies, _) = converse(&hub, &["{\"type\":1,\"target\":\"SendToAll\",\"arguments\":[\"news\"],\"invocationId\":\"9\"}\x1e"]);
         assert_eq!(replies, ["{\"type\":3,\"invocationId\":\"9\"}\x1e"]);
@@ -562,7 +591,7 @@ mod tests {
             "{\"type\":1,\"arguments\":[1],\"invocationId\":\"1\"}",
         ] {
             let f = fixture();
-            let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20);
+            let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20, 1 << 20);
             assert!(converse(&hub, &[HANDSHAKE]).1.is_ok());
             let (replies, outcome) = converse(&hub, &[&format!("{bad}\x1e")]);
             assert!(matches!(outcome, Err(Violation::Ended(_))), "{bad:?}");
@@ -578,7 +607,7 @@ mod tests {
             "nonsense\x1e",
         ] {
             let f = fixture();
-            let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20);
+            let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20, 1 << 20);
             let (replies, outcome) = converse(&hub, &[handshake]);
             assert!(outcome.is_err());
             assert!(replies[0].starts_with("{\"error\":"), "{replies:?}");
@@ -588,7 +617,7 @@ mod tests {
     #[test]
     fn an_endless_record_is_refused() {
         let f = fixture();
-        let hub = HubSession::new(f.worker.clone(), &f.stats, None, 100);
+        let hub = HubSession::new(f.worker.clone(), &f.stats, None, 100, 1 << 20);
         assert!(converse(&hub, &[HANDSHAKE]).1.is_ok());
         let (_, outcome) = converse(&hub, &[&"x".repeat(60), &"x".repeat(60)]);
         assert_eq!(outcome, Err(Violation::TooBig));

@@ -215,6 +215,17 @@ pub struct Options {
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub shutdown_timeout: u64,
 
+    /// Open TCP connections allowed at once; beyond it new connections get
+    /// 503 and are closed, existing ones are untouched.
+    /// [default: the open-file limit less a reserve for listeners and logs]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Output a connection may have waiting for a client that does not read
+    /// (hub broadcasts); beyond it the connection is closed with 1008.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(65536..))]
+    pub max_pending_bytes: u64,
+
     /// Seconds a client has to send complete HTTP request headers.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub handshake_timeout: u64,

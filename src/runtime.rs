@@ -7,6 +7,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,6 +26,8 @@ use crate::stats::{EngineStats, WorkerStats};
 /// bounded by it; it only caps one batch of submissions.
 const RING_ENTRIES: u32 = 1024;
 const LISTEN_BACKLOG: i32 = 4096;
+/// Descriptors kept free of connections: listeners, rings, logs, /stats.
+const RESERVED_FDS: u64 = 64;
 pub const COMMIT: &str = env!("RINGECHO_COMMIT");
 
 /// What every worker shares, read-only: the configuration in force and the
@@ -37,7 +40,20 @@ pub struct Engine {
     pub stats: Arc<EngineStats>,
     /// Connection tokens handed out by hub negotiation.
     pub hub_tokens: hub::Tokens,
+    /// --max-connections, resolved.
+    pub max_connections: usize,
+    /// TCP connections open on all cores: touched on accept and close only.
+    open: AtomicUsize,
     started: Instant,
+}
+
+/// A connection counted against --max-connections until dropped.
+pub struct Admission<'a>(&'a AtomicUsize);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One worker's context, owned by its thread.
@@ -58,6 +74,12 @@ impl Worker {
 }
 
 impl Engine {
+    /// Counts a new connection in, or says no when the limit is reached.
+    pub fn admit(&self) -> Option<Admission<'_>> {
+        let admission = Admission(&self.open);
+        (self.open.fetch_add(1, Ordering::Relaxed) < self.max_connections).then_some(admission)
+    }
+
     /// The `/stats` document: per-worker counters, totals and the
     /// configuration in force.
     pub fn stats_json(&self) -> String {
@@ -68,6 +90,7 @@ impl Engine {
         config["backend"] = self.backend.name().into();
         config["threads"] = self.cores.len().into();
         config["pinned"] = self.cores.iter().all(Option::is_some).into();
+        config["max_connections"] = self.max_connections.into();
         serde_json::to_string_pretty(&serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "commit": COMMIT,
@@ -116,6 +139,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         .map(|i| pin.then(|| available[i % available.len()].id))
         .collect();
     let (listeners, listen) = bind_listeners(options.listen, threads)?;
+    let max_connections = connection_limit(options.max_connections, threads);
     let engine = Arc::new(Engine {
         listen,
         backend,
@@ -123,6 +147,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         cores,
         options: options.clone(),
         hub_tokens: hub::Tokens::default(),
+        max_connections,
+        open: AtomicUsize::new(0),
         started: Instant::now(),
     });
     // One broadcast queue per core: SendToAll puts its frame on each.
@@ -193,6 +219,40 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one and derives the
+/// connection limit from it (each connection holds one descriptor).
+fn connection_limit(asked: Option<u32>, threads: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    let files = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur
+        } else {
+            1024
+        }
+    };
+    let available = files
+        .saturating_sub(RESERVED_FDS + 4 * threads as u64)
+        .max(1) as usize;
+    match asked {
+        Some(n) if n as usize > available => {
+            tracing::warn!(
+                "--max-connections {n} exceeds what {files} open files allow; \
+                 past {available} connections accept will fail with EMFILE (and recover)"
+            );
+            n as usize
+        }
+        Some(n) => n as usize,
+        None => available,
+    }
 }
 
 fn resolve_backend(choice: BackendChoice) -> anyhow::Result<Backend> {

@@ -96,8 +96,13 @@ pub trait Handler {
     /// The keep-alive frame: a WebSocket ping for the raw echo.
     fn keep_alive_frame(&self) -> Vec<u8>;
 
-    /// The next frame others want sent on this connection (hub broadcasts).
-    async fn pushed(&self) -> Vec<u8>;
+    /// The next frame others want sent on this connection (hub broadcasts),
+    /// or why the connection must close (too much output waiting).
+    async fn pushed(&self) -> Result<Vec<u8>, Violation>;
+
+    /// Completes when output for this connection overflowed while a send to
+    /// it was blocked: that send is abandoned and the connection closed.
+    async fn overflowed(&self);
 }
 
 /// The raw echo: every message back with its opcode, from the same memory.
@@ -140,7 +145,11 @@ impl Handler for RawEcho<'_> {
         codec::encode(OpCode::Ping, b"")
     }
 
-    async fn pushed(&self) -> Vec<u8> {
+    async fn pushed(&self) -> Result<Vec<u8>, Violation> {
+        std::future::pending().await
+    }
+
+    async fn overflowed(&self) {
         std::future::pending().await
     }
 }
@@ -529,7 +538,19 @@ pub async fn run<S: Io, H: Handler>(
         if filled > 0 {
             let consumed = session.on_bytes(&mut buf[..filled], &mut out);
             if !out.is_empty() {
-                let (result, back) = io.write(buf, &mut out).await;
+                // A client that stops reading would hold this write forever:
+                // with --client-timeout it gets that long, then is closed.
+                let (result, back) = match options.client_timeout() {
+                    Some(limit) => match tokio::time::timeout(limit, io.write(buf, &mut out)).await
+                    {
+                        Ok(written) => written,
+                        Err(_) => {
+                            stats.client_timeouts.add(1);
+                            break;
+                        }
+                    },
+                    None => io.write(buf, &mut out).await,
+                };
                 buf = back;
                 if result.is_err() {
                     break;
@@ -563,8 +584,37 @@ pub async fn run<S: Io, H: Handler>(
                         break 'session;
                     }
                 }
-                frame = handler.pushed(), if session.phase() == Phase::Open => {
-                    if io.send(frame).await.is_err() {
+                pushed = handler.pushed(), if session.phase() == Phase::Open => {
+                    // A client too slow for its broadcasts gets 1008, sent
+                    // within the close wait even if it never reads again.
+                    let (frame, limit) = match pushed {
+                        Ok(frame) => (frame, options.client_timeout()),
+                        Err(violation) => {
+                            stats.overflows.add(1);
+                            let frame = session.close(violation.close_code(), violation.reason());
+                            (frame, Some(CLOSE_WAIT))
+                        }
+                    };
+                    let send = async {
+                        match limit {
+                            Some(limit) => tokio::time::timeout(limit, io.send(frame))
+                                .await
+                                .unwrap_or(Err(std::io::ErrorKind::TimedOut.into())),
+                            None => io.send(frame).await,
+                        }
+                    };
+                    let sent = tokio::select! {
+                        sent = send => sent,
+                        // Stuck behind a client that does not read while more
+                        // piles up: give up on it. No close frame can follow a
+                        // half-sent one, so 1008 is only recorded.
+                        () = handler.overflowed(), if session.phase() == Phase::Open => {
+                            stats.overflows.add(1);
+                            let _ = session.close(1008, "too much output waiting");
+                            break 'session;
+                        }
+                    };
+                    if sent.is_err() || session.phase() != Phase::Open {
                         break 'session;
                     }
                 }

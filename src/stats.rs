@@ -107,6 +107,10 @@ counters! {
     bad_requests,
     /// Errors returned by accept (EMFILE and the like).
     accept_errors,
+    /// Connections refused with 503 because --max-connections were open.
+    refused,
+    /// Connections closed because output for them piled up (--max-pending-bytes).
+    overflows,
 }
 
 impl WorkerStats {

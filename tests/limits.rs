@@ -1,0 +1,216 @@
+//! Limits and hostile clients: the connection cap, slow and oversized HTTP,
+//! clients that stop reading. Each on every backend; the engine must answer
+//! clearly, keep serving everyone else, and count its connections back to zero.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{http_request, Engine, BACKENDS};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::{Error, Message};
+
+const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// Opens a raw WebSocket (handshake done, nothing read after the 101).
+fn raw_websocket(engine: &Engine, request: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(engine.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as is
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[tokio::test]
+async fn beyond_max_connections_new_clients_get_503_and_the_rest_carry_on() {
+    for backend in BACKENDS {
+        let engine = Engine::start(backend, &["--max-connections", "3"]);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(
+                tokio_tungstenite::connect_async(engine.url("/ws"))
+                    .await
+                    .unwrap()
+                    .0,
+            );
+        }
+        match tokio_tungstenite::connect_async(engine.url("/ws")).await {
+            Err(Error::Http(response)) => assert_eq!(response.status(), 503, "{backend}"),
+            other => panic!("{backend}: expected 503, got {other:?}"),
+        }
+        // Those already in are untouched.
+        held[0].send(Message::text("still served")).await.unwrap();
+        assert_eq!(
+            held[0].next().await.unwrap().unwrap(),
+            Message::text("still served")
+        );
+        // A place frees up when one leaves.
+        held.pop().unwrap().close(None).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut ws = loop {
+            match tokio_tungstenite::connect_async(engine.url("/ws")).await {
+                Ok((ws, _)) => break ws,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{backend}: no place freed: {e}"),
+            }
+        };
+        ws.send(Message::text("in again")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("in again"));
+        drop((held, ws));
+        // /stats itself needs a place: wait until one is free.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let refused = loop {
+            let (status, body) = engine.get("/stats");
+            if status == 200 {
+                break serde_json::from_str::<serde_json::Value>(&body).unwrap()["totals"]
+                    ["refused"]
+                    .clone();
+            }
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(refused.as_u64().unwrap() >= 1);
+        engine.wait_for_no_connections();
+    }
+}
+
+#[test]
+fn slow_oversized_and_malformed_requests_never_reach_the_echo() {
+    for backend in BACKENDS {
+        let engine = Engine::start(backend, &["--handshake-timeout", "1"]);
+        // Slowloris: headers that never end are cut off.
+        let mut slow = TcpStream::connect(engine.addr).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{backend}: held {:?}",
+            started.elapsed()
+        );
+        // Headers over 16 KiB: 431.
+        let huge = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+            "a".repeat(20_000)
+        );
+        assert_eq!(http_request(engine.addr, &huge).0, 431, "{backend}");
+        // A request line that is not HTTP: 400.
+        assert_eq!(
+            http_request(engine.addr, "HELLO THERE\r\n\r\n").0,
+            400,
+            "{backend}"
+        );
+        let stats = engine.wait_for_no_connections();
+        assert_eq!(
+            stats["totals"]["upgraded"], 0,
+            "{backend}: nothing reached the echo"
+        );
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_after_the_client_timeout() {
+    for backend in BACKENDS {
+        let engine = Engine::start(backend, &["--client-timeout", "1"]);
+        let mut stream = raw_websocket(&engine, UPGRADE);
+        stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Send 1 MiB messages and never read the echoes: both directions fill.
+        let frame = masked(2, &vec![7u8; 1 << 20]);
+        let started = Instant::now();
+        while stream.write_all(&frame).is_ok() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{backend}: never closed"
+            );
+        }
+        let stats = engine.wait_for_no_connections();
+        assert!(
+            stats["totals"]["client_timeouts"].as_u64().unwrap() >= 1,
+            "{backend}"
+        );
+    }
+}
+
+#[test]
+fn a_hub_client_that_does_not_read_its_broadcasts_gets_1008() {
+    for backend in BACKENDS {
+        let engine = Engine::start(
+            backend,
+            &["--max-pending-bytes", "262144", "--threads", "1"],
+        );
+        let hub_upgrade = UPGRADE.replace("GET /ws", "GET /hub");
+        let mut deaf = raw_websocket(&engine, &hub_upgrade);
+        deaf.write_all(&masked(1, b"{\"protocol\":\"json\",\"version\":1}\x1e"))
+            .unwrap();
+        let mut sender = raw_websocket(&engine, &hub_upgrade);
+        sender
+            .write_all(&masked(1, b"{\"protocol\":\"json\",\"version\":1}\x1e"))
+            .unwrap();
+        // 64 KiB broadcasts without invocation ids (no answers to read):
+        // the deaf client's socket buffers fill, then its mailbox overflows.
+        let big = format!(
+            "{{\"type\":1,\"target\":\"SendToAll\",\"arguments\":[\"{}\"]}}\x1e",
+            "x".repeat(64 * 1024)
+        );
+        let frame = masked(1, big.as_bytes());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let stats = engine.stats();
+            if stats["totals"]["overflows"].as_u64().unwrap() >= 1 {
+                assert!(stats["totals"]["closes"]["1008"].as_u64().unwrap() >= 1);
+                break;
+            }
+            assert!(Instant::now() < deadline, "{backend}: no overflow");
+            // One at a time, and the sender reads its own Receive copy back
+            // so that only the deaf client falls behind.
+            sender.write_all(&frame).unwrap();
+            let mut copy = vec![0u8; frame.len()];
+            sender.read_exact(&mut copy[..64 * 1024]).unwrap();
+            sender.set_nonblocking(true).unwrap();
+            while sender.read(&mut copy).is_ok_and(|n| n > 0) {}
+            sender.set_nonblocking(false).unwrap();
+        }
+        drop((deaf, sender));
+        engine.wait_for_no_connections();
+    }
+}
