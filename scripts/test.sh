@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of ringecho, installing what the tests need when missing.
-# Usage: scripts/test.sh        (from anywhere; takes about 5 minutes)
+# Usage: scripts/test.sh        (from anywhere; takes about 10 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,3 +47,10 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "test.sh: unit, integration and conformance tests"
 cargo test --workspace
+
+echo "test.sh: fuzzing, 20 s per target"
+scripts/fuzz.sh 20
+
+echo "test.sh: soak, 10 000 connections, on each backend (about 5 minutes)"
+scripts/soak.sh tokio-uring
+scripts/soak.sh epoll

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::driver::uring::UringStream;
 use crate::hub::HubSession;
-use crate::options::Backend;
+use crate::options::{Backend, Options};
 use crate::runtime::Worker;
 use crate::session::{self, Handler, RawEcho};
 use crate::shutdown::Listener;
@@ -217,44 +217,88 @@ fn handshake(
     request: &Request<Incoming>,
     endpoint: Endpoint,
 ) -> Reply {
-    let headers = request.headers();
     let stats = worker.stats();
-    let refuse = |status: StatusCode, why: &str| {
-        stats.bad_requests.add(1);
-        text(status, &format!("{why}\n"))
-    };
-    if request.method() != Method::GET {
-        return refuse(StatusCode::BAD_REQUEST, "a WebSocket upgrade must use GET");
+    match check_upgrade(
+        request.method(),
+        request.version(),
+        request.headers(),
+        &worker.options,
+    ) {
+        Ok(accept) => {
+            upgraded.set(Some(endpoint));
+            // No Sec-WebSocket-Extensions in the answer: permessage-deflate
+            // offers (every Chromium makes one) are declined by leaving it out.
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::CONNECTION, "Upgrade")
+                .header(header::UPGRADE, "websocket")
+                .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+                .body(Full::default())
+                .expect("a valid response")
+        }
+        Err(Refusal::Origin) => {
+            stats.origins_refused.add(1);
+            text(StatusCode::FORBIDDEN, "origin not allowed\n")
+        }
+        Err(Refusal::Bad(status, why)) => {
+            stats.bad_requests.add(1);
+            let mut reply = text(status, &format!("{why}\n"));
+            if status == StatusCode::UPGRADE_REQUIRED {
+                reply.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            reply
+        }
     }
-    if request.version() != Version::HTTP_11 {
-        return refuse(
+}
+
+/// Why an upgrade request is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400 or 426, with a one-line reason.
+    Bad(StatusCode, &'static str),
+    /// 403: the Origin is not in --allowed-origin.
+    Origin,
+}
+
+/// Checks an upgrade request as RFC 6455 §4.2.1 asks, then its Origin;
+/// returns the Sec-WebSocket-Accept value for a request that may upgrade.
+pub fn check_upgrade(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+    options: &Options,
+) -> Result<String, Refusal> {
+    let bad = |status, why| Err(Refusal::Bad(status, why));
+    if method != Method::GET {
+        return bad(StatusCode::BAD_REQUEST, "a WebSocket upgrade must use GET");
+    }
+    if version != Version::HTTP_11 {
+        return bad(
             StatusCode::BAD_REQUEST,
             "a WebSocket upgrade needs HTTP/1.1",
         );
     }
     if !header_has_token(headers, header::CONNECTION, "upgrade") {
-        return refuse(StatusCode::BAD_REQUEST, "missing 'Connection: Upgrade'");
+        return bad(StatusCode::BAD_REQUEST, "missing 'Connection: Upgrade'");
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .map(HeaderValue::as_bytes)
         != Some(b"13")
     {
-        let mut reply = refuse(
+        return bad(
             StatusCode::UPGRADE_REQUIRED,
             "only WebSocket version 13 is supported",
         );
-        reply.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return reply;
     }
     let Some(key) = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .filter(|k| is_valid_key(k.as_bytes()))
     else {
-        return refuse(
+        return bad(
             StatusCode::BAD_REQUEST,
             "missing or malformed Sec-WebSocket-Key",
         );
@@ -262,20 +306,10 @@ fn handshake(
     let origin = headers
         .get(header::ORIGIN)
         .map(|o| o.to_str().unwrap_or("\u{fffd}"));
-    if !worker.options.origin_allowed(origin) {
-        stats.origins_refused.add(1);
-        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    if !options.origin_allowed(origin) {
+        return Err(Refusal::Origin);
     }
-    upgraded.set(Some(endpoint));
-    // No Sec-WebSocket-Extensions in the answer: permessage-deflate offers
-    // (every Chromium makes one) are declined by leaving it out.
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept_key(key.as_bytes()))
-        .body(Full::default())
-        .expect("a valid response")
+    Ok(accept_key(key.as_bytes()))
 }
 
 /// Sec-WebSocket-Accept: base64(SHA-1(key + the RFC's GUID)).

@@ -16,6 +16,7 @@ pub mod result;
 pub mod run;
 pub mod schedule;
 pub mod server_info;
+pub mod soak;
 
 pub use options::{LoadConfig, RunArgs};
 pub use result::RunResult;

@@ -49,6 +49,21 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("plot written to {}", output.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Soak(args) => {
+            let report = loadgen::soak::soak(&args)?;
+            print!("{}", loadgen::soak::describe(&report));
+            if let Some(path) = &args.out {
+                std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
+            }
+            let clean = report.errors == 0
+                && report.connect_failures == 0
+                && report.server_open_after.is_none_or(|n| n == 0);
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Merge { files, output } => {
             let merged = RunResult::merge(&load_all(&files)?)?;
             merged.save(&output)?;

@@ -39,6 +39,9 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE.svg")]
         output: PathBuf,
     },
+    /// Hold many connections with pings and a little echo load, churn them,
+    /// close them, and watch the server's memory and connection count.
+    Soak(crate::soak::SoakArgs),
     /// Add up runs made at the same time from several processes or hosts.
     Merge {
         #[arg(required = true, num_args = 1..)]

@@ -35,7 +35,7 @@ pub fn short_name(server: &serde_json::Value, target: &Target) -> String {
     }
 }
 
-fn read_stats(target: &Target) -> Option<serde_json::Value> {
+pub fn read_stats(target: &Target) -> Option<serde_json::Value> {
     let timeout = Duration::from_secs(2);
     let mut stream = TcpStream::connect_timeout(&target.addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;

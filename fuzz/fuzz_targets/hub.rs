@@ -1,0 +1,35 @@
+//! The hub protocol's record handling: arbitrary text split into WebSocket
+//! messages at arbitrary points. Nothing may panic.
+#![no_main]
+
+use fastwebsockets::OpCode;
+use libfuzzer_sys::fuzz_target;
+use ringecho::hub::{HubSession, HubWorker};
+use ringecho::session::Handler;
+use ringecho::stats::WorkerStats;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cut, input)) = data.split_first() else {
+        return;
+    };
+    let stats = WorkerStats::default();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let hub = HubSession::new(HubWorker::new(vec![tx]), &stats, None, 1 << 16, 1 << 20);
+    // Start with a valid handshake half the time, to reach the messages.
+    let mut handshake = b"{\"protocol\":\"json\",\"version\":1}\x1e".to_vec();
+    let mut out = Vec::new();
+    if cut & 1 == 1 {
+        let len = handshake.len();
+        let _ = hub.on_message(OpCode::Text, &mut handshake, 0..len, &mut out);
+    }
+    for chunk in input.chunks(1 + cut as usize) {
+        let mut message = chunk.to_vec();
+        let len = message.len();
+        if hub
+            .on_message(OpCode::Text, &mut message, 0..len, &mut out)
+            .is_err()
+        {
+            break;
+        }
+    }
+});
