@@ -214,3 +214,103 @@ fn a_hub_client_that_does_not_read_its_broadcasts_gets_1008() {
         engine.wait_for_no_connections();
     }
 }
+
+#[test]
+fn a_peer_that_never_answers_our_close_is_cut_off() {
+    for backend in BACKENDS {
+        let engine = Engine::start(backend, &[]);
+        let mut stream = raw_websocket(&engine, UPGRADE);
+        // An unmasked frame: a protocol error, so the engine closes (1002)...
+        stream.write_all(&[0x82, 0x02, b'n', b'o']).unwrap();
+        let started = Instant::now();
+        let mut close = [0u8; 4];
+        stream.read_exact(&mut close).unwrap();
+        assert_eq!(&close[..1], &[0x88], "{backend}: a close frame");
+        assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1002);
+        // ...and since we never answer, it hangs up on its own.
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{backend}: held {:?}",
+            started.elapsed()
+        );
+        engine.wait_for_no_connections();
+    }
+}
+
+#[test]
+fn running_out_of_descriptors_never_stops_accepting() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    for backend in BACKENDS {
+        // An engine allowed 128 descriptors, told to take 1 000 connections.
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringecho"));
+        command
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--backend",
+                backend,
+                "--max-connections",
+                "1000",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        unsafe {
+            command.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 128,
+                    rlim_max: 128,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let addr: std::net::SocketAddr = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // More clients than descriptors: the kernel queues them; accept fails.
+        let crowd: Vec<TcpStream> = (0..200)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        drop(crowd);
+        // Once they are gone the engine serves again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stats = loop {
+            match std::panic::catch_unwind(|| {
+                http_request(
+                    addr,
+                    "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+            }) {
+                Ok((200, body)) => break serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                _ => panic!("{backend}: the engine never recovered"),
+            }
+        };
+        assert!(
+            stats["totals"]["accept_errors"].as_u64().unwrap() > 0,
+            "{backend}: EMFILE was hit"
+        );
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success(), "{backend}");
+    }
+}
