@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
+use crate::driver::ring::RingStream;
 use crate::driver::uring::UringStream;
 use crate::hub::HubSession;
 use crate::options::{Backend, Options};
@@ -135,6 +136,18 @@ async fn websocket<H: Handler>(
     let (options, stats) = (&worker.options, worker.stats());
     match worker.backend {
         Backend::Epoll => session::run(stream, initial, handler, options, stats, shutdown).await,
+        Backend::IoUring => {
+            let ring = worker
+                .ring
+                .clone()
+                .expect("the io-uring backend's worker has a ring");
+            match RingStream::from_tokio(stream, ring) {
+                Ok(stream) => {
+                    session::run(stream, initial, handler, options, stats, shutdown).await
+                }
+                Err(e) => tracing::warn!("could not hand the socket to io_uring: {e}"),
+            }
+        }
         Backend::TokioUring => match UringStream::from_tokio(stream) {
             Ok(stream) => session::run(stream, initial, handler, options, stats, shutdown).await,
             Err(e) => tracing::warn!("could not hand the socket to io_uring: {e}"),

@@ -142,6 +142,7 @@ impl BackendChoice {
     pub fn name(self) -> &'static str {
         match self {
             BackendChoice::Auto => "auto",
+            BackendChoice::IoUring => "io-uring",
             BackendChoice::TokioUring => "tokio-uring",
             BackendChoice::Epoll => "epoll",
         }
@@ -235,8 +236,14 @@ pub struct Options {
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendChoice {
+    /// tokio-uring where io_uring works, epoll where it is blocked.
     Auto,
+    /// A native ring per core: multishot receive into provided buffers,
+    /// DEFER_TASKRUN, batched submissions.
+    IoUring,
+    /// tokio-uring's reactor: one io_uring per core, owned buffers.
     TokioUring,
+    /// tokio's standard reactor: the fallback and the baseline.
     Epoll,
 }
 
@@ -244,6 +251,7 @@ pub enum BackendChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Backend {
+    IoUring,
     TokioUring,
     Epoll,
 }
@@ -251,6 +259,7 @@ pub enum Backend {
 impl Backend {
     pub fn name(self) -> &'static str {
         match self {
+            Backend::IoUring => "io-uring",
             Backend::TokioUring => "tokio-uring",
             Backend::Epoll => "epoll",
         }

@@ -17,6 +17,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 
 use crate::connection;
+use crate::driver::ring::{Acceptor, Ring};
 use crate::hub::{self, HubWorker};
 use crate::options::{Backend, BackendChoice, Options};
 use crate::shutdown::Shutdown;
@@ -65,6 +66,8 @@ pub struct Worker {
     pub shutdown: Rc<Shutdown>,
     /// This core's hub connections and broadcast queues.
     pub hub: Rc<HubWorker>,
+    /// The io-uring backend's ring.
+    pub ring: Option<Rc<Ring>>,
 }
 
 impl Worker {
@@ -177,6 +180,20 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                         tracing::warn!(worker = index, "could not pin to core {id}");
                     }
                 }
+                let ring = match backend {
+                    Backend::IoUring => {
+                        match Ring::new(RING_ENTRIES, options.receive_buffer_size) {
+                            Ok(ring) => Some(ring),
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(format!(
+                                    "worker {index}: setting up its io_uring: {e}"
+                                )));
+                                return;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
                 let worker = Rc::new(Worker {
                     index,
                     backend,
@@ -184,6 +201,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                     engine,
                     shutdown: Shutdown::new(),
                     hub: HubWorker::new(hub_senders),
+                    ring,
                 });
                 if let Err(e) = run_worker(worker, listener, hub_inbox, stopped, ready_tx.clone()) {
                     let _ = ready_tx.send(Err(format!("worker {index}: {e}")));
@@ -259,14 +277,16 @@ fn resolve_backend(choice: BackendChoice) -> anyhow::Result<Backend> {
     let probe = io_uring::IoUring::new(8).map(drop);
     match (choice, probe) {
         (BackendChoice::Epoll, _) => Ok(Backend::Epoll),
+        (BackendChoice::IoUring, Ok(())) => Ok(Backend::IoUring),
         (BackendChoice::TokioUring | BackendChoice::Auto, Ok(())) => Ok(Backend::TokioUring),
         (BackendChoice::Auto, Err(e)) => {
             tracing::warn!("io_uring is unavailable ({e}); falling back to the epoll backend");
             Ok(Backend::Epoll)
         }
-        (BackendChoice::TokioUring, Err(e)) => bail!(
-            "io_uring is unavailable here ({e}), so the tokio-uring backend cannot start; \
-             use --backend epoll (or auto, which falls back by itself)"
+        (BackendChoice::IoUring | BackendChoice::TokioUring, Err(e)) => bail!(
+            "io_uring is unavailable here ({e}), so the {} backend cannot start; \
+             use --backend epoll (or auto, which falls back by itself)",
+            choice.name()
         ),
     }
 }
@@ -320,6 +340,9 @@ fn run_worker(
 ) -> std::io::Result<()> {
     let backend = worker.backend;
     let serve = async move {
+        if let Some(ring) = &worker.ring {
+            tokio::task::spawn_local(ring.clone().drive());
+        }
         tokio::task::spawn_local(worker.hub.clone().deliver(hub_inbox));
         tokio::task::spawn_local(return_free_memory());
         accept_loop(worker, listener, stopped, ready).await
@@ -334,7 +357,7 @@ fn run_worker(
             builder.entries(RING_ENTRIES).uring_builder(&ring);
             tokio_uring::Runtime::new(&builder)?.block_on(serve);
         }
-        Backend::Epoll => {
+        Backend::IoUring | Backend::Epoll => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -350,7 +373,7 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
     ready: mpsc::Sender<Result<(), String>>,
 ) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
+    let listener = match Listener::new(listener, worker.ring.clone()) {
         Ok(listener) => listener,
         Err(e) => {
             let _ = ready.send(Err(format!("worker {}: {e}", worker.index)));
@@ -362,7 +385,7 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok(stream) => {
                     tokio::task::spawn_local(connection::serve(stream, worker.clone()));
                 }
                 Err(e) => {
@@ -384,6 +407,29 @@ async fn accept_loop(
     let deadline = Instant::now() + worker.options.shutdown_timeout();
     while worker.stats().open_connections.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A worker's listener: accepted by tokio's reactor, or by a multishot accept
+/// on the io-uring backend's ring.
+enum Listener {
+    Tokio(tokio::net::TcpListener),
+    Ring(Acceptor),
+}
+
+impl Listener {
+    fn new(listener: std::net::TcpListener, ring: Option<Rc<Ring>>) -> std::io::Result<Self> {
+        Ok(match ring {
+            Some(ring) => Listener::Ring(Acceptor::new(ring, listener)?),
+            None => Listener::Tokio(tokio::net::TcpListener::from_std(listener)?),
+        })
+    }
+
+    async fn accept(&self) -> std::io::Result<tokio::net::TcpStream> {
+        match self {
+            Listener::Tokio(listener) => listener.accept().await.map(|(stream, _)| stream),
+            Listener::Ring(acceptor) => acceptor.accept().await,
+        }
     }
 }
 

@@ -526,8 +526,7 @@ pub async fn run<S: Io, H: Handler>(
     stats.upgraded.add(1);
     let capacity = options.receive_buffer_size;
     let mut session = Session::new(handler, capacity, options.max_message_size);
-    let mut buf = vec![0u8; capacity.max(initial.len())];
-    buf[..initial.len()].copy_from_slice(initial);
+    let mut buf = io.buffer(initial, capacity);
     let mut filled = initial.len();
     let mut out = Vec::new();
     let mut timers = Timers::new(options, handler.keep_alive_interval());
@@ -570,7 +569,7 @@ pub async fn run<S: Io, H: Handler>(
             _ => {}
         }
 
-        let read = io.read(buf, filled..capacity);
+        let read = io.read(buf, filled);
         tokio::pin!(read);
         let (result, back) = loop {
             tokio::select! {

@@ -125,6 +125,11 @@ fn conformance(backend: &str) {
 }
 
 #[test]
+fn autobahn_cases_1_to_10_on_io_uring() {
+    conformance("io-uring");
+}
+
+#[test]
 fn autobahn_cases_1_to_10_on_tokio_uring() {
     conformance("tokio-uring");
 }

@@ -416,6 +416,9 @@ async fn shutdown_does_not_wait_past_its_timeout(backend: &str) {
 
 macro_rules! on_every_backend {
     ($($test:ident),* $(,)?) => {
+        mod io_uring {
+            $(#[tokio::test] async fn $test() { super::$test("io-uring").await })*
+        }
         mod tokio_uring {
             $(#[tokio::test] async fn $test() { super::$test("tokio-uring").await })*
         }

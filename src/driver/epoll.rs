@@ -3,7 +3,6 @@
 //! fallback where io_uring is unavailable.
 
 use std::io::{self, IoSlice};
-use std::ops::Range;
 
 use smallvec::SmallVec;
 use tokio::net::TcpStream;
@@ -11,9 +10,15 @@ use tokio::net::TcpStream;
 use super::{Io, Out};
 
 impl Io for TcpStream {
-    async fn read(&self, mut buf: Vec<u8>, range: Range<usize>) -> (io::Result<usize>, Vec<u8>) {
+    type Buf = Vec<u8>;
+
+    fn buffer(&self, initial: &[u8], capacity: usize) -> Vec<u8> {
+        super::owned_buffer(initial, capacity)
+    }
+
+    async fn read(&self, mut buf: Vec<u8>, held: usize) -> (io::Result<usize>, Vec<u8>) {
         loop {
-            match self.try_read(&mut buf[range.clone()]) {
+            match self.try_read(&mut buf[held..]) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 result => return (result, buf),
             }

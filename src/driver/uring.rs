@@ -26,8 +26,14 @@ impl UringStream {
 }
 
 impl Io for UringStream {
-    async fn read(&self, buf: Vec<u8>, range: Range<usize>) -> (io::Result<usize>, Vec<u8>) {
-        let (result, slice) = self.0.read(buf.slice(range)).await;
+    type Buf = Vec<u8>;
+
+    fn buffer(&self, initial: &[u8], capacity: usize) -> Vec<u8> {
+        super::owned_buffer(initial, capacity)
+    }
+
+    async fn read(&self, buf: Vec<u8>, held: usize) -> (io::Result<usize>, Vec<u8>) {
+        let (result, slice) = self.0.read(buf.slice(held..)).await;
         (result, slice.into_inner())
     }
 

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BACKENDS: [&str; 2] = ["tokio-uring", "epoll"];
+pub const BACKENDS: [&str; 3] = ["io-uring", "tokio-uring", "epoll"];
 
 /// A running engine, stopped (SIGKILL) when dropped if not terminated before.
 pub struct Engine {
