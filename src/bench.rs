@@ -284,12 +284,19 @@ fn measure(
         } else {
             config_name.to_string()
         }),
+        server_pid: Some(engine.child.id()),
     };
     let result = loadgen::run::run(&args)?;
     loadgen::save_outputs(&args, &result)?;
     let s = &result.summary;
+    let cpu = s
+        .cpu_per_million()
+        .map(|(user, system, total)| {
+            format!(", engine {total:.2} CPU s per million ({user:.2} user, {system:.2} system)")
+        })
+        .unwrap_or_default();
     println!(
-        "    {:.0} msgs/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors",
+        "    {:.0} msgs/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} errors{cpu}",
         s.msgs_per_sec,
         s.latency_us.p50,
         s.latency_us.p99,

@@ -45,6 +45,7 @@ fn args(
         hgrm: None,
         quiet: true,
         label: None,
+        server_pid: Some(engine.pid() as u32),
     }
 }
 
@@ -80,6 +81,17 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
         assert_eq!(back.server["config"]["receive_buffer_size"], 8192);
         assert_eq!(back.server["backend"], "tokio-uring");
         assert!(back.machine.cores > 0 && !back.machine.kernel.is_empty());
+        // The engine's CPU time over the window was measured from /proc.
+        let process = s
+            .server_process
+            .as_ref()
+            .expect("--server-pid measures the server");
+        assert_eq!(process.pid, engine.pid() as u32);
+        assert!(
+            process.user_secs + process.system_secs > 0.0,
+            "{name}: {process:?}"
+        );
+        assert!(process.rss_bytes_end > 0);
         results.push(back);
     }
     // Constant rate: close to the asked rate (2000/s for 2 s), whatever the

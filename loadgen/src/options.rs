@@ -68,6 +68,13 @@ pub struct RunArgs {
     /// A name for this run in tables and plots. [default: derived from the load]
     #[arg(long)]
     pub label: Option<String>,
+
+    /// Process ID of the server, when it runs on this machine: its CPU time
+    /// (user and system, from /proc/PID/stat) and resident memory over the
+    /// measured window go into the result as CPU seconds per million
+    /// messages. [default: not measured]
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
 }
 
 /// The load, as recorded in every result file.

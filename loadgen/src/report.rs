@@ -63,6 +63,13 @@ pub fn summary(result: &RunResult) -> String {
         load.warmup,
         server_name(result),
     );
+    if let (Some(p), Some((user, system, total))) = (&s.server_process, s.cpu_per_million()) {
+        out.push_str(&format!(
+            "server (pid {}): {total:.2} CPU s per million messages ({user:.2} user, {system:.2} system), {:.1} MiB resident\n",
+            p.pid,
+            p.rss_bytes_end as f64 / (1024.0 * 1024.0)
+        ));
+    }
     let e = &s.errors;
     if e.total() > 0 || s.unanswered > 0 {
         out.push_str(&format!(
@@ -182,6 +189,13 @@ pub fn compare_table(results: &[RunResult], style: Style) -> String {
         ]
         .map(String::from),
     );
+    // Server CPU per message, when every run measured it.
+    let cpu = results
+        .iter()
+        .all(|r| r.summary.cpu_per_million().is_some());
+    if cpu {
+        header.push("CPU s/M msgs (usr+sys)".into());
+    }
     t.set_header(header);
     let base = results.first().map(|r| &r.summary);
     for (result, config) in results.iter().zip(&configs) {
@@ -205,6 +219,14 @@ pub fn compare_table(results: &[RunResult], style: Style) -> String {
             s.latency_us.max.to_string(),
             s.errors.total().to_string(),
         ]);
+        if let (true, Some((user, system, total)), Some((.., base_total))) =
+            (cpu, s.cpu_per_million(), b.cpu_per_million())
+        {
+            row.push(format!(
+                "{} = {user:.2}+{system:.2}",
+                with_ratio(total, Some(base_total), 2)
+            ));
+        }
         t.add_row(row);
     }
     let mut out = t.to_string();

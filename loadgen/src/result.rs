@@ -69,6 +69,37 @@ pub struct Summary {
     /// How many result files were merged into this one (1 for a plain run).
     #[serde(default = "one")]
     pub merged_from: u64,
+    /// The server process over the measured window, with --server-pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_process: Option<ServerProcess>,
+}
+
+/// What the server process spent during the measured window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServerProcess {
+    pub pid: u32,
+    /// CPU seconds in user space and in the kernel on the process's behalf.
+    pub user_secs: f64,
+    pub system_secs: f64,
+    /// Resident memory at the start and at the end of the window.
+    pub rss_bytes_start: u64,
+    pub rss_bytes_end: u64,
+}
+
+impl Summary {
+    /// Server CPU seconds per million echoed messages: user, system, total.
+    pub fn cpu_per_million(&self) -> Option<(f64, f64, f64)> {
+        let p = self.server_process.as_ref()?;
+        if self.messages == 0 {
+            return None;
+        }
+        let per = 1e6 / self.messages as f64;
+        Some((
+            p.user_secs * per,
+            p.system_secs * per,
+            (p.user_secs + p.system_secs) * per,
+        ))
+    }
 }
 
 fn one() -> u64 {
@@ -197,6 +228,12 @@ impl RunResult {
             s.unanswered += o.unanswered;
             s.merged_from += o.merged_from;
             s.errors.add(&o.errors);
+            // Several load generators against one server all watched the
+            // same process over the same window: one of them is the figure.
+            if s.server_process.as_ref().map(|p| p.pid) != o.server_process.as_ref().map(|p| p.pid)
+            {
+                s.server_process = None;
+            }
             merged.load.connections += r.load.connections;
             merged.load.rate = match (merged.load.rate, r.load.rate) {
                 (Some(a), Some(b)) => Some(a + b),

@@ -104,6 +104,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     for tx in starts {
         let _ = tx.send(start);
     }
+    let server_process = args.server_pid.map(|pid| {
+        let (from, to) = (
+            start + Duration::from_secs_f64(load.warmup),
+            start + Duration::from_secs_f64(load.warmup + load.duration),
+        );
+        std::thread::spawn(move || watch_process(pid, from, to))
+    });
 
     let progress = live_line(args.quiet, load.warmup + load.duration);
     let mut latency = result::new_histogram();
@@ -168,6 +175,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         errors,
         unanswered: counts.unanswered,
         merged_from: 1,
+        server_process: server_process.and_then(|watch| watch.join().ok().flatten()),
     };
     Ok(RunResult {
         schema: result::SCHEMA.to_string(),
@@ -192,6 +200,25 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
             latency_us: result::encode_histogram(&latency),
             connect_us: result::encode_histogram(&connect),
         },
+    })
+}
+
+/// The server's CPU time and memory between `from` and `to`.
+fn watch_process(
+    pid: u32,
+    from: std::time::Instant,
+    to: std::time::Instant,
+) -> Option<result::ServerProcess> {
+    std::thread::sleep(from.saturating_duration_since(std::time::Instant::now()));
+    let start = crate::server_info::sample_process(pid)?;
+    std::thread::sleep(to.saturating_duration_since(std::time::Instant::now()));
+    let end = crate::server_info::sample_process(pid)?;
+    Some(result::ServerProcess {
+        pid,
+        user_secs: end.user_secs - start.user_secs,
+        system_secs: end.system_secs - start.system_secs,
+        rss_bytes_start: start.rss_bytes,
+        rss_bytes_end: end.rss_bytes,
     })
 }
 

@@ -73,3 +73,31 @@ pub fn machine() -> Machine {
         kernel,
     }
 }
+
+/// A process's CPU time so far and its resident memory, from /proc.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessSample {
+    pub user_secs: f64,
+    pub system_secs: f64,
+    pub rss_bytes: u64,
+}
+
+pub fn sample_process(pid: u32) -> Option<ProcessSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields count from
+    // the last ')'. utime and stime are fields 14 and 15, rss (pages) 24.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    // SAFETY: sysconf has no preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE).max(1) as u64,
+        )
+    };
+    Some(ProcessSample {
+        user_secs: field(14)? as f64 / ticks,
+        system_secs: field(15)? as f64 / ticks,
+        rss_bytes: field(24)? * page,
+    })
+}

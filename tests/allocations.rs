@@ -1,0 +1,137 @@
+//! Zero allocations per echoed message in steady state on the io-uring
+//! backend: the engine runs in this process under an allocator that counts
+//! allocations per thread, loadgen drives it from other threads, and the
+//! worker thread's count over a measured window is set against the messages
+//! echoed in that window.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use loadgen::options::{LoadConfig, MessageType, Protocol, RunArgs};
+
+/// Allocation counts by thread ID (modulo the table's size; the IDs of a
+/// fresh test process are small and do not collide).
+static BY_THREAD: [AtomicU64; 1 << 16] = [const { AtomicU64::new(0) }; 1 << 16];
+
+struct CountingAllocator;
+
+fn count() {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() } as usize;
+    BY_THREAD[tid & (BY_THREAD.len() - 1)].fetch_add(1, Ordering::Relaxed);
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// The thread ID of the engine's worker `name`, from /proc.
+fn thread_id(name: &str) -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok()?.find_map(|task| {
+        let task = task.ok()?;
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        (comm.trim() == name).then(|| task.file_name().to_str()?.parse().ok())?
+    })
+}
+
+fn allocations_of(tid: usize) -> u64 {
+    BY_THREAD[tid & (BY_THREAD.len() - 1)].load(Ordering::Relaxed)
+}
+
+#[test]
+fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
+    let addr: SocketAddr = {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let options = ringecho::options::Options::parse_from([
+        "ringecho",
+        "--backend",
+        "io-uring",
+        "--threads",
+        "1",
+        "--no-pin",
+        "--listen",
+        &addr.to_string(),
+    ]);
+    std::thread::spawn(move || ringecho::runtime::run(options));
+    let started = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the engine did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let worker = thread_id("ringecho-w0").expect("the worker thread is named ringecho-w0");
+
+    for size in [20, 1024] {
+        let args = RunArgs {
+            load: LoadConfig {
+                url: format!("ws://{addr}/ws"),
+                connections: 50,
+                size,
+                message_type: MessageType::Binary,
+                text: false,
+                binary: false,
+                duration: 3.0,
+                warmup: 1.0,
+                threads: 1,
+                no_pin: true,
+                cores: Vec::new(),
+                source_addr: Vec::new(),
+                protocol: Protocol::Raw,
+                in_flight: 1,
+                rate: None,
+            },
+            out: None,
+            hgrm: None,
+            quiet: true,
+            label: None,
+            server_pid: None,
+        };
+        let load = std::thread::spawn(move || loadgen::run::run(&args));
+        // Steady state: connections open, warm-up over. The window is the
+        // middle two seconds of the three measured.
+        std::thread::sleep(Duration::from_millis(2000));
+        let before = allocations_of(worker);
+        std::thread::sleep(Duration::from_millis(2000));
+        let during = allocations_of(worker) - before;
+        let result = load.join().unwrap().expect("the load runs");
+        let s = &result.summary;
+        assert_eq!(s.errors.total(), 0, "{size} B: {:?}", s.errors);
+        let in_window = (s.msgs_per_sec * 2.0) as u64;
+        assert!(in_window > 5_000, "{size} B: only {in_window} messages");
+        // One allocation per message would be thousands; a handful is the
+        // runtime's own bookkeeping (timer wheel, task queues growing).
+        assert!(
+            during <= 20,
+            "{size} B: the worker allocated {during} times while echoing about {in_window} messages"
+        );
+        println!("{size} B: {during} allocations over about {in_window} echoed messages");
+    }
+}
