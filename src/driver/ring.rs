@@ -71,6 +71,9 @@ enum Op {
     Multi {
         waker: Option<Waker>,
         queue: VecDeque<(i32, u32)>,
+        /// Paused (cancelled, re-armed when taken) at this many completions
+        /// waiting: a receive whose session is busy holds no more buffers.
+        pause_at: Option<usize>,
         /// In the kernel: its last completion has not arrived yet.
         armed: bool,
         /// Cancelled with nobody left to take its completions.
@@ -236,6 +239,7 @@ impl Ring {
             Op::Multi {
                 waker,
                 queue,
+                pause_at,
                 armed,
                 orphaned,
             } => {
@@ -252,7 +256,7 @@ impl Ring {
                 queue.push_back((result, flags));
                 if !more {
                     *armed = false;
-                } else if queue.len() == MAX_QUEUED {
+                } else if Some(queue.len()) == *pause_at {
                     self.push(
                         opcode::AsyncCancel::new(key as u64)
                             .build()
@@ -313,10 +317,11 @@ impl Ring {
         }
     }
 
-    fn multi(&self) -> usize {
+    fn multi(&self, pause_at: Option<usize>) -> usize {
         self.ops.borrow_mut().insert(Op::Multi {
             waker: None,
             queue: VecDeque::with_capacity(MAX_QUEUED + 2),
+            pause_at,
             armed: false,
             orphaned: false,
         })
@@ -601,7 +606,7 @@ impl Acceptor {
     pub fn new(ring: Rc<Ring>, listener: std::net::TcpListener) -> io::Result<Acceptor> {
         // The ring waits for connections itself.
         listener.set_nonblocking(false)?;
-        let key = ring.multi();
+        let key = ring.multi(None);
         Ok(Acceptor {
             ring,
             listener: listener.into(),
@@ -661,7 +666,7 @@ impl RingStream {
         // The ring waits for data itself; a non-blocking socket would make
         // sends that meet a full window fail with EAGAIN instead.
         std.set_nonblocking(false)?;
-        let recv = ring.multi();
+        let recv = ring.multi(Some(MAX_QUEUED));
         Ok(RingStream {
             ring,
             // SAFETY: the descriptor comes from an owned socket.
