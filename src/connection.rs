@@ -65,12 +65,16 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
             ready(Ok::<_, Infallible>(respond(&worker, &upgraded, request)))
         })
     };
-    let http = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(worker.options.handshake_timeout())
-        .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(stream), service)
-        .without_shutdown();
+    // Boxed: hyper's connection state is large and only lives through the
+    // HTTP phase; inline, it would size the task of every open WebSocket.
+    let http = Box::pin(
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(worker.options.handshake_timeout())
+            .max_buf_size(MAX_HEADER_BYTES)
+            .serve_connection(TokioIo::new(stream), service)
+            .without_shutdown(),
+    );
     let mut shutdown = worker.shutdown.listen();
     // A connection still in its HTTP phase at shutdown is simply closed.
     let parts = tokio::select! {
@@ -79,6 +83,11 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
     };
     if let (Some(parts), Some(endpoint)) = (parts, upgraded.get()) {
         let stream = parts.io.into_inner();
+        // What the client sent past the upgrade request (usually nothing),
+        // copied out so that hyper's read buffer is freed now rather than
+        // held for the life of the connection.
+        let initial = parts.read_buf.to_vec();
+        drop(parts.read_buf);
         let options = &worker.options;
         match endpoint {
             Endpoint::Echo => {
@@ -86,7 +95,7 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
                     stats,
                     keep_alive: options.keep_alive(),
                 };
-                websocket(stream, &parts.read_buf, &echo, &worker, shutdown).await;
+                websocket(stream, &initial, &echo, &worker, shutdown).await;
             }
             Endpoint::Hub => {
                 let hub = HubSession::new(
@@ -96,7 +105,7 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
                     options.max_message_size,
                     options.max_pending_bytes,
                 );
-                websocket(stream, &parts.read_buf, &hub, &worker, shutdown).await;
+                websocket(stream, &initial, &hub, &worker, shutdown).await;
             }
         }
     }
