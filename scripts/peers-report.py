@@ -71,7 +71,7 @@ lines = [
     "# ringecho against the servers people use",
     "",
     f"- date: {any_result['date']}; commit {any_result['tool']['commit']}",
-    f"- machine: {machine['cpu_model']} ({machine['cores']} cores), kernel {machine['kernel']}",
+    f"- machine: {machine['cpu_model']} ({os.cpu_count()} cores), kernel {machine['kernel']}",
     "- every server pinned to core 0 (`taskset -c 0`; ringecho with `--threads 1`), loadgen to core 1; loopback",
     f"- closed loop: {rounds} rounds, servers interleaved round by round; binary messages, one in flight per connection,"
     " every echo checked; 1 s warm-up, then the measured window",
@@ -126,6 +126,61 @@ if idle:
         rss_text = f"{rss[0] / 1024:.1f} → {max(rss) / 1024:.1f} MiB" if rss else "—"
         lines.append(f"| {server} | {per_text} | {rss_text} |")
     lines.append("")
+
+# The targets, each stated as measured.
+def median_ratio(server, case, value):
+    rs, base = runs.get((server, case), {}), runs.get((BASE, case), {})
+    pairs = [value(base[k]) / value(rs[k]) for k in rs if k in base and value(rs[k]) and value(base[k])]
+    return (statistics.median(pairs), min(pairs), max(pairs)) if pairs else None
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+lines += ["## Targets", ""]
+cpu_total = lambda r: cpu(r)[2] if cpu(r) else None
+msgs = lambda r: r["summary"]["msgs_per_sec"]
+for case in CASES:
+    r = median_ratio("epoll", case, cpu_total)
+    if r:
+        need = 0.90 if case == "fanin" else 1.0
+        lines.append(f"- {case}: io-uring CPU per message / epoll's = {r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f}); "
+                     f"target below {need:.2f}: {verdict(r[0] < need)}")
+small = [cpu(r) for r in runs.get((BASE, "small"), {}).values() if cpu(r)]
+if small:
+    share = statistics.median(c[0] / c[2] for c in small)
+    lines.append(f"- small: engine user-space CPU is {share:.1%} of its total (the rest is the kernel's); "
+                 f"target at most 10%: {verdict(share <= 0.10)}")
+peers = [p for p in servers if p not in ("io-uring", "io-uring-64k", "tokio-uring", "epoll")]
+for case in CASES:
+    behind = []
+    for peer in peers:
+        t = median_ratio(peer, case, msgs)  # io-uring / peer, msgs/s: above 1 is ahead
+        c = median_ratio(peer, case, cpu_total)  # io-uring / peer, CPU: below 1 is ahead
+        if t and t[0] <= 1.0:
+            behind.append(f"{peer} in msgs/s ({1 / t[0]:.2f}× ours)")
+        if c and c[0] >= 1.0:
+            behind.append(f"{peer} in CPU per message ({c[0]:.2f}× theirs)")
+    lines.append(f"- {case}: ahead of every peer in msgs/s and CPU per message: "
+                 + ("met" if not behind else "**missed**, behind " + ", ".join(behind)))
+for case in CASES:
+    p99 = {s: rates[(s, case)]["summary"]["latency_us"]["p99"] for s in peers if (s, case) in rates}
+    if (BASE, case) in rates and p99:
+        ours = rates[(BASE, case)]["summary"]["latency_us"]["p99"]
+        best = min(p99, key=p99.get)
+        lines.append(f"- {case}: p99 at half max {ours} µs against the best peer's {p99[best]} µs ({best}); "
+                     f"target no worse: {verdict(ours <= p99[best])}")
+for server in ("io-uring", "io-uring-64k"):
+    r = idle.get(server)
+    if r and r.get("bytes_per_idle_connection"):
+        per = r["bytes_per_idle_connection"]
+        lines.append(f"- {server}: {per:.0f} bytes per idle connection at {r['connections']} connections; "
+                     f"target at most 2048: {verdict(per <= 2048)}")
+profile = os.path.join(os.path.dirname(dst), "profile-io-uring.md")
+if os.path.exists(profile):
+    lines += ["", "Where the time goes, for the targets missed: [profile-io-uring.md](profile-io-uring.md)."]
+lines.append("")
 
 with open(dst, "w") as f:
     f.write("\n".join(lines))

@@ -18,6 +18,8 @@
 #
 # Usage: scripts/peers.sh
 #   PEERS_ROUNDS=3  PEERS_DURATION=5  PEERS_RATE_DURATION=10  PEERS_IDLE=10000
+#   PEERS_PHASES="closed rate idle" (a subset reruns those phases only; the
+#   others' files are kept, and the report is made from everything there)
 #   PEERS_SERVERS="io-uring io-uring-64k tokio-uring epoll node-ws bun python-websockets tokio-tungstenite fastwebsockets"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,10 +27,11 @@ rounds=${PEERS_ROUNDS:-3}
 duration=${PEERS_DURATION:-5}
 rate_duration=${PEERS_RATE_DURATION:-10}
 idle=${PEERS_IDLE:-10000}
+phases=${PEERS_PHASES:-closed rate idle}
 servers=${PEERS_SERVERS:-io-uring io-uring-64k tokio-uring epoll node-ws bun python-websockets tokio-tungstenite fastwebsockets}
 out=results/peers
 mkdir -p "$out"
-rm -f "$out"/*.json
+if [ "$phases" = "closed rate idle" ]; then rm -f "$out"/*.json; fi
 
 echo "peers.sh: building ringecho, loadgen and the Rust peers"
 cargo build --release --quiet --workspace --bins
@@ -94,6 +97,8 @@ load() { # server case file [extra loadgen args…]
     --label "$server · $case" --out "$out/$file.json" "$@" | sed -n 's/^│ *\([0-9]*\) ┆.*/    \1 msgs\/s/p'
 }
 
+has() { [[ " $phases " == *" $1 "* ]]; }
+has closed || rounds=0
 for round in $(seq "$rounds"); do
   for server in $servers; do
     start_server "$server" || continue
@@ -106,13 +111,16 @@ for round in $(seq "$rounds"); do
 done
 
 for server in $servers; do
+  has rate || has idle || break
   start_server "$server" || continue
   for case in $cases; do
+    has rate || break
     max=$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['summary']['msgs_per_sec']/2))" \
       "$out/$server-$case-round1.json" 2>/dev/null) || continue
     echo "peers.sh: $server · $case at $max msgs/s (half its closed-loop maximum), $rate_duration s"
     load "$server" "$case" "$server-$case-rate" --rate "$max" --duration "$rate_duration" || echo "peers.sh: $server $case rate failed"
   done
+  has idle || { stop_server; continue; }
   echo "peers.sh: $server · $idle idle connections"
   taskset -c 1 target/release/loadgen soak --url "ws://$addr/" --connections "$idle" --hold 10 --churn 0 \
     --source-addr 127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5 --server-pid "$pid" \

@@ -25,7 +25,7 @@ use crate::driver::ring::RingStream;
 use crate::driver::uring::UringStream;
 use crate::hub::HubSession;
 use crate::options::{Backend, Options};
-use crate::runtime::Worker;
+use crate::runtime::{Admission, Worker};
 use crate::session::{self, Handler, RawEcho};
 use crate::shutdown::Listener;
 
@@ -50,8 +50,7 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
     stats.accepted.add(1);
     stats.open_connections.add(1);
     let _ = stream.set_nodelay(true);
-    let engine = worker.engine.clone();
-    let Some(_admission) = engine.admit() else {
+    let Some(admission) = worker.engine.admit() else {
         stats.refused.add(1);
         refuse(stream, &worker).await;
         stats.open_connections.sub(1);
@@ -87,26 +86,44 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
         // copied out so that hyper's read buffer is freed now rather than
         // held for the life of the connection.
         let initial = parts.read_buf.to_vec();
-        drop(parts.read_buf);
-        let options = &worker.options;
-        match endpoint {
-            Endpoint::Echo => {
-                let echo = RawEcho {
-                    stats,
-                    keep_alive: options.keep_alive(),
-                };
-                websocket(stream, &initial, &echo, &worker, shutdown).await;
-            }
-            Endpoint::Hub => {
-                let hub = HubSession::new(
-                    worker.hub.clone(),
-                    stats,
-                    options.hub_keep_alive(),
-                    options.max_message_size,
-                    options.max_pending_bytes,
-                );
-                websocket(stream, &initial, &hub, &worker, shutdown).await;
-            }
+        // The WebSocket phase is a task of its own, sized for the session
+        // alone: this one is sized for hyper's phase and ends here, so an
+        // open WebSocket does not carry it.
+        tokio::task::spawn_local(websocket_phase(
+            stream, initial, endpoint, worker, shutdown, admission,
+        ));
+        return;
+    }
+    stats.open_connections.sub(1);
+}
+
+/// The WebSocket phase of a connection, until it closes.
+async fn websocket_phase(
+    stream: TcpStream,
+    initial: Vec<u8>,
+    endpoint: Endpoint,
+    worker: Rc<Worker>,
+    shutdown: Listener,
+    _admission: Admission,
+) {
+    let (options, stats) = (&worker.options, worker.stats());
+    match endpoint {
+        Endpoint::Echo => {
+            let echo = RawEcho {
+                stats,
+                keep_alive: options.keep_alive(),
+            };
+            websocket(stream, &initial, &echo, &worker, shutdown).await;
+        }
+        Endpoint::Hub => {
+            let hub = HubSession::new(
+                worker.hub.clone(),
+                stats,
+                options.hub_keep_alive(),
+                options.max_message_size,
+                options.max_pending_bytes,
+            );
+            websocket(stream, &initial, &hub, &worker, shutdown).await;
         }
     }
     stats.open_connections.sub(1);

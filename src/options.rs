@@ -236,7 +236,7 @@ pub struct Options {
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendChoice {
-    /// tokio-uring where io_uring works, epoll where it is blocked.
+    /// io-uring where io_uring works, epoll where it is blocked.
     Auto,
     /// A native ring per core: multishot receive into provided buffers,
     /// DEFER_TASKRUN, batched submissions.

@@ -49,11 +49,11 @@ pub struct Engine {
 }
 
 /// A connection counted against --max-connections until dropped.
-pub struct Admission<'a>(&'a AtomicUsize);
+pub struct Admission(Arc<Engine>);
 
-impl Drop for Admission<'_> {
+impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -78,9 +78,10 @@ impl Worker {
 
 impl Engine {
     /// Counts a new connection in, or says no when the limit is reached.
-    pub fn admit(&self) -> Option<Admission<'_>> {
-        let admission = Admission(&self.open);
-        (self.open.fetch_add(1, Ordering::Relaxed) < self.max_connections).then_some(admission)
+    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+        let admitted = self.open.fetch_add(1, Ordering::Relaxed) < self.max_connections;
+        let admission = Admission(self.clone());
+        admitted.then_some(admission)
     }
 
     /// The `/stats` document: per-worker counters, totals and the
@@ -277,8 +278,8 @@ fn resolve_backend(choice: BackendChoice) -> anyhow::Result<Backend> {
     let probe = io_uring::IoUring::new(8).map(drop);
     match (choice, probe) {
         (BackendChoice::Epoll, _) => Ok(Backend::Epoll),
-        (BackendChoice::IoUring, Ok(())) => Ok(Backend::IoUring),
-        (BackendChoice::TokioUring | BackendChoice::Auto, Ok(())) => Ok(Backend::TokioUring),
+        (BackendChoice::IoUring | BackendChoice::Auto, Ok(())) => Ok(Backend::IoUring),
+        (BackendChoice::TokioUring, Ok(())) => Ok(Backend::TokioUring),
         (BackendChoice::Auto, Err(e)) => {
             tracing::warn!("io_uring is unavailable ({e}); falling back to the epoll backend");
             Ok(Backend::Epoll)

@@ -130,10 +130,16 @@ fn auto_falls_back_to_epoll_with_one_warning() {
 }
 
 #[test]
-fn explicit_tokio_uring_refuses_to_start_with_status_1() {
-    let output = engine("tokio-uring").output().unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("io_uring is unavailable"), "{stderr}");
-    assert!(stderr.contains("--backend epoll"), "{stderr}");
+fn explicit_io_uring_backends_refuse_to_start_with_status_1() {
+    for backend in ["io-uring", "tokio-uring"] {
+        let output = engine(backend).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{backend}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("io_uring is unavailable"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("the {backend} backend")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("--backend epoll"), "{stderr}");
+    }
 }

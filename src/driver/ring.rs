@@ -57,6 +57,12 @@ pub struct Ring {
     /// The driving task, while it sleeps.
     driver: Cell<Option<Waker>>,
     eventfd: OwnedFd,
+    /// Write states between writes: shared by the core's connections, so
+    /// that echoing allocates nothing and an idle connection holds none.
+    /// Boxed: the kernel holds pointers into them (msghdr, iovecs) while a
+    /// write is in flight, so they must not move when this list grows.
+    #[allow(clippy::vec_box)]
+    write_states: RefCell<Vec<Box<WriteState>>>,
 }
 
 enum Op {
@@ -108,6 +114,7 @@ impl Ring {
             queued: Cell::new(0),
             driver: Cell::new(None),
             eventfd,
+            write_states: RefCell::new(Vec::new()),
         }))
     }
 
@@ -317,6 +324,27 @@ impl Ring {
         }
     }
 
+    fn write_state(&self) -> Box<WriteState> {
+        self.write_states.borrow_mut().pop().unwrap_or_else(|| {
+            Box::new(WriteState {
+                buf: RecvBuf::Empty,
+                out: Vec::new(),
+                iov: Vec::new(),
+                // SAFETY: an all-zero msghdr is a valid empty one.
+                msg: unsafe { std::mem::zeroed() },
+            })
+        })
+    }
+
+    /// Keeps a write state for the next write, up to a few per connection
+    /// ever busy at once.
+    fn give_back(&self, state: Box<WriteState>) {
+        let mut states = self.write_states.borrow_mut();
+        if states.len() < 1024 {
+            states.push(state);
+        }
+    }
+
     fn multi(&self, pause_at: Option<usize>) -> usize {
         self.ops.borrow_mut().insert(Op::Multi {
             waker: None,
@@ -485,6 +513,12 @@ impl BufRing {
         if entries.is_null() || memory.is_null() {
             return Err(io::ErrorKind::OutOfMemory.into());
         }
+        // Touched now: the pool is a fixed cost of the core, resident from the
+        // start rather than page by page as the kernel first writes into it
+        // (a page fault inside a receive), and never counted against the
+        // connections that happen to be open when it fills.
+        // SAFETY: `memory` holds memory_layout.size() writable bytes.
+        unsafe { std::ptr::write_bytes(memory, 0, memory_layout.size()) };
         let ring = BufRing {
             entries,
             memory,
@@ -646,9 +680,6 @@ pub struct RingStream {
     fd: OwnedFd,
     /// The multishot receive.
     recv: usize,
-    /// Memory of the last write, kept for the next one so that a steady
-    /// stream of echoes allocates nothing.
-    spare: Cell<Option<Box<WriteState>>>,
 }
 
 /// What a write keeps alive while the kernel sends it.
@@ -672,7 +703,6 @@ impl RingStream {
             // SAFETY: the descriptor comes from an owned socket.
             fd: unsafe { OwnedFd::from_raw_fd(std.into_raw_fd()) },
             recv,
-            spare: Cell::new(None),
         })
     }
 
@@ -752,18 +782,6 @@ impl RingStream {
             }
         }
     }
-
-    fn take_spare(&self) -> Box<WriteState> {
-        self.spare.take().unwrap_or_else(|| {
-            Box::new(WriteState {
-                buf: RecvBuf::Empty,
-                out: Vec::new(),
-                iov: Vec::new(),
-                // SAFETY: an all-zero msghdr is a valid empty one.
-                msg: unsafe { std::mem::zeroed() },
-            })
-        })
-    }
 }
 
 impl Io for RingStream {
@@ -810,7 +828,7 @@ impl Io for RingStream {
     }
 
     async fn write(&self, buf: RecvBuf, out: &mut Vec<Out>) -> (io::Result<()>, RecvBuf) {
-        let mut state = self.take_spare();
+        let mut state = self.ring.write_state();
         std::mem::swap(&mut state.out, out);
         state.buf = buf;
         state.iov.clear();
@@ -833,12 +851,12 @@ impl Io for RingStream {
         let (result, mut state) = self.send_all(state).await;
         state.out.clear();
         let buf = std::mem::replace(&mut state.buf, RecvBuf::Empty);
-        self.spare.set(Some(state));
+        self.ring.give_back(state);
         (result, buf)
     }
 
     async fn send(&self, frame: Vec<u8>) -> io::Result<()> {
-        let mut state = self.take_spare();
+        let mut state = self.ring.write_state();
         state.iov.clear();
         state.iov.push(libc::iovec {
             iov_base: frame.as_ptr() as *mut libc::c_void,
@@ -847,7 +865,7 @@ impl Io for RingStream {
         state.out.push(Out::Owned(frame, 0));
         let (result, mut state) = self.send_all(state).await;
         state.out.clear();
-        self.spare.set(Some(state));
+        self.ring.give_back(state);
         result
     }
 

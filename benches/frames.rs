@@ -1,0 +1,129 @@
+//! The frame path of one echo, per message and per byte: parse the client's
+//! header, unmask the payload in place, write the server's header (text is
+//! also checked as UTF-8), at 20 B, 1 KiB, 16 KiB and 1 MiB.
+//!
+//! - `ringecho`: the engine's own [`Session::on_bytes`] with the raw echo
+//!   handler over a receive buffer holding one masked frame, exactly what a
+//!   worker runs for a message that arrived whole.
+//! - `fastwebsockets`: the reference, its `WebSocket::read_frame` then
+//!   `write_frame` (server role) over an in-memory stream that serves the same
+//!   frame again and again and discards what is written.
+//!
+//! Both restore the masked frame on every iteration (one copy of the message,
+//! as a socket read would make), so the difference is the frame handling.
+
+use std::hint::black_box;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fastwebsockets::{Frame, OpCode, Role, WebSocket};
+use ringecho::driver::Out;
+use ringecho::session::{RawEcho, Session};
+use ringecho::stats::WorkerStats;
+use tokio::io::{AsyncRead, ReadBuf};
+
+const SIZES: [usize; 4] = [20, 1024, 16 << 10, 1 << 20];
+
+/// One masked binary frame as a client sends it.
+fn client_frame(size: usize) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x82];
+    match size {
+        0..=125 => frame.push(0x80 | size as u8),
+        126..=65535 => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(size as u16).to_be_bytes());
+        }
+        _ => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(size as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend((0..size).map(|i| (i as u8) ^ mask[i % 4]));
+    frame
+}
+
+/// Serves `frame` endlessly, like a socket with a client that keeps sending it.
+struct Repeat {
+    frame: Vec<u8>,
+    pos: usize,
+}
+
+impl AsyncRead for Repeat {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let n = buf.remaining().min(self.frame.len() - self.pos);
+        let pos = self.pos;
+        buf.put_slice(&self.frame[pos..pos + n]);
+        self.pos = (pos + n) % self.frame.len();
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn frames(c: &mut Criterion) {
+    let mut group = c.benchmark_group("echo frame path");
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    let stats = WorkerStats::default();
+    let echo = RawEcho {
+        stats: &stats,
+        keep_alive: None,
+    };
+    for size in SIZES {
+        let frame = client_frame(size);
+        group.throughput(Throughput::Bytes(size as u64));
+
+        let mut session = Session::new(&echo, frame.len(), 64 << 20);
+        let mut buf = frame.clone();
+        let mut out: Vec<Out> = Vec::with_capacity(4);
+        group.bench_function(BenchmarkId::new("ringecho", size), |b| {
+            b.iter(|| {
+                buf.copy_from_slice(&frame);
+                let consumed = session.on_bytes(black_box(&mut buf), &mut out);
+                assert_eq!(consumed, frame.len());
+                black_box(&out);
+                out.clear();
+            })
+        });
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let stream = tokio::io::join(
+            Repeat {
+                frame: frame.clone(),
+                pos: 0,
+            },
+            tokio::io::sink(),
+        );
+        let mut ws = WebSocket::after_handshake(stream, Role::Server);
+        ws.set_max_message_size(64 << 20);
+        ws.set_auto_close(false);
+        ws.set_auto_pong(false);
+        group.bench_function(BenchmarkId::new("fastwebsockets", size), |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        let frame = ws.read_frame().await.unwrap();
+                        assert_eq!(frame.opcode, OpCode::Binary);
+                        // Sent back as a server frame: no mask.
+                        let echo = Frame::new(frame.fin, frame.opcode, None, frame.payload);
+                        ws.write_frame(echo).await.unwrap();
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, frames);
+criterion_main!(benches);
