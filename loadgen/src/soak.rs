@@ -198,8 +198,27 @@ async fn run(args: &SoakArgs, target: Target) -> anyhow::Result<SoakReport> {
     }
     // The /stats request itself is the one connection left open.
     server_open_after = server_open_after.map(|n| n.saturating_sub(1));
-    // Servers return freed memory lazily (ringecho: within a second or two).
+    // Servers return freed memory lazily, over seconds: sample until the
+    // resident size stops falling (two seconds without a drop), at least 3 s
+    // and at most 15 s after the last close.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Some(pid) = args.server_pid {
+        let mut lowest = rss_kib(pid);
+        let mut steady = 0;
+        for _ in 0..12 {
+            if steady >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = rss_kib(pid);
+            if now < lowest {
+                lowest = now;
+                steady = 0;
+            } else {
+                steady += 1;
+            }
+        }
+    }
     stages.push(stage("all closed", 0));
 
     let bytes_per_idle_connection = match (stages[0].server_rss_kib, stages[1].server_rss_kib) {
