@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fastwebsockets::{Frame, OpCode, Role, WebSocket};
+use ringecho::codec;
 use ringecho::driver::Out;
 use ringecho::session::{RawEcho, Session};
 use ringecho::stats::WorkerStats;
@@ -28,22 +29,8 @@ const SIZES: [usize; 4] = [20, 1024, 16 << 10, 1 << 20];
 
 /// One masked binary frame as a client sends it.
 fn client_frame(size: usize) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x82];
-    match size {
-        0..=125 => frame.push(0x80 | size as u8),
-        126..=65535 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(size as u16).to_be_bytes());
-        }
-        _ => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(size as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend((0..size).map(|i| (i as u8) ^ mask[i % 4]));
-    frame
+    let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+    codec::encode_masked(true, 2, &payload, [0x37, 0xfa, 0x21, 0x3d])
 }
 
 /// Serves `frame` endlessly, like a socket with a client that keeps sending it.

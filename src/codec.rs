@@ -183,6 +183,27 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A frame as a client sends it, masked with `mask`; `opcode` is the raw
+/// 4-bit value, so that tests can send reserved ones. The engine never sends
+/// one: tests, benchmarks and fuzz seeds use it.
+pub fn encode_masked(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![(fin as u8) << 7 | opcode];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
 /// A close frame with `code` and a short reason.
 pub fn encode_close(code: u16, reason: &str) -> Vec<u8> {
     let mut payload = Vec::with_capacity(2 + reason.len());
@@ -218,24 +239,7 @@ pub fn is_utf8(bytes: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    /// A masked client frame, as a client library would write it.
-    fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut out = vec![(fin as u8) << 7 | opcode];
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=65535 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
-    }
+    use super::encode_masked as client_frame;
 
     #[test]
     fn echo_header_fits_in_front_of_the_payload_for_every_length_class() {

@@ -37,21 +37,8 @@ fn raw_websocket(engine: &Engine, request: &str) -> TcpStream {
 }
 
 fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x80 | opcode];
-    match payload.len() {
-        n @ 0..=125 => frame.push(0x80 | n as u8),
-        n @ 126..=65535 => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&[0, 0, 0, 0]); // a zero mask leaves the payload as is
-    frame.extend_from_slice(payload);
-    frame
+    // A zero mask leaves the payload as is.
+    ringecho::codec::encode_masked(true, opcode, payload, [0; 4])
 }
 
 #[tokio::test]
