@@ -64,16 +64,12 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
             ready(Ok::<_, Infallible>(respond(&worker, &upgraded, request)))
         })
     };
-    // Boxed: hyper's connection state is large and only lives through the
-    // HTTP phase; inline, it would size the task of every open WebSocket.
-    let http = Box::pin(
-        hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(worker.options.handshake_timeout())
-            .max_buf_size(MAX_HEADER_BYTES)
-            .serve_connection(TokioIo::new(stream), service)
-            .without_shutdown(),
-    );
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(worker.options.handshake_timeout())
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(stream), service)
+        .without_shutdown();
     let mut shutdown = worker.shutdown.listen();
     // A connection still in its HTTP phase at shutdown is simply closed.
     let parts = tokio::select! {

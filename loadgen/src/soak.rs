@@ -305,14 +305,7 @@ async fn open(
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    crate::server_info::sample_process(pid).map(|p| p.rss_bytes / 1024)
 }
 
 fn server_open(target: &Target) -> Option<u64> {

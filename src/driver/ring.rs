@@ -106,7 +106,8 @@ impl Ring {
         let count = (POOL_BYTES / buffer_size)
             .clamp(64, 1 << 15)
             .next_power_of_two();
-        let buffers = BufRing::new(&uring, count.min(1 << 15) as u16, buffer_size)?;
+        // clamp keeps it at most 2^15 (the kernel's limit), a power of two already.
+        let buffers = BufRing::new(&uring, count as u16, buffer_size)?;
         Ok(Rc::new(Ring {
             uring: RefCell::new(uring),
             ops: RefCell::new(Slab::with_capacity(1024)),
