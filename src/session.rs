@@ -249,8 +249,17 @@ impl<'a, H: Handler> Session<'a, H> {
         payload: Range<usize>,
         out: &mut Vec<Out>,
     ) -> Result<(), Violation> {
-        codec::unmask_at(&mut buf[payload.clone()], h.mask, 0);
         let closing = self.phase == Phase::Closing;
+        // Payloads used where they are are unmasked in place; fragments of
+        // a message are unmasked as they are copied into it.
+        let fragment = match h.opcode {
+            OpCode::Continuation => true,
+            OpCode::Text | OpCode::Binary => !h.fin,
+            _ => false,
+        };
+        if !fragment {
+            codec::unmask_at(&mut buf[payload.clone()], h.mask, 0);
+        }
         match h.opcode {
             OpCode::Text | OpCode::Binary if closing => Ok(()),
             OpCode::Text | OpCode::Binary => {
@@ -258,7 +267,9 @@ impl<'a, H: Handler> Session<'a, H> {
                     return Err(Violation::Protocol("new message before the last one ended"));
                 }
                 if !h.fin {
-                    self.message = Some(Message::start(h.opcode, &buf[payload], h.payload_len)?);
+                    let mut message = Message::start(h.opcode, h.payload_len);
+                    message.append(&buf[payload], h.mask, 0)?;
+                    self.message = Some(message);
                     return Ok(());
                 }
                 if h.opcode == OpCode::Text && !codec::is_utf8(&buf[payload.clone()]) {
@@ -272,8 +283,7 @@ impl<'a, H: Handler> Session<'a, H> {
                     .message
                     .as_mut()
                     .ok_or(Violation::Protocol("continuation frame without a message"))?;
-                message.data.extend_from_slice(&buf[payload]);
-                message.check_utf8()?;
+                message.append(&buf[payload], h.mask, 0)?;
                 if h.fin {
                     self.finish_message(out)?;
                 }
@@ -325,7 +335,7 @@ impl<'a, H: Handler> Session<'a, H> {
                 (_, Some(_)) => {
                     return Err(Violation::Protocol("new message before the last one ended"))
                 }
-                (opcode, None) => self.message = Some(Message::start(opcode, &[], h.payload_len)?),
+                (opcode, None) => self.message = Some(Message::start(opcode, h.payload_len)),
             }
         }
         self.spanning = Some(Spanning {
@@ -343,14 +353,11 @@ impl<'a, H: Handler> Session<'a, H> {
         let span = self.spanning.as_mut().expect("a spanning frame");
         let take = span.remaining.min(buf.len() as u64) as usize;
         if !span.discard {
-            let chunk = &mut buf[..take];
-            codec::unmask_at(chunk, span.mask, span.offset);
             let message = self
                 .message
                 .as_mut()
                 .expect("spanning frames belong to a message");
-            message.data.extend_from_slice(chunk);
-            if let Err(violation) = message.check_utf8() {
+            if let Err(violation) = message.append(&buf[..take], span.mask, span.offset) {
                 self.fail(violation, out);
                 return take;
             }
@@ -408,18 +415,22 @@ impl<'a, H: Handler> Session<'a, H> {
 }
 
 impl Message {
-    fn start(opcode: OpCode, first: &[u8], frame_len: u64) -> Result<Self, Violation> {
+    fn start(opcode: OpCode, frame_len: u64) -> Self {
         let reserve = codec::MAX_SERVER_HEADER + frame_len.min(ASSEMBLY_RESERVE) as usize;
         let mut data = Vec::with_capacity(reserve);
         data.resize(codec::MAX_SERVER_HEADER, 0);
-        data.extend_from_slice(first);
-        let mut message = Message {
+        Message {
             opcode,
             data,
             valid_up_to: codec::MAX_SERVER_HEADER,
-        };
-        message.check_utf8()?;
-        Ok(message)
+        }
+    }
+
+    /// Appends a piece of a frame's payload, still masked, that starts at
+    /// `offset` of that payload.
+    fn append(&mut self, masked: &[u8], mask: [u8; 4], offset: u64) -> Result<(), Violation> {
+        codec::unmask_into(&mut self.data, masked, mask, offset);
+        self.check_utf8()
     }
 
     fn check_utf8(&mut self) -> Result<(), Violation> {
