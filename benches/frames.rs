@@ -13,45 +13,19 @@
 //! as a socket read would make), so the difference is the frame handling.
 
 use std::hint::black_box;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fastwebsockets::{Frame, OpCode, Role, WebSocket};
-use ringecho::codec;
 use ringecho::driver::Out;
 use ringecho::session::{RawEcho, Session};
 use ringecho::stats::WorkerStats;
-use tokio::io::{AsyncRead, ReadBuf};
+
+#[path = "common.rs"]
+mod common;
+use common::{client_frame, Repeat};
 
 const SIZES: [usize; 4] = [20, 1024, 16 << 10, 1 << 20];
-
-/// One masked binary frame as a client sends it.
-fn client_frame(size: usize) -> Vec<u8> {
-    let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
-    codec::encode_masked(true, 2, &payload, [0x37, 0xfa, 0x21, 0x3d])
-}
-
-/// Serves `frame` endlessly, like a socket with a client that keeps sending it.
-struct Repeat {
-    frame: Vec<u8>,
-    pos: usize,
-}
-
-impl AsyncRead for Repeat {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let n = buf.remaining().min(self.frame.len() - self.pos);
-        let pos = self.pos;
-        buf.put_slice(&self.frame[pos..pos + n]);
-        self.pos = (pos + n) % self.frame.len();
-        Poll::Ready(Ok(()))
-    }
-}
 
 fn frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("echo frame path");
@@ -63,7 +37,7 @@ fn frames(c: &mut Criterion) {
         keep_alive: None,
     };
     for size in SIZES {
-        let frame = client_frame(size);
+        let frame = client_frame(2, &(0..size).map(|i| i as u8).collect::<Vec<u8>>());
         group.throughput(Throughput::Bytes(size as u64));
 
         let mut session = Session::new(&echo, frame.len(), 64 << 20);
@@ -82,13 +56,7 @@ fn frames(c: &mut Criterion) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let stream = tokio::io::join(
-            Repeat {
-                frame: frame.clone(),
-                pos: 0,
-            },
-            tokio::io::sink(),
-        );
+        let stream = tokio::io::join(Repeat::new(frame.clone()), tokio::io::sink());
         let mut ws = WebSocket::after_handshake(stream, Role::Server);
         ws.set_max_message_size(64 << 20);
         ws.set_auto_close(false);

@@ -4,18 +4,30 @@
 //! HubSession, reply frame included); the others do only the parse and the
 //! answer record, with serde_json, sonic-rs and simd-json: the evidence the
 //! engine's choice of crate rests on.
+//!
+//! A second group takes the whole frame path of a hub Echo, from the client's
+//! masked text frame to the Completion's server frame: `ringecho` is the
+//! engine's `Session` with its `HubSession` handler over a receive buffer;
+//! `fastwebsockets` is the reference, its `read_frame`, the same serde_json
+//! parse and answer, and `write_frame`, over an in-memory stream.
 
 use std::borrow::Cow;
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fastwebsockets::OpCode;
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
 use ringecho::driver::Out;
 use ringecho::hub::{HubSession, HubWorker};
-use ringecho::session::Handler;
+use ringecho::session::{Handler, Session};
 use ringecho::stats::WorkerStats;
 use serde::Deserialize;
+
+#[path = "common.rs"]
+mod common;
+use common::{client_frame, Repeat};
+
+const HANDSHAKE: &[u8] = b"{\"protocol\":\"json\",\"version\":1}\x1e";
 
 fn invocation(size: usize) -> Vec<u8> {
     let payload: String = (0..size).map(|i| (b'a' + (i % 26) as u8) as char).collect();
@@ -99,7 +111,7 @@ fn hub_json(c: &mut Criterion) {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let hub = HubSession::new(HubWorker::new(vec![tx]), &stats, None, 64 << 20, 4 << 20);
     let mut out = Vec::new();
-    let mut handshake = b"{\"protocol\":\"json\",\"version\":1}\x1e".to_vec();
+    let mut handshake = HANDSHAKE.to_vec();
     let len = handshake.len();
     hub.on_message(OpCode::Text, &mut handshake, 0..len, &mut out)
         .unwrap();
@@ -161,5 +173,69 @@ fn hub_json(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hub_json);
+fn hub_frames(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hub Echo frame path");
+    group
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_millis(500));
+    let stats = WorkerStats::default();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for size in [20usize, 1024, 16 * 1024] {
+        // A connection of its own per size: the handshake comes first.
+        let hub = HubSession::new(
+            HubWorker::new(vec![tx.clone()]),
+            &stats,
+            None,
+            64 << 20,
+            4 << 20,
+        );
+        let frame = client_frame(1, &invocation(size));
+        group.throughput(Throughput::Bytes(size as u64));
+
+        let mut session = Session::new(&hub, frame.len(), 64 << 20);
+        let mut out: Vec<Out> = Vec::with_capacity(4);
+        let mut handshake = client_frame(1, HANDSHAKE);
+        session.on_bytes(&mut handshake, &mut out);
+        out.clear();
+        let mut buf = frame.clone();
+        group.bench_function(BenchmarkId::new("ringecho", size), |b| {
+            b.iter(|| {
+                buf.copy_from_slice(&frame);
+                let consumed = session.on_bytes(black_box(&mut buf), &mut out);
+                assert_eq!((consumed, out.len()), (frame.len(), 1));
+                black_box(&out);
+                out.clear();
+            })
+        });
+
+        let stream = tokio::io::join(Repeat::new(frame.clone()), tokio::io::sink());
+        let mut ws = WebSocket::after_handshake(stream, Role::Server);
+        ws.set_max_message_size(64 << 20);
+        ws.set_auto_close(false);
+        ws.set_auto_pong(false);
+        let mut answer = Vec::new();
+        group.bench_function(BenchmarkId::new("fastwebsockets + serde_json", size), |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        let frame = ws.read_frame().await.unwrap();
+                        assert_eq!(frame.opcode, OpCode::Text);
+                        let record = &frame.payload[..frame.payload.len() - 1];
+                        serde_answer(record, &mut answer);
+                        let reply = Frame::text(Payload::Borrowed(&answer));
+                        ws.write_frame(reply).await.unwrap();
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hub_json, hub_frames);
 criterion_main!(benches);
