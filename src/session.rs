@@ -15,7 +15,10 @@
 //! - larger than the receive buffer, or fragmented: one, into an assembly
 //!   buffer that keeps room for the header in front, sent as one frame.
 
+use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use fastwebsockets::OpCode;
@@ -525,6 +528,14 @@ impl Timers {
 
 /// Serves the WebSocket phase of one connection until it closes.
 /// `initial` holds bytes that arrived with the upgrade request.
+/// Boxes a future that runs rarely (pings, closes, broadcasts) beside a
+/// pending read, so that it costs memory while it runs rather than in every
+/// idle connection's task: a session's future is as large as the most that is
+/// alive at one await, and these would add about 500 bytes to the read's.
+fn rare<F: Future>(future: F) -> Pin<Box<F>> {
+    Box::pin(future)
+}
+
 pub async fn run<S: Io, H: Handler>(
     io: S,
     initial: &[u8],
@@ -551,14 +562,38 @@ pub async fn run<S: Io, H: Handler>(
                 // A client that stops reading would hold this write forever:
                 // with --client-timeout it gets that long, then is closed.
                 let (result, back) = match options.client_timeout() {
-                    Some(limit) => match tokio::time::timeout(limit, io.write(buf, &mut out)).await
-                    {
-                        Ok(written) => written,
-                        Err(_) => {
-                            stats.client_timeouts.add(1);
-                            break;
+                    Some(limit) => {
+                        // The session's own timer, not tokio::time::timeout:
+                        // a second Sleep would add 96 bytes to every idle
+                        // connection's task. Armed only if the write waits.
+                        let deadline = Instant::now() + limit;
+                        let write = io.write(buf, &mut out);
+                        tokio::pin!(write);
+                        let mut armed = false;
+                        let written = std::future::poll_fn(|cx| {
+                            if let Poll::Ready(written) = write.as_mut().poll(cx) {
+                                return Poll::Ready(Some(written));
+                            }
+                            if !armed {
+                                sleep.as_mut().reset(deadline);
+                                armed = true;
+                            }
+                            sleep.as_mut().poll(cx).map(|()| None)
+                        })
+                        .await;
+                        if armed {
+                            if let Some(next) = timers.next() {
+                                sleep.as_mut().reset(next);
+                            }
                         }
-                    },
+                        match written {
+                            Some(written) => written,
+                            None => {
+                                stats.client_timeouts.add(1);
+                                break;
+                            }
+                        }
+                    }
                     None => io.write(buf, &mut out).await,
                 };
                 buf = back;
@@ -590,7 +625,7 @@ pub async fn run<S: Io, H: Handler>(
                     let frame = session.close(1001, "server shutting down");
                     timers.closing(options.shutdown_timeout());
                     sleep.as_mut().reset(timers.next().expect("a close deadline"));
-                    if io.send(frame).await.is_err() {
+                    if rare(io.send(frame)).await.is_err() {
                         break 'session;
                     }
                 }
@@ -613,16 +648,21 @@ pub async fn run<S: Io, H: Handler>(
                             None => io.send(frame).await,
                         }
                     };
-                    let sent = tokio::select! {
-                        sent = send => sent,
-                        // Stuck behind a client that does not read while more
-                        // piles up: give up on it. No close frame can follow a
-                        // half-sent one, so 1008 is only recorded.
-                        () = handler.overflowed(), if session.phase() == Phase::Open => {
-                            stats.overflows.add(1);
-                            let _ = session.close(1008, "too much output waiting");
-                            break 'session;
+                    let open = session.phase() == Phase::Open;
+                    let sent = rare(async {
+                        tokio::select! {
+                            sent = send => Some(sent),
+                            // Stuck behind a client that does not read while
+                            // more piles up: give up on it. No close frame can
+                            // follow a half-sent one, so 1008 is only recorded.
+                            () = handler.overflowed(), if open => None,
                         }
+                    })
+                    .await;
+                    let Some(sent) = sent else {
+                        stats.overflows.add(1);
+                        let _ = session.close(1008, "too much output waiting");
+                        break 'session;
                     };
                     if sent.is_err() || session.phase() != Phase::Open {
                         break 'session;
@@ -632,14 +672,14 @@ pub async fn run<S: Io, H: Handler>(
                     match timers.due(Instant::now()) {
                         Some(Due::Ping) => {
                             stats.keep_alive_pings.add(1);
-                            if io.send(handler.keep_alive_frame()).await.is_err() {
+                            if rare(io.send(handler.keep_alive_frame())).await.is_err() {
                                 break 'session;
                             }
                         }
                         Some(Due::ClientTimeout) => {
                             tracing::info!("client disconnected: nothing received for {}s", options.client_timeout);
                             stats.client_timeouts.add(1);
-                            let _ = io.send(session.close(1001, "client timeout")).await;
+                            let _ = rare(io.send(session.close(1001, "client timeout"))).await;
                             break 'session;
                         }
                         Some(Due::CloseWaitOver) => break 'session,
