@@ -202,6 +202,14 @@ pub struct Options {
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
 
+    /// io-uring backend only: send frames of at least this many bytes with
+    /// zero-copy sends (IORING_OP_SEND_ZC; echoes from the provided buffers
+    /// send them as registered buffers); 0 disables. Off by default: on
+    /// loopback the kernel copies anyway and the notifications cost more than
+    /// they save (results/send-zc.md).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub send_zc_min: usize,
+
     /// Close a connection from which nothing has arrived for this many
     /// seconds (close 1001, then TCP close); 0 disables.
     #[arg(long, value_name = "SECS", default_value_t = 0)]

@@ -134,6 +134,12 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let signals = Signals::register()?;
     purge_freed_memory_at_once();
     let backend = resolve_backend(options.backend)?;
+    if options.send_zc_min > 0 && backend != Backend::IoUring {
+        tracing::warn!(
+            "--send-zc-min applies to the io-uring backend only; ignored on {}",
+            backend.name()
+        );
+    }
     let available = core_affinity::get_core_ids().unwrap_or_default();
     let threads = options
         .threads
@@ -184,7 +190,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 }
                 let ring = match backend {
                     Backend::IoUring => {
-                        match Ring::new(RING_ENTRIES, options.receive_buffer_size) {
+                        match Ring::new(
+                            RING_ENTRIES,
+                            options.receive_buffer_size,
+                            options.send_zc_min,
+                        ) {
                             Ok(ring) => Some(ring),
                             Err(e) => {
                                 let _ = ready_tx.send(Err(format!(

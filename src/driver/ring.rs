@@ -34,6 +34,11 @@ use tokio::io::unix::AsyncFd;
 
 use super::{Io, Out};
 
+/// Asks a zero-copy send's notification to say whether the kernel copied
+/// the data after all, which it then does with this bit (io_uring.h; the
+/// io-uring crate exports neither for x86-64).
+const IORING_SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 /// The one provided-buffer group of each ring.
 const BUF_GROUP: u16 = 0;
 /// user_data of operations whose completion nobody awaits (cancellations).
@@ -63,6 +68,11 @@ pub struct Ring {
     /// write is in flight, so they must not move when this list grows.
     #[allow(clippy::vec_box)]
     write_states: RefCell<Vec<Box<WriteState>>>,
+    /// Sends of at least this many bytes are zero-copy (0: none are).
+    send_zc_min: usize,
+    /// Zero-copy sends made, and those the kernel copied after all.
+    zc_sent: Cell<u64>,
+    zc_copied: Cell<u64>,
 }
 
 enum Op {
@@ -70,6 +80,9 @@ enum Op {
     Once {
         waker: Option<Waker>,
         result: Option<i32>,
+        /// A zero-copy send's result, held until its notification says the
+        /// kernel is done with the memory.
+        unnotified: Option<i32>,
         /// What the operation's memory lives in, once its future is gone.
         orphan: Option<Box<dyn Any>>,
     },
@@ -89,7 +102,9 @@ enum Op {
 
 impl Ring {
     /// A ring whose provided buffers are `buffer_size` bytes each.
-    pub fn new(entries: u32, buffer_size: usize) -> io::Result<Rc<Ring>> {
+    /// With `send_zc_min` above 0, sends of that many bytes or more are
+    /// zero-copy, and the buffer pool is registered for them.
+    pub fn new(entries: u32, buffer_size: usize, send_zc_min: usize) -> io::Result<Rc<Ring>> {
         let uring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
@@ -108,6 +123,15 @@ impl Ring {
             .next_power_of_two();
         // clamp keeps it at most 2^15 (the kernel's limit), a power of two already.
         let buffers = BufRing::new(&uring, count as u16, buffer_size)?;
+        if send_zc_min > 0 {
+            let pool = libc::iovec {
+                iov_base: buffers.memory.cast(),
+                iov_len: count * buffer_size,
+            };
+            // SAFETY: the pool lives as long as the ring (Ring::drop
+            // unregisters it first); registered buffer 0 is the whole pool.
+            unsafe { uring.submitter().register_buffers(&[pool])? };
+        }
         Ok(Rc::new(Ring {
             uring: RefCell::new(uring),
             ops: RefCell::new(Slab::with_capacity(1024)),
@@ -116,6 +140,9 @@ impl Ring {
             driver: Cell::new(None),
             eventfd,
             write_states: RefCell::new(Vec::new()),
+            send_zc_min,
+            zc_sent: Cell::new(0),
+            zc_copied: Cell::new(0),
         }))
     }
 
@@ -231,8 +258,23 @@ impl Ring {
             Op::Once {
                 waker,
                 result: slot,
+                unnotified,
                 orphan,
             } => {
+                // A zero-copy send completes twice: its result (with MORE),
+                // then a notification once the kernel let go of the memory.
+                let result = if cqueue::more(flags) {
+                    *unnotified = Some(result);
+                    return;
+                } else if cqueue::notif(flags) {
+                    self.zc_sent.set(self.zc_sent.get() + 1);
+                    if result as u32 & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+                        self.zc_copied.set(self.zc_copied.get() + 1);
+                    }
+                    unnotified.take().unwrap_or(result)
+                } else {
+                    result
+                };
                 if orphan.is_some() {
                     let orphan = ops.remove(key);
                     drop(ops);
@@ -315,6 +357,7 @@ impl Ring {
         let key = self.ops.borrow_mut().insert(Op::Once {
             waker: None,
             result: None,
+            unnotified: None,
             orphan: None,
         });
         self.push(entry.user_data(key as u64));
@@ -423,6 +466,16 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
+        if self.zc_sent.get() > 0 {
+            tracing::info!(
+                "zero-copy sends: {}, of which the kernel copied {}",
+                self.zc_sent.get(),
+                self.zc_copied.get()
+            );
+        }
+        if self.send_zc_min > 0 {
+            let _ = self.uring.get_mut().submitter().unregister_buffers();
+        }
         // The kernel must stop using the buffer memory before it is freed.
         let _ = self
             .uring
@@ -551,6 +604,13 @@ impl BufRing {
 
     fn buffer(&self, bid: u16) -> *mut u8 {
         self.memory.wrapping_add(bid as usize * self.size)
+    }
+
+    /// Whether `len` bytes at `base` lie inside the pool.
+    fn holds(&self, base: *const u8, len: usize) -> bool {
+        let start = self.memory as usize;
+        let end = start + self.count as usize * self.size;
+        (start..end).contains(&(base as usize)) && base as usize + len <= end
     }
 
     /// Gives buffer `bid` back to the kernel.
@@ -749,18 +809,39 @@ impl RingStream {
             if first == state.iov.len() {
                 return (Ok(()), state);
             }
+            let min = self.ring.send_zc_min;
+            let zero_copy =
+                min > 0 && state.iov[first..].iter().map(|v| v.iov_len).sum::<usize>() >= min;
+            let fd = Fd(self.raw());
             let entry = if first + 1 == state.iov.len() {
                 let iov = state.iov[first];
-                opcode::Send::new(Fd(self.raw()), iov.iov_base.cast(), iov.iov_len as u32)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
+                let (base, len) = (iov.iov_base.cast::<u8>(), iov.iov_len as u32);
+                if zero_copy {
+                    let registered = self.ring.buffers.holds(base, len as usize).then_some(0);
+                    opcode::SendZc::new(fd, base, len)
+                        .buf_index(registered)
+                        .zc_flags(IORING_SEND_ZC_REPORT_USAGE)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                } else {
+                    opcode::Send::new(fd, base, len)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                }
             } else {
                 let iov = state.iov[first..].as_mut_ptr();
                 state.msg.msg_iov = iov;
                 state.msg.msg_iovlen = state.iov.len() - first;
-                opcode::SendMsg::new(Fd(self.raw()), &state.msg)
-                    .flags(libc::MSG_NOSIGNAL as u32)
-                    .build()
+                if zero_copy {
+                    opcode::SendMsgZc::new(fd, &state.msg)
+                        .ioprio(IORING_SEND_ZC_REPORT_USAGE)
+                        .flags(libc::MSG_NOSIGNAL as u32)
+                        .build()
+                } else {
+                    opcode::SendMsg::new(fd, &state.msg)
+                        .flags(libc::MSG_NOSIGNAL as u32)
+                        .build()
+                }
             };
             let (result, back) = self.ring.start(entry, state).await;
             state = back;
