@@ -420,7 +420,7 @@ impl<'a, H: Handler> Session<'a, H> {
 impl Message {
     fn start(opcode: OpCode, frame_len: u64) -> Self {
         let reserve = codec::MAX_SERVER_HEADER + frame_len.min(ASSEMBLY_RESERVE) as usize;
-        let mut data = Vec::with_capacity(reserve);
+        let mut data = crate::driver::frame_buffer(reserve);
         data.resize(codec::MAX_SERVER_HEADER, 0);
         Message {
             opcode,

@@ -39,6 +39,9 @@ use super::{Io, Out};
 /// io-uring crate exports neither for x86-64).
 const IORING_SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
 const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
+/// A completion's flags naming its provided buffer (io_uring.h).
+const IORING_CQE_F_BUFFER: u32 = 1;
+const IORING_CQE_BUFFER_SHIFT: u32 = 16;
 /// The one provided-buffer group of each ring.
 const BUF_GROUP: u16 = 0;
 /// user_data of operations whose completion nobody awaits (cancellations).
@@ -68,6 +71,9 @@ pub struct Ring {
     /// write is in flight, so they must not move when this list grows.
     #[allow(clippy::vec_box)]
     write_states: RefCell<Vec<Box<WriteState>>>,
+    /// Multishot receives take several buffers per completion when a
+    /// message is larger than one (kernel 6.10 and later).
+    bundles: bool,
     /// Sends of at least this many bytes are zero-copy (0: none are).
     send_zc_min: usize,
     /// Zero-copy sends made, and those the kernel copied after all.
@@ -123,6 +129,7 @@ impl Ring {
             .next_power_of_two();
         // clamp keeps it at most 2^15 (the kernel's limit), a power of two already.
         let buffers = BufRing::new(&uring, count as u16, buffer_size)?;
+        let bundles = uring.params().is_feature_recvsend_bundle();
         if send_zc_min > 0 {
             let pool = libc::iovec {
                 iov_base: buffers.memory.cast(),
@@ -140,6 +147,7 @@ impl Ring {
             driver: Cell::new(None),
             eventfd,
             write_states: RefCell::new(Vec::new()),
+            bundles,
             send_zc_min,
             zc_sent: Cell::new(0),
             zc_copied: Cell::new(0),
@@ -294,19 +302,39 @@ impl Ring {
                 orphaned,
             } => {
                 let more = cqueue::more(flags);
+                // A bundled receive fills several buffers in one completion:
+                // each is queued as a completion of its own.
+                let size = self.buffers.size;
+                let bids = cqueue::buffer_select(flags)
+                    .map(|first| (first, (result.max(1) as usize).div_ceil(size)));
                 if *orphaned {
-                    if let Some(bid) = cqueue::buffer_select(flags) {
-                        self.buffers.recycle(bid);
+                    if let Some((first, n)) = bids {
+                        for bid in self.buffers.bundle(first, n) {
+                            self.buffers.recycle(bid);
+                        }
                     }
                     if !more {
                         ops.remove(key);
                     }
                     return;
                 }
-                queue.push_back((result, flags));
+                let before = queue.len();
+                match bids {
+                    Some((first, n)) if n > 1 => {
+                        let mut left = result as usize;
+                        for bid in self.buffers.bundle(first, n) {
+                            let len = left.min(size);
+                            left -= len;
+                            let flags =
+                                IORING_CQE_F_BUFFER | (u32::from(bid) << IORING_CQE_BUFFER_SHIFT);
+                            queue.push_back((len as i32, flags));
+                        }
+                    }
+                    _ => queue.push_back((result, flags)),
+                }
                 if !more {
                     *armed = false;
-                } else if Some(queue.len()) == *pause_at {
+                } else if pause_at.is_some_and(|at| before < at && queue.len() >= at) {
                     self.push(
                         opcode::AsyncCancel::new(key as u64)
                             .build()
@@ -551,6 +579,9 @@ struct BufRing {
     count: u16,
     size: usize,
     tail: Cell<u16>,
+    /// Where each buffer was last published in the ring: a bundle's
+    /// buffers are the ones in the ring slots after its first one's.
+    slot_of: Box<[Cell<u16>]>,
 }
 
 impl BufRing {
@@ -579,6 +610,7 @@ impl BufRing {
             count,
             size,
             tail: Cell::new(0),
+            slot_of: (0..count).map(|_| Cell::new(0)).collect(),
         };
         // SAFETY: page-aligned entries that live until Ring::drop unregisters
         // them (BufRing is dropped after that, as a field of Ring).
@@ -613,9 +645,22 @@ impl BufRing {
         (start..end).contains(&(base as usize)) && base as usize + len <= end
     }
 
+    /// The `n` buffers of a bundled receive that starts with `first`: the
+    /// kernel took them from consecutive ring slots. Read before any of them
+    /// is recycled, so those slots still name them.
+    fn bundle(&self, first: u16, n: usize) -> impl Iterator<Item = u16> + '_ {
+        let slot = self.slot_of[first as usize].get();
+        (0..n as u16).map(move |i| {
+            let at = slot.wrapping_add(i) & (self.count - 1);
+            // SAFETY: a slot of the ring, inside its allocation.
+            unsafe { (*self.entries.add(at as usize)).bid() }
+        })
+    }
+
     /// Gives buffer `bid` back to the kernel.
     fn recycle(&self, bid: u16) {
         let tail = self.tail.get();
+        self.slot_of[bid as usize].set(tail);
         // SAFETY: the slot at the tail is ours until the tail is published.
         unsafe {
             let entry = &mut *self.entries.add((tail & (self.count - 1)) as usize);
@@ -778,7 +823,11 @@ impl RingStream {
         loop {
             let (result, flags) = poll_fn(|cx| {
                 self.ring.poll_multi(self.recv, cx, || {
-                    opcode::RecvMulti::new(fd, BUF_GROUP).build()
+                    if self.ring.bundles {
+                        opcode::RecvMultiBundle::new(fd, BUF_GROUP).build()
+                    } else {
+                        opcode::RecvMulti::new(fd, BUF_GROUP).build()
+                    }
                 })
             })
             .await;
@@ -931,7 +980,7 @@ impl Io for RingStream {
             });
         }
         let (result, mut state) = self.send_all(state).await;
-        state.out.clear();
+        super::recycle(&mut state.out);
         let buf = std::mem::replace(&mut state.buf, RecvBuf::Empty);
         self.ring.give_back(state);
         (result, buf)
