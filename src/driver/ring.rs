@@ -52,8 +52,10 @@ const ENTER_GETEVENTS: u32 = 1;
 const POOL_BYTES: usize = 8 << 20;
 /// A connection whose session does not take its received data (it is stuck
 /// writing to a client that does not read) stops receiving after this many
-/// buffers, so that one client cannot drain the core's pool.
-const MAX_QUEUED: usize = 4;
+/// buffers, so that one client cannot drain the core's pool. A bundled
+/// receive of one 16 KiB message alone takes five 4 KiB buffers: pausing at
+/// four cancelled and re-armed the receive for nearly every such message.
+const MAX_QUEUED: usize = 16;
 
 /// One worker's ring, its operations in flight and its provided buffers.
 pub struct Ring {
@@ -420,7 +422,8 @@ impl Ring {
     fn multi(&self, pause_at: Option<usize>) -> usize {
         self.ops.borrow_mut().insert(Op::Multi {
             waker: None,
-            queue: VecDeque::with_capacity(MAX_QUEUED + 2),
+            // Grown on the first receive: an idle connection holds none.
+            queue: VecDeque::new(),
             pause_at,
             armed: false,
             orphaned: false,
