@@ -4,8 +4,9 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use fastwebsockets::{Role, WebSocket};
 use ringecho::codec;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, Join, ReadBuf, Sink};
 
 /// One final masked frame (`opcode` 1 text, 2 binary) as a client sends it.
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -36,4 +37,15 @@ impl AsyncRead for Repeat {
         self.pos = (pos + n) % self.frame.len();
         Poll::Ready(Ok(()))
     }
+}
+
+/// fastwebsockets as a server whose client sends `frame` again and again,
+/// with nothing done for the application (no automatic pongs or closes).
+pub fn reference_server(frame: Vec<u8>) -> WebSocket<Join<Repeat, Sink>> {
+    let stream = tokio::io::join(Repeat::new(frame), tokio::io::sink());
+    let mut ws = WebSocket::after_handshake(stream, Role::Server);
+    ws.set_max_message_size(64 << 20);
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    ws
 }

@@ -16,14 +16,14 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fastwebsockets::{Frame, OpCode, Role, WebSocket};
+use fastwebsockets::{Frame, OpCode};
 use ringecho::driver::Out;
 use ringecho::session::{RawEcho, Session};
 use ringecho::stats::WorkerStats;
 
 #[path = "common.rs"]
 mod common;
-use common::{client_frame, Repeat};
+use common::{client_frame, reference_server};
 
 const SIZES: [usize; 4] = [20, 1024, 16 << 10, 1 << 20];
 
@@ -56,11 +56,7 @@ fn frames(c: &mut Criterion) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let stream = tokio::io::join(Repeat::new(frame.clone()), tokio::io::sink());
-        let mut ws = WebSocket::after_handshake(stream, Role::Server);
-        ws.set_max_message_size(64 << 20);
-        ws.set_auto_close(false);
-        ws.set_auto_pong(false);
+        let mut ws = reference_server(frame.clone());
         group.bench_function(BenchmarkId::new("fastwebsockets", size), |b| {
             b.iter_custom(|iters| {
                 runtime.block_on(async {

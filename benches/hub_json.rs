@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
+use fastwebsockets::{Frame, OpCode, Payload};
 use ringecho::driver::Out;
 use ringecho::hub::{HubSession, HubWorker};
 use ringecho::session::{Handler, Session};
@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 #[path = "common.rs"]
 mod common;
-use common::{client_frame, Repeat};
+use common::{client_frame, reference_server};
 
 const HANDSHAKE: &[u8] = b"{\"protocol\":\"json\",\"version\":1}\x1e";
 
@@ -211,11 +211,7 @@ fn hub_frames(c: &mut Criterion) {
             })
         });
 
-        let stream = tokio::io::join(Repeat::new(frame.clone()), tokio::io::sink());
-        let mut ws = WebSocket::after_handshake(stream, Role::Server);
-        ws.set_max_message_size(64 << 20);
-        ws.set_auto_close(false);
-        ws.set_auto_pong(false);
+        let mut ws = reference_server(frame.clone());
         let mut answer = Vec::new();
         group.bench_function(BenchmarkId::new("fastwebsockets + serde_json", size), |b| {
             b.iter_custom(|iters| {

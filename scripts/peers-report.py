@@ -66,11 +66,16 @@ def spread(values):
 
 any_result = next(iter(next(iter(runs.values())).values()))
 machine = any_result["machine"]
+engine_commit = next(
+    (r["server"]["commit"] for (server, _), rounds_ in runs.items() if server == BASE
+     for r in rounds_.values() if r.get("server", {}).get("commit")),
+    "?",
+)
 rounds = max(len(r) for r in runs.values())
 lines = [
     "# ringecho against the servers people use",
     "",
-    f"- date: {any_result['date']}; commit {any_result['tool']['commit']}",
+    f"- date: {any_result['date']}; ringecho commit {engine_commit}, loadgen commit {any_result['tool']['commit']}",
     f"- machine: {machine['cpu_model']} ({os.cpu_count()} cores), kernel {machine['kernel']}",
     "- every server pinned to core 0 (`taskset -c 0`; ringecho with `--threads 1`), loadgen to core 1; loopback",
     f"- closed loop: {rounds} rounds, servers interleaved round by round; binary messages, one in flight per connection,"
