@@ -126,9 +126,11 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
         let s = &result.summary;
         assert_eq!(s.errors.total(), 0, "{size} B: {:?}", s.errors);
         let in_window = (s.msgs_per_sec * 2.0) as u64;
-        assert!(in_window > 5_000, "{size} B: only {in_window} messages");
-        // One allocation per message would be thousands; a handful is the
-        // runtime's own bookkeeping (timer wheel, task queues growing).
+        // The test command builds without optimisation: 16 KiB messages
+        // then echo at about a thousand a second.
+        assert!(in_window > 1_000, "{size} B: only {in_window} messages");
+        // One allocation per message would be a thousand or more; a handful
+        // is the runtime's own bookkeeping (timer wheel, task queues growing).
         assert!(
             during <= 20,
             "{size} B: the worker allocated {during} times while echoing about {in_window} messages"
