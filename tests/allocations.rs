@@ -128,8 +128,8 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
         let in_window = (s.msgs_per_sec * 2.0) as u64;
         // The test command builds without optimisation: 16 KiB messages
         // then echo at about a thousand a second.
-        assert!(in_window > 1_000, "{size} B: only {in_window} messages");
-        // One allocation per message would be a thousand or more; a handful
+        assert!(in_window > 500, "{size} B: only {in_window} messages");
+        // One allocation per message would be hundreds at least; a handful
         // is the runtime's own bookkeeping (timer wheel, task queues growing).
         assert!(
             during <= 20,
