@@ -99,8 +99,11 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
         match backend {
             Backend::Epoll => phase.spawn(endpoint, stream),
             Backend::IoUring => {
-                let ring = phase.worker.ring.clone();
-                let ring = ring.expect("the io-uring backend's worker has a ring");
+                let ring = phase
+                    .worker
+                    .ring
+                    .clone()
+                    .expect("the io-uring backend's worker has a ring");
                 match RingStream::from_tokio(stream, ring) {
                     Ok(stream) => phase.spawn(endpoint, stream),
                     Err(e) => phase.abandon(e),

@@ -254,15 +254,9 @@ impl<'a, H: Handler> Session<'a, H> {
     ) -> Result<(), Violation> {
         let closing = self.phase == Phase::Closing;
         // Payloads used where they are are unmasked in place; fragments of
-        // a message are unmasked as they are copied into it.
-        let fragment = match h.opcode {
-            OpCode::Continuation => true,
-            OpCode::Text | OpCode::Binary => !h.fin,
-            _ => false,
-        };
-        if !fragment {
-            codec::unmask_at(&mut buf[payload.clone()], h.mask, 0);
-        }
+        // a message are unmasked as they are copied into it; ignored ones
+        // are left as they came.
+        let unmask = |buf: &mut [u8]| codec::unmask_at(&mut buf[payload.clone()], h.mask, 0);
         match h.opcode {
             OpCode::Text | OpCode::Binary if closing => Ok(()),
             OpCode::Text | OpCode::Binary => {
@@ -275,6 +269,7 @@ impl<'a, H: Handler> Session<'a, H> {
                     self.message = Some(message);
                     return Ok(());
                 }
+                unmask(buf);
                 if h.opcode == OpCode::Text && !codec::is_utf8(&buf[payload.clone()]) {
                     return Err(Violation::InvalidUtf8);
                 }
@@ -294,6 +289,7 @@ impl<'a, H: Handler> Session<'a, H> {
             }
             OpCode::Ping if closing => Ok(()),
             OpCode::Ping => {
+                unmask(buf);
                 out.push(Out::Recv(codec::write_header_before(
                     buf,
                     payload,
@@ -303,6 +299,7 @@ impl<'a, H: Handler> Session<'a, H> {
             }
             OpCode::Pong => Ok(()),
             OpCode::Close => {
+                unmask(buf);
                 // A bad close from the client still ends the conversation:
                 // answer it with the right code, and expect nothing more.
                 let code = codec::parse_close(&buf[payload.clone()]).inspect_err(|_| {
@@ -526,8 +523,6 @@ impl Timers {
     }
 }
 
-/// Serves the WebSocket phase of one connection until it closes.
-/// `initial` holds bytes that arrived with the upgrade request.
 /// Boxes a future that runs rarely (pings, closes, broadcasts) beside a
 /// pending read, so that it costs memory while it runs rather than in every
 /// idle connection's task: a session's future is as large as the most that is
@@ -536,6 +531,8 @@ fn rare<F: Future>(future: F) -> Pin<Box<F>> {
     Box::pin(future)
 }
 
+/// Serves the WebSocket phase of one connection until it closes.
+/// `initial` holds bytes that arrived with the upgrade request.
 pub async fn run<S: Io, H: Handler>(
     io: S,
     initial: &[u8],
