@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fastwebsockets::{Frame, OpCode, Payload};
 use ringecho::driver::Out;
-use ringecho::hub::{HubSession, HubWorker};
+use ringecho::hub::{HubSession, HubWorker, Inbox};
 use ringecho::session::{Handler, Session};
 use ringecho::stats::WorkerStats;
 use serde::Deserialize;
@@ -109,7 +109,16 @@ fn hub_json(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500));
     let stats = WorkerStats::default();
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let hub = HubSession::new(HubWorker::new(vec![tx]), &stats, None, 64 << 20, 4 << 20);
+    let hub = HubSession::new(
+        HubWorker::new(vec![Inbox {
+            channel: tx,
+            doorbell: None,
+        }]),
+        &stats,
+        None,
+        64 << 20,
+        4 << 20,
+    );
     let mut out = Vec::new();
     let mut handshake = HANDSHAKE.to_vec();
     let len = handshake.len();
@@ -186,7 +195,10 @@ fn hub_frames(c: &mut Criterion) {
     for size in [20usize, 1024, 16 * 1024] {
         // A connection of its own per size: the handshake comes first.
         let hub = HubSession::new(
-            HubWorker::new(vec![tx.clone()]),
+            HubWorker::new(vec![Inbox {
+                channel: tx.clone(),
+                doorbell: None,
+            }]),
             &stats,
             None,
             64 << 20,

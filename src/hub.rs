@@ -83,11 +83,20 @@ fn random_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// One worker's end for senders: its broadcast channel, and on the native
+/// ring the doorbell that wakes its loop (tokio's workers wake on the
+/// channel itself).
+#[derive(Clone)]
+pub struct Inbox {
+    pub channel: mpsc::UnboundedSender<Broadcast>,
+    pub doorbell: Option<Arc<uring_loop::Doorbell>>,
+}
+
 /// The hub connections of one worker, and its end of the broadcast channels.
 pub struct HubWorker {
     mailboxes: RefCell<Slab<Rc<Mailbox>>>,
-    /// Every worker's broadcast channel, this one's included.
-    channels: Vec<mpsc::UnboundedSender<Broadcast>>,
+    /// Every worker's inbox, this one's included.
+    inboxes: Vec<Inbox>,
 }
 
 /// Frames waiting to be sent on one hub connection.
@@ -103,33 +112,41 @@ struct Mailbox {
 }
 
 impl HubWorker {
-    pub fn new(channels: Vec<mpsc::UnboundedSender<Broadcast>>) -> Rc<Self> {
+    pub fn new(inboxes: Vec<Inbox>) -> Rc<Self> {
         Rc::new(HubWorker {
             mailboxes: RefCell::new(Slab::new()),
-            channels,
+            inboxes,
         })
     }
 
     /// Hands each frame from this worker's channel to its hub connections.
     pub async fn deliver(self: Rc<Self>, mut channel: mpsc::UnboundedReceiver<Broadcast>) {
         while let Some(frame) = channel.recv().await {
-            for (_, mailbox) in self.mailboxes.borrow().iter() {
-                let bytes = mailbox.bytes.get() + frame.len() as u64;
-                if bytes > mailbox.limit {
-                    mailbox.overflowed.set(true);
-                } else {
-                    mailbox.bytes.set(bytes);
-                    mailbox.frames.borrow_mut().push_back(frame.clone());
-                }
-                mailbox.arrived.notify_one();
+            self.deliver_one(&frame);
+        }
+    }
+
+    /// Puts one frame in every hub connection's mailbox of this worker.
+    pub fn deliver_one(&self, frame: &Broadcast) {
+        for (_, mailbox) in self.mailboxes.borrow().iter() {
+            let bytes = mailbox.bytes.get() + frame.len() as u64;
+            if bytes > mailbox.limit {
+                mailbox.overflowed.set(true);
+            } else {
+                mailbox.bytes.set(bytes);
+                mailbox.frames.borrow_mut().push_back(frame.clone());
             }
+            mailbox.arrived.notify_one();
         }
     }
 
     fn broadcast(&self, frame: Vec<u8>) {
         let frame = Arc::new(frame);
-        for channel in &self.channels {
-            let _ = channel.send(frame.clone());
+        for inbox in &self.inboxes {
+            let _ = inbox.channel.send(frame.clone());
+            if let Some(doorbell) = &inbox.doorbell {
+                doorbell.ring();
+            }
         }
     }
 }
@@ -327,6 +344,28 @@ impl Drop for HubSession<'_> {
     }
 }
 
+impl HubSession<'_> {
+    /// The next frame waiting in this connection's mailbox, or why it must
+    /// close (more output waited than --max-pending-bytes allows).
+    pub fn take_pushed(&self) -> Option<Result<Vec<u8>, Violation>> {
+        if self.mailbox.overflowed.get() {
+            return Some(Err(Violation::Policy(
+                "too many broadcasts waiting for this client",
+            )));
+        }
+        let frame = self.mailbox.frames.borrow_mut().pop_front()?;
+        self.mailbox
+            .bytes
+            .set(self.mailbox.bytes.get() - frame.len() as u64);
+        Some(Ok(frame.to_vec()))
+    }
+
+    /// Whether output overflowed the mailbox.
+    pub fn has_overflowed(&self) -> bool {
+        self.mailbox.overflowed.get()
+    }
+}
+
 impl Handler for HubSession<'_> {
     fn on_message(
         &self,
@@ -357,16 +396,8 @@ impl Handler for HubSession<'_> {
 
     async fn pushed(&self) -> Result<Vec<u8>, Violation> {
         loop {
-            if self.mailbox.overflowed.get() {
-                return Err(Violation::Policy(
-                    "too many broadcasts waiting for this client",
-                ));
-            }
-            if let Some(frame) = self.mailbox.frames.borrow_mut().pop_front() {
-                self.mailbox
-                    .bytes
-                    .set(self.mailbox.bytes.get() - frame.len() as u64);
-                return Ok(frame.to_vec());
+            if let Some(pushed) = self.take_pushed() {
+                return pushed;
             }
             self.mailbox.arrived.notified().await;
         }
@@ -468,7 +499,10 @@ mod tests {
         let (tx, inbox) = mpsc::unbounded_channel();
         Fixture {
             stats: WorkerStats::default(),
-            worker: HubWorker::new(vec![tx]),
+            worker: HubWorker::new(vec![Inbox {
+                channel: tx,
+                doorbell: None,
+            }]),
             inbox,
         }
     }

@@ -12,6 +12,7 @@ pub mod connection;
 pub mod driver;
 pub mod hub;
 pub mod options;
+pub mod routes;
 pub mod runtime;
 pub mod session;
 pub mod shutdown;

@@ -7,7 +7,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,8 +17,8 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 
 use crate::connection;
-use crate::driver::ring::{Acceptor, Ring};
-use crate::hub::{self, HubWorker};
+use crate::driver::ring;
+use crate::hub::{self, HubWorker, Inbox};
 use crate::options::{Backend, BackendChoice, Options};
 use crate::shutdown::Shutdown;
 use crate::stats::{EngineStats, WorkerStats};
@@ -45,6 +45,9 @@ pub struct Engine {
     pub max_connections: usize,
     /// TCP connections open on all cores: touched on accept and close only.
     open: AtomicUsize,
+    /// Set once the engine stops; the io-uring backend's workers read it
+    /// when their doorbell rings (the tokio backends watch a channel).
+    pub stopping: AtomicBool,
     started: Instant,
 }
 
@@ -66,8 +69,6 @@ pub struct Worker {
     pub shutdown: Rc<Shutdown>,
     /// This core's hub connections and broadcast queues.
     pub hub: Rc<HubWorker>,
-    /// The io-uring backend's ring.
-    pub ring: Option<Rc<Ring>>,
 }
 
 impl Worker {
@@ -160,18 +161,38 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         hub_tokens: hub::Tokens::default(),
         max_connections,
         open: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
         started: Instant::now(),
     });
     // One broadcast queue per core: SendToAll puts its frame on each.
-    let (hub_senders, hub_receivers): (Vec<_>, Vec<_>) = (0..threads)
-        .map(|_| tokio::sync::mpsc::unbounded_channel())
+    // On the io-uring backend a doorbell per worker wakes its loop for
+    // broadcasts and for shutdown.
+    let doorbells = (0..threads)
+        .map(|_| match backend {
+            Backend::IoUring => uring_loop::Doorbell::new().map(Some),
+            _ => Ok(None),
+        })
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("creating the workers' doorbells")?;
+    let (hub_senders, hub_receivers): (Vec<_>, Vec<_>) = doorbells
+        .iter()
+        .map(|doorbell| {
+            let (channel, inbox) = tokio::sync::mpsc::unbounded_channel();
+            let doorbell = doorbell.clone();
+            (Inbox { channel, doorbell }, inbox)
+        })
         .unzip();
 
     let (stop, stopped) = watch::channel(false);
     let (ready_tx, ready) = mpsc::channel();
     let options = Arc::new(options);
     let mut handles = Vec::with_capacity(threads);
-    for ((index, listener), hub_inbox) in listeners.into_iter().enumerate().zip(hub_receivers) {
+    for (((index, listener), hub_inbox), doorbell) in listeners
+        .into_iter()
+        .enumerate()
+        .zip(hub_receivers)
+        .zip(doorbells.iter().cloned())
+    {
         let hub_senders = hub_senders.clone();
         let (engine, options, stopped, ready_tx) = (
             engine.clone(),
@@ -188,24 +209,6 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                         tracing::warn!(worker = index, "could not pin to core {id}");
                     }
                 }
-                let ring = match backend {
-                    Backend::IoUring => {
-                        match Ring::new(
-                            RING_ENTRIES,
-                            options.receive_buffer_size,
-                            options.send_zc_min,
-                        ) {
-                            Ok(ring) => Some(ring),
-                            Err(e) => {
-                                let _ = ready_tx.send(Err(format!(
-                                    "worker {index}: setting up its io_uring: {e}"
-                                )));
-                                return;
-                            }
-                        }
-                    }
-                    _ => None,
-                };
                 let worker = Rc::new(Worker {
                     index,
                     backend,
@@ -213,8 +216,17 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                     engine,
                     shutdown: Shutdown::new(),
                     hub: HubWorker::new(hub_senders),
-                    ring,
                 });
+                if let Some(doorbell) = doorbell {
+                    let start = ring::Start {
+                        listener,
+                        inbox: hub_inbox,
+                        doorbell,
+                        ready: ready_tx,
+                    };
+                    ring::serve(worker, start);
+                    return;
+                }
                 if let Err(e) = run_worker(worker, listener, hub_inbox, stopped, ready_tx.clone()) {
                     let _ = ready_tx.send(Err(format!("worker {index}: {e}")));
                 }
@@ -227,7 +239,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         match ready.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                let _ = stop.send(true);
+                stop_workers(&engine, &stop, &doorbells);
                 handles.into_iter().for_each(|h| drop(h.join()));
                 bail!("{e}");
             }
@@ -242,13 +254,27 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "{signal}: closing connections with 1001 (up to {}s)",
         engine.options.shutdown_timeout
     );
-    let _ = stop.send(true);
+    stop_workers(&engine, &stop, &doorbells);
     for handle in handles {
         if handle.join().is_err() {
             tracing::error!("a worker thread panicked");
         }
     }
     Ok(())
+}
+
+/// Tells every worker to stop: the tokio backends through their channel,
+/// the io-uring backend's loops through their doorbells.
+fn stop_workers(
+    engine: &Engine,
+    stop: &watch::Sender<bool>,
+    doorbells: &[Option<Arc<uring_loop::Doorbell>>],
+) {
+    engine.stopping.store(true, Ordering::Release);
+    let _ = stop.send(true);
+    for doorbell in doorbells.iter().flatten() {
+        doorbell.ring();
+    }
 }
 
 /// Raises the soft open-file limit to the hard one and derives the
@@ -352,9 +378,6 @@ fn run_worker(
 ) -> std::io::Result<()> {
     let backend = worker.backend;
     let serve = async move {
-        if let Some(ring) = &worker.ring {
-            tokio::task::spawn_local(ring.clone().drive());
-        }
         tokio::task::spawn_local(worker.hub.clone().deliver(hub_inbox));
         tokio::task::spawn_local(return_free_memory());
         accept_loop(worker, listener, stopped, ready).await
@@ -369,7 +392,8 @@ fn run_worker(
             builder.entries(RING_ENTRIES).uring_builder(&ring);
             tokio_uring::Runtime::new(&builder)?.block_on(serve);
         }
-        Backend::IoUring | Backend::Epoll => {
+        Backend::IoUring => unreachable!("the io-uring backend runs its own loop"),
+        Backend::Epoll => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -385,7 +409,7 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
     ready: mpsc::Sender<Result<(), String>>,
 ) {
-    let listener = match Listener::new(listener, worker.ring.clone()) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
             let _ = ready.send(Err(format!("worker {}: {e}", worker.index)));
@@ -397,7 +421,7 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(stream) => {
+                Ok((stream, _)) => {
                     tokio::task::spawn_local(connection::serve(stream, worker.clone()));
                 }
                 Err(e) => {
@@ -419,29 +443,6 @@ async fn accept_loop(
     let deadline = Instant::now() + worker.options.shutdown_timeout();
     while worker.stats().open_connections.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// A worker's listener: accepted by tokio's reactor, or by a multishot accept
-/// on the io-uring backend's ring.
-enum Listener {
-    Tokio(tokio::net::TcpListener),
-    Ring(Acceptor),
-}
-
-impl Listener {
-    fn new(listener: std::net::TcpListener, ring: Option<Rc<Ring>>) -> std::io::Result<Self> {
-        Ok(match ring {
-            Some(ring) => Listener::Ring(Acceptor::new(ring, listener)?),
-            None => Listener::Tokio(tokio::net::TcpListener::from_std(listener)?),
-        })
-    }
-
-    async fn accept(&self) -> std::io::Result<tokio::net::TcpStream> {
-        match self {
-            Listener::Tokio(listener) => listener.accept().await.map(|(stream, _)| stream),
-            Listener::Ring(acceptor) => acceptor.accept().await,
-        }
     }
 }
 
@@ -470,9 +471,14 @@ async fn return_free_memory() {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         every.tick().await;
-        // SAFETY: collects this thread's own mimalloc heap.
-        unsafe { libmimalloc_sys::mi_collect(false) };
+        collect_freed_memory();
     }
+}
+
+/// Lets mimalloc return what this thread freed (see return_free_memory).
+pub fn collect_freed_memory() {
+    // SAFETY: collects this thread's own mimalloc heap.
+    unsafe { libmimalloc_sys::mi_collect(false) };
 }
 
 /// SIGINT and SIGTERM, caught on the main thread.

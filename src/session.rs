@@ -22,7 +22,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use fastwebsockets::OpCode;
-use tokio::time::Instant;
+use std::time::Instant;
 
 use crate::codec::{self, Header, Violation};
 use crate::driver::{Io, Out};
@@ -32,7 +32,7 @@ use crate::stats::WorkerStats;
 
 /// How long to wait for the client's close after the server sent its own
 /// because of a protocol violation.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Assembly buffers start at most this large; they grow as data arrives, so
 /// a client announcing a large frame cannot make the engine allocate it upfront.
 const ASSEMBLY_RESERVE: u64 = 1 << 20;
@@ -108,6 +108,43 @@ pub trait Handler {
     async fn overflowed(&self);
 }
 
+impl<H: Handler> Handler for &H {
+    fn on_message(
+        &self,
+        opcode: OpCode,
+        buf: &mut [u8],
+        payload: Range<usize>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Violation> {
+        (**self).on_message(opcode, buf, payload, out)
+    }
+
+    fn on_assembled(
+        &self,
+        opcode: OpCode,
+        data: Vec<u8>,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Violation> {
+        (**self).on_assembled(opcode, data, out)
+    }
+
+    fn keep_alive_interval(&self) -> Option<Duration> {
+        (**self).keep_alive_interval()
+    }
+
+    fn keep_alive_frame(&self) -> Vec<u8> {
+        (**self).keep_alive_frame()
+    }
+
+    async fn pushed(&self) -> Result<Vec<u8>, Violation> {
+        (**self).pushed().await
+    }
+
+    async fn overflowed(&self) {
+        (**self).overflowed().await
+    }
+}
+
 /// The raw echo: every message back with its opcode, from the same memory.
 pub struct RawEcho<'a> {
     pub stats: &'a WorkerStats,
@@ -167,8 +204,8 @@ impl RawEcho<'_> {
 }
 
 /// The WebSocket protocol of one connection.
-pub struct Session<'a, H> {
-    handler: &'a H,
+pub struct Session<H> {
+    handler: H,
     /// Receive buffer size: frames up to this size are handled in place.
     capacity: usize,
     max_message: u64,
@@ -179,8 +216,8 @@ pub struct Session<'a, H> {
     close_code: Option<u16>,
 }
 
-impl<'a, H: Handler> Session<'a, H> {
-    pub fn new(handler: &'a H, capacity: usize, max_message: usize) -> Self {
+impl<H: Handler> Session<H> {
+    pub fn new(handler: H, capacity: usize, max_message: usize) -> Self {
         Session {
             handler,
             capacity,
@@ -194,6 +231,10 @@ impl<'a, H: Handler> Session<'a, H> {
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    pub fn handler(&self) -> &H {
+        &self.handler
     }
 
     pub fn close_code(&self) -> Option<u16> {
@@ -450,8 +491,9 @@ fn payload_len(data: &[u8]) -> u64 {
     (data.len() - codec::MAX_SERVER_HEADER) as u64
 }
 
-/// What the session's single timer is waiting for.
-struct Timers {
+/// What the session's single timer is waiting for: shared by the tokio
+/// driver loop below and the native ring's connections.
+pub(crate) struct Timers {
     keep_alive: Option<Duration>,
     next_ping: Option<Instant>,
     client_timeout: Option<Duration>,
@@ -459,14 +501,14 @@ struct Timers {
     close_deadline: Option<Instant>,
 }
 
-enum Due {
+pub(crate) enum Due {
     Ping,
     ClientTimeout,
     CloseWaitOver,
 }
 
 impl Timers {
-    fn new(options: &Options, keep_alive: Option<Duration>) -> Self {
+    pub(crate) fn new(options: &Options, keep_alive: Option<Duration>) -> Self {
         let now = Instant::now();
         Timers {
             keep_alive,
@@ -479,7 +521,7 @@ impl Timers {
 
     /// The earliest deadline. The client timeout is re-armed lazily: a read
     /// only records the time, and the timer checks it when it fires.
-    fn next(&self) -> Option<Instant> {
+    pub(crate) fn next(&self) -> Option<Instant> {
         [
             self.next_ping,
             self.client_timeout.map(|t| self.last_received + t),
@@ -490,20 +532,25 @@ impl Timers {
         .min()
     }
 
-    fn received(&mut self) {
+    /// When the close wait ends, once a close was sent.
+    pub(crate) fn close_deadline(&self) -> Option<Instant> {
+        self.close_deadline
+    }
+
+    pub(crate) fn received(&mut self) {
         if self.client_timeout.is_some() {
             self.last_received = Instant::now();
         }
     }
 
-    fn closing(&mut self, wait: Duration) {
+    pub(crate) fn closing(&mut self, wait: Duration) {
         self.next_ping = None;
         self.client_timeout = None;
         let deadline = Instant::now() + wait;
         self.close_deadline = Some(self.close_deadline.map_or(deadline, |d| d.min(deadline)));
     }
 
-    fn due(&mut self, now: Instant) -> Option<Due> {
+    pub(crate) fn due(&mut self, now: Instant) -> Option<Due> {
         if self.close_deadline.is_some_and(|d| d <= now) {
             return Some(Due::CloseWaitOver);
         }
@@ -521,6 +568,11 @@ impl Timers {
         }
         None
     }
+}
+
+/// A deadline on tokio's clock (the same monotonic clock).
+fn at(instant: Instant) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(instant)
 }
 
 /// Boxes a future that runs rarely (pings, closes, broadcasts) beside a
@@ -549,7 +601,7 @@ pub async fn run<S: Io, H: Handler>(
     let mut filled = initial.len();
     let mut out = Vec::new();
     let mut timers = Timers::new(options, handler.keep_alive_interval());
-    let sleep = tokio::time::sleep_until(timers.next().unwrap_or_else(Instant::now));
+    let sleep = tokio::time::sleep_until(at(timers.next().unwrap_or_else(Instant::now)));
     tokio::pin!(sleep);
 
     'session: loop {
@@ -572,7 +624,7 @@ pub async fn run<S: Io, H: Handler>(
                                 return Poll::Ready(Some(written));
                             }
                             if !armed {
-                                sleep.as_mut().reset(deadline);
+                                sleep.as_mut().reset(at(deadline));
                                 armed = true;
                             }
                             sleep.as_mut().poll(cx).map(|()| None)
@@ -580,7 +632,7 @@ pub async fn run<S: Io, H: Handler>(
                         .await;
                         if armed {
                             if let Some(next) = timers.next() {
-                                sleep.as_mut().reset(next);
+                                sleep.as_mut().reset(at(next));
                             }
                         }
                         match written {
@@ -607,7 +659,7 @@ pub async fn run<S: Io, H: Handler>(
                 timers.closing(CLOSE_WAIT);
                 sleep
                     .as_mut()
-                    .reset(timers.next().expect("a close deadline"));
+                    .reset(at(timers.next().expect("a close deadline")));
             }
             _ => {}
         }
@@ -621,7 +673,7 @@ pub async fn run<S: Io, H: Handler>(
                 () = &mut shutdown, if session.phase() == Phase::Open => {
                     let frame = session.close(1001, "server shutting down");
                     timers.closing(options.shutdown_timeout());
-                    sleep.as_mut().reset(timers.next().expect("a close deadline"));
+                    sleep.as_mut().reset(at(timers.next().expect("a close deadline")));
                     if rare(io.send(frame)).await.is_err() {
                         break 'session;
                     }
@@ -683,7 +735,7 @@ pub async fn run<S: Io, H: Handler>(
                         None => {}
                     }
                     if let Some(next) = timers.next() {
-                        sleep.as_mut().reset(next);
+                        sleep.as_mut().reset(at(next));
                     }
                 }
             }

@@ -42,12 +42,18 @@ pub struct InFlight(u8);
 
 impl InFlight {
     pub fn started(&mut self) {
-        self.0 = self.0.checked_add(1).expect("at most 255 operations per owner");
+        self.0 = self
+            .0
+            .checked_add(1)
+            .expect("at most 255 operations per owner");
     }
 
     /// The last completion of one operation arrived.
     pub fn finished(&mut self) {
-        self.0 = self.0.checked_sub(1).expect("a completion for an operation in flight");
+        self.0 = self
+            .0
+            .checked_sub(1)
+            .expect("a completion for an operation in flight");
     }
 
     /// Nothing names the owner any more: its descriptor may be closed.

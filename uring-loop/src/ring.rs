@@ -103,7 +103,12 @@ impl Ring {
         };
         match entered {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
                 Ok(())
             }
             Err(e) => Err(e),
@@ -157,7 +162,9 @@ impl Ring {
     /// Cancels every operation whose user_data is `target`; the cancel's own
     /// completion carries `user_data`.
     pub fn cancel(&self, target: u64, user_data: u64) -> squeue::Entry {
-        opcode::AsyncCancel::new(target).build().user_data(user_data)
+        opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data)
     }
 
     /// The raw submitter, for registrations.

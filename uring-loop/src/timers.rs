@@ -66,6 +66,9 @@ mod tests {
         assert_eq!(timers.pop_due(later).map(|e| e.1), Some(1));
         assert_eq!(timers.pop_due(later).map(|e| e.1), Some(2));
         assert_eq!(timers.pop_due(later), None);
-        assert_eq!(timers.timeout(later + Duration::from_secs(5)), Some(Duration::ZERO));
+        assert_eq!(
+            timers.timeout(later + Duration::from_secs(5)),
+            Some(Duration::ZERO)
+        );
     }
 }
