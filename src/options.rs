@@ -60,7 +60,7 @@ pub struct BenchOptions {
     #[arg(long, value_name = "N,…", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Vec<u16>,
 
-    /// Cases to run, comma-separated (the standard cases of shared/BENCHMARKING.md).
+    /// Cases to run, comma-separated (the standard cases, README "The standard cases").
     #[arg(
         long,
         value_enum,
@@ -103,7 +103,7 @@ pub struct BenchOptions {
     pub quiet: bool,
 }
 
-/// The standard cases (shared/BENCHMARKING.md), closed loop, binary.
+/// The standard cases (README, "The standard cases"), closed loop, binary.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Case {

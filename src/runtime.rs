@@ -385,7 +385,8 @@ fn run_worker(
     match backend {
         Backend::TokioUring => {
             // COOP_TASKRUN with TASKRUN_FLAG measured cheapest for
-            // tokio-uring here; DEFER_TASKRUN hangs it (shared/ARCHITECTURE.md).
+            // tokio-uring here; DEFER_TASKRUN hangs it (it waits on the ring through
+            // epoll and never enters the kernel to run the deferred work).
             let mut ring = tokio_uring::uring_builder();
             ring.setup_coop_taskrun().setup_taskrun_flag();
             let mut builder = tokio_uring::builder();

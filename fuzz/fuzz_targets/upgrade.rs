@@ -5,7 +5,7 @@
 
 use clap::Parser as _;
 use libfuzzer_sys::fuzz_target;
-use ringecho::connection::check_upgrade;
+use ringecho::routes::check_upgrade;
 use ringecho::options::Options;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,4 @@
-//! The tokio-uring driver: the design card's reactor, one io_uring per core.
+//! The tokio-uring driver: tokio-uring's reactor, one io_uring per core.
 //!
 //! The HTTP phase runs on a tokio socket; after the upgrade its descriptor is
 //! handed to tokio-uring, so every read and write of the WebSocket phase is an

@@ -20,7 +20,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn start(backend: &str, args: &[&str]) -> Engine {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringecho"))
+        // RINGECHO_BIN runs the tests against another build (an older
+        // commit's, to see that a test catches what it is meant to).
+        let binary = std::env::var_os("RINGECHO_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ringecho").into());
+        let mut child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0", "--backend", backend])
             .args(args)
             .env("RUST_LOG", "warn")

@@ -1,0 +1,96 @@
+//! A flood of senders that never read their echoes must not starve a
+//! well-behaved client on the same worker: its echo comes back within
+//! 100 ms, on every backend. (On the native ring, the flooders' stuck
+//! echoes hold receive buffers; no connection, nor all of them together,
+//! may take the core's pool from the others.)
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Engine, BACKENDS};
+
+const FLOODERS: usize = 50;
+const MESSAGE: usize = 64 * 1024;
+const PATIENCE: Duration = Duration::from_millis(100);
+
+const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A WebSocket after its handshake, nothing read past the 101.
+fn websocket(engine: &Engine) -> TcpStream {
+    let mut stream = TcpStream::connect(engine.addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(UPGRADE.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    stream
+}
+
+#[test]
+fn a_flood_of_non_reading_senders_does_not_starve_a_well_behaved_client() {
+    for backend in BACKENDS {
+        let engine = Engine::start(backend, &["--threads", "1"]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let payload = vec![0x5a; MESSAGE];
+        let frame = ringecho::codec::encode_masked(true, 2, &payload, [1, 2, 3, 4]);
+        let flooders: Vec<_> = (0..FLOODERS)
+            .map(|_| {
+                let mut stream = websocket(&engine);
+                // Blocked writes come back now and then to see the stop flag.
+                stream
+                    .set_write_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let (stop, frame) = (stop.clone(), frame.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = stream.write_all(&frame);
+                    }
+                    stream
+                })
+            })
+            .collect();
+        let mut probe = websocket(&engine);
+        let mut slowest = Duration::ZERO;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(300));
+            let sent = Instant::now();
+            probe
+                .write_all(&ringecho::codec::encode_masked(
+                    true,
+                    2,
+                    b"ping",
+                    [9, 8, 7, 6],
+                ))
+                .unwrap();
+            let mut echo = [0u8; 6];
+            probe.read_exact(&mut echo).unwrap();
+            slowest = slowest.max(sent.elapsed());
+            assert_eq!(&echo, b"\x82\x04ping", "{backend}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        for flooder in flooders {
+            drop(flooder.join().unwrap());
+        }
+        eprintln!("{backend}: slowest probe echo under the flood {slowest:?}");
+        assert!(
+            slowest < PATIENCE,
+            "{backend}: a probe's echo took {slowest:?} under a flood of {FLOODERS} non-reading senders"
+        );
+        drop(probe);
+        engine.wait_for_no_connections();
+    }
+}
