@@ -4,7 +4,7 @@
 
 use fastwebsockets::OpCode;
 use libfuzzer_sys::fuzz_target;
-use ringecho::hub::{HubSession, HubWorker};
+use ringecho::hub::{HubSession, HubWorker, Inbox};
 use ringecho::session::Handler;
 use ringecho::stats::WorkerStats;
 
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let stats = WorkerStats::default();
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let hub = HubSession::new(HubWorker::new(vec![tx]), &stats, None, 1 << 16, 1 << 20);
+    let hub = HubSession::new(HubWorker::new(vec![Inbox { channel: tx, doorbell: None }]), &stats, None, 1 << 16, 1 << 20);
     // Start with a valid handshake half the time, to reach the messages.
     let mut handshake = b"{\"protocol\":\"json\",\"version\":1}\x1e".to_vec();
     let mut out = Vec::new();

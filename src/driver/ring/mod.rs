@@ -127,6 +127,8 @@ struct Core<'w> {
     inbox: tokio::sync::mpsc::UnboundedReceiver<Broadcast>,
     /// Connections whose receive ended for want of buffers.
     starved: Vec<usize>,
+    /// Timer entries being fired (kept to reuse its memory).
+    due: Vec<(Instant, usize)>,
     /// Boxed: the kernel holds pointers into a write state (msghdr,
     /// iovecs) while its send is in flight, so it must never move.
     #[allow(clippy::vec_box)]
@@ -181,6 +183,7 @@ impl<'w> Core<'w> {
             bell,
             inbox,
             starved: Vec::new(),
+            due: Vec::new(),
             write_states: Vec::new(),
             scratch: Vec::new(),
             stop_deadline: None,
@@ -196,7 +199,7 @@ impl<'w> Core<'w> {
     }
 
     fn run(&mut self) -> io::Result<()> {
-        let mut batch = [Cqe::default(); 128];
+        let mut batch = [Cqe::default(); 64];
         loop {
             let now = Instant::now();
             if let Some(deadline) = self.stop_deadline {
@@ -207,14 +210,12 @@ impl<'w> Core<'w> {
             self.fire_timers(now);
             let timeout = self.timers.timeout(Instant::now());
             self.ring.wait(timeout)?;
-            loop {
-                let n = self.ring.reap(&mut batch);
-                for cqe in &batch[..n] {
-                    self.complete(*cqe);
-                }
-                if n < batch.len() {
-                    break;
-                }
+            // One batch per enter: the sends it queued go in with the next
+            // enter (which returns at once while completions wait), so a
+            // client's echo never waits behind a long queue of others' work.
+            let n = self.ring.reap(&mut batch);
+            for cqe in &batch[..n] {
+                self.complete(*cqe);
             }
             if !self.starved.is_empty() && self.pool.free() >= REARM_FREE {
                 for key in std::mem::take(&mut self.starved) {
@@ -854,7 +855,14 @@ impl<'w> Core<'w> {
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some((at, key)) = self.timers.pop_due(now) {
+        // Taken out first: a deadline set again at or before `now` fires at
+        // the next turn of the loop, after the I/O that is waiting, rather
+        // than in a loop of its own here.
+        let mut due = std::mem::take(&mut self.due);
+        while let Some(entry) = self.timers.pop_due(now) {
+            due.push(entry);
+        }
+        for (at, key) in due.drain(..) {
             match key {
                 TIMER_ACCEPT_RETRY => self.arm_accept(),
                 TIMER_HOUSEKEEPING => {
@@ -875,6 +883,7 @@ impl<'w> Core<'w> {
                 }
             }
         }
+        self.due = due;
     }
 
     fn on_timer(&mut self, key: usize, now: Instant) {
@@ -1055,6 +1064,9 @@ impl<'w> Core<'w> {
         if send {
             self.cancel(key, OP_SEND);
         }
+        // With nothing in flight (a paused or starved receive, no send) no
+        // completion will come to release it: release it now.
+        self.release(key);
     }
 
     /// Closes an ended connection's descriptor and frees its slot once no
@@ -1125,5 +1137,19 @@ fn ws<H: crate::session::Handler>(handler: H, options: &crate::options::Options)
             options.receive_buffer_size,
             options.max_message_size,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conn::Conn;
+
+    /// An idle echo connection costs its slot in the worker's table and
+    /// nothing else (no receive buffer, no write state): keep the slot small.
+    #[test]
+    fn a_connection_slot_stays_small() {
+        let size = size_of::<Conn<'static>>();
+        eprintln!("connection slot: {size} bytes");
+        assert!(size <= 512, "{size} bytes");
     }
 }
