@@ -50,7 +50,7 @@ if "io-uring-before" in engines:
     print("- io-uring-before: the io-uring backend before the completion-driven loop (tokio's")
     print("  reactor polling the ring's eventfd, a task per connection)")
 if machine:
-    print(f"\nMachine: {machine}")
+    print(f"\nMachine: {machine.get('cpu_model')}, {machine.get('cores')} cores, kernel {machine.get('kernel')}.")
 print()
 print("| case | engine | server CPU us/msg | of which user | msgs/s | p99 us | errors | CPU vs epoll |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")
