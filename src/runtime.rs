@@ -447,8 +447,8 @@ async fn accept_loop(
     }
 }
 
-/// `mi_option_purge_delay` in mimalloc.h (v2, the version libmimalloc-sys
-/// builds by default; the crate names no constant for it).
+/// `mi_option_purge_delay` in mimalloc.h: 15 in both v2 and v3 (v3 is what
+/// libmimalloc-sys builds by default; the crate names no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// mimalloc holds memory freed inside its segments for 10 ms before giving

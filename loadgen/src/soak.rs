@@ -51,6 +51,10 @@ pub struct Stage {
     pub seconds: f64,
     /// The server's resident memory, KiB (when its PID was given).
     pub server_rss_kib: Option<u64>,
+    /// The server's CPU time so far, user plus system seconds (when its PID
+    /// was given).
+    #[serde(default)]
+    pub server_cpu_secs: Option<f64>,
     pub open: usize,
 }
 
@@ -65,6 +69,11 @@ pub struct SoakReport {
     pub errors: u64,
     pub connect_failures: u64,
     pub churned: u64,
+    /// Connections churned per second, as achieved.
+    pub churn_rate_achieved: Option<f64>,
+    /// The server's CPU time during the churn divided by the connections
+    /// churned, µs: what one connection's open, upgrade and close cost it.
+    pub server_cpu_us_per_churned: Option<f64>,
     /// The server's own count of open connections after everything closed.
     pub server_open_after: Option<u64>,
 }
@@ -103,6 +112,10 @@ async fn run(args: &SoakArgs, target: Target) -> anyhow::Result<SoakReport> {
         name: name.to_string(),
         seconds: started.elapsed().as_secs_f64(),
         server_rss_kib: args.server_pid.and_then(rss_kib),
+        server_cpu_secs: args
+            .server_pid
+            .and_then(crate::server_info::sample_process)
+            .map(|p| p.user_secs + p.system_secs),
         open,
     };
     stages.push(stage("before", 0));
@@ -145,21 +158,26 @@ async fn run(args: &SoakArgs, target: Target) -> anyhow::Result<SoakReport> {
     );
     let mut churned = 0u64;
     let mut next = 0usize;
-    let churn_end = Instant::now() + Duration::from_secs(args.churn);
+    let churn_start = Instant::now();
+    let churn_end = churn_start + Duration::from_secs(args.churn);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     while Instant::now() < churn_end && !held.is_empty() {
         tick.tick().await;
         let batch = (args.churn_rate / 10).max(1);
         let mut reopen = Vec::with_capacity(batch);
+        let mut closing = Vec::with_capacity(batch);
         for _ in 0..batch {
             let i = next % held.len();
             next += 1;
             if let Some(h) = held[i].take() {
                 let _ = h.stop.send(());
-                let _ = h.task.await;
+                closing.push(h.task);
             }
             reopen.push(i);
         }
+        // Closed together: one at a time, each close's round trip would
+        // cap the churn rate well below what the server can take.
+        futures_util::future::join_all(closing).await;
         let opened = futures_util::future::join_all(reopen.iter().map(|&i| {
             open(
                 &target,
@@ -179,6 +197,7 @@ async fn run(args: &SoakArgs, target: Target) -> anyhow::Result<SoakReport> {
             }
         }
     }
+    let churn_seconds = churn_start.elapsed().as_secs_f64();
     stages.push(stage("after churn", open_count(&held)));
 
     eprintln!("soak: closing everything");
@@ -227,8 +246,15 @@ async fn run(args: &SoakArgs, target: Target) -> anyhow::Result<SoakReport> {
         }
         _ => None,
     };
+    let churn_rate_achieved = (churned > 0).then(|| churned as f64 / churn_seconds);
+    let server_cpu_us_per_churned = match (stages[2].server_cpu_secs, stages[3].server_cpu_secs) {
+        (Some(before), Some(after)) if churned > 0 => Some((after - before) * 1e6 / churned as f64),
+        _ => None,
+    };
     Ok(SoakReport {
         connections: args.connections,
+        churn_rate_achieved,
+        server_cpu_us_per_churned,
         stages,
         bytes_per_idle_connection,
         pings_received: counts.pings.get(),
@@ -327,6 +353,12 @@ pub fn describe(report: &SoakReport) -> String {
     }
     if let Some(b) = report.bytes_per_idle_connection {
         out.push_str(&format!("  bytes per idle connection: {b:.0}\n"));
+    }
+    if let (Some(rate), Some(cpu)) = (report.churn_rate_achieved, report.server_cpu_us_per_churned)
+    {
+        out.push_str(&format!(
+            "  churn: {rate:.0} connections/s, {cpu:.1} µs of server CPU each (open, upgrade, close)\n"
+        ));
     }
     out.push_str(&format!(
         "  pings answered {}, echoes {}, churned {}, errors {}, failed connections {}, server open after {}\n",

@@ -40,6 +40,14 @@ impl<K: Ord + Copy> Timers<K> {
         }
     }
 
+    /// Gives back the heap's memory when it holds under half of what it
+    /// once did, so a peak of connections does not stay resident.
+    pub fn shrink(&mut self) {
+        if self.heap.capacity() > 2 * self.heap.len().max(64) {
+            self.heap.shrink_to_fit();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }
