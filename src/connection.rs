@@ -24,7 +24,7 @@ use crate::hub::HubSession;
 use crate::options::Backend;
 use crate::routes::{self, Endpoint, MAX_HEADER_BYTES};
 use crate::runtime::{Admission, Worker};
-use crate::session::{self, RawEcho};
+use crate::session::RawEcho;
 use crate::shutdown::Listener;
 
 /// Serves one accepted connection until it closes, on the accepting core.
@@ -126,7 +126,7 @@ impl Phase {
             stats,
             keep_alive: options.keep_alive(),
         };
-        session::run(stream, &self.initial, &echo, options, stats, self.shutdown).await;
+        crate::driver::task::run(stream, &self.initial, &echo, options, stats, self.shutdown).await;
         stats.open_connections.sub(1);
     }
 
@@ -139,7 +139,7 @@ impl Phase {
             options.max_message_size,
             options.max_pending_bytes,
         );
-        session::run(stream, &self.initial, &hub, options, stats, self.shutdown).await;
+        crate::driver::task::run(stream, &self.initial, &hub, options, stats, self.shutdown).await;
         stats.open_connections.sub(1);
     }
 }

@@ -32,8 +32,8 @@ use slab::Slab;
 use tokio::sync::{mpsc, Notify};
 
 use crate::codec::{self, Violation};
-use crate::driver::Out;
 use crate::session::Handler;
+use crate::session::Out;
 use crate::stats::WorkerStats;
 
 /// Ends every hub record.

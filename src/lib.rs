@@ -1,8 +1,9 @@
 //! ringecho: a thread-per-core io_uring WebSocket echo engine.
 //!
 //! Data flows one way: [`runtime`] starts a worker per core and accepts;
-//! [`connection`] serves HTTP until the upgrade; [`session`] runs the echo
-//! over a backend's [`driver`], framing with [`codec`]; every layer counts in
+//! [`connection`] (or the native ring's own HTTP phase) serves HTTP until
+//! the upgrade, routed by [`routes`]; a backend's [`driver`] feeds the
+//! sans-IO [`session`], which frames with [`codec`]; every layer counts in
 //! [`stats`]; [`options`] defines and checks the configuration; [`bench`]
 //! measures the engine with loadgen.
 

@@ -39,7 +39,7 @@ impl Io for TcpStream {
             .collect();
         let result = write_all_vectored(self, &mut slices).await;
         drop(slices);
-        super::recycle(out);
+        crate::session::out::recycle(out);
         (result, buf)
     }
 

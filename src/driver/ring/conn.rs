@@ -15,10 +15,10 @@ use std::ops::{Deref, DerefMut};
 use std::time::Instant;
 
 use crate::codec::Violation;
-use crate::driver::Out;
 use crate::hub::HubSession;
 use crate::routes::Endpoint;
 use crate::runtime::Admission;
+use crate::session::Out;
 use crate::session::{Handler, Phase, RawEcho, Session, Timers};
 use uring_loop::InFlight;
 

@@ -36,10 +36,10 @@ use slab::Slab;
 use uring_loop::{BufRing, Cqe, Doorbell, DoorbellReader, InFlight, Ring, Timers, UserData};
 
 use self::conn::{Conn, Http, RecvBuf, Stage, View, WriteState, Ws};
-use crate::driver::Out;
 use crate::hub::{Broadcast, HubSession};
 use crate::routes::{self, Endpoint};
 use crate::runtime::Worker;
+use crate::session::Out;
 use crate::session::{Due, Phase, RawEcho, Session, Timers as SessionTimers, CLOSE_WAIT};
 use crate::stats::WorkerStats;
 
@@ -741,7 +741,7 @@ impl<'w> Core<'w> {
             self.pool.recycle(bid);
         }
         state.buf = RecvBuf::Empty;
-        crate::driver::recycle(&mut state.out);
+        crate::session::out::recycle(&mut state.out);
         if self.write_states.len() < SPARE_WRITE_STATES {
             self.write_states.push(state);
         }

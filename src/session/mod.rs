@@ -4,10 +4,10 @@
 //! a receive buffer it answers with the pieces to send. What it does with a
 //! complete data message is its [`Handler`]'s business: [`RawEcho`] sends it
 //! back from the memory it arrived in; the hub protocol answers invocations.
-//! [`run`] drives a session over any backend's [`Io`], with the keep-alive,
-//! client-timeout and shutdown timers raced against a read that is never
-//! dropped while the connection lives (dropping an in-flight io_uring read
-//! would lose its bytes).
+//! [`timers`] holds the deadlines a session keeps (keep-alive, client
+//! timeout, close wait). The drivers feed it: the native ring's connections
+//! (`driver::ring`) straight from completions, and `driver::task` from a
+//! tokio task per connection for the epoll and tokio-uring backends.
 //!
 //! Payload copies per message:
 //! - whole in one receive buffer: none. The payload is unmasked in place and
@@ -15,24 +15,19 @@
 //! - larger than the receive buffer, or fragmented: one, into an assembly
 //!   buffer that keeps room for the header in front, sent as one frame.
 
-use std::future::Future;
+pub mod out;
+pub mod timers;
+
 use std::ops::Range;
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::Duration;
 
 use fastwebsockets::OpCode;
-use std::time::Instant;
 
 use crate::codec::{self, Header, Violation};
-use crate::driver::{Io, Out};
-use crate::options::Options;
-use crate::shutdown::Listener;
 use crate::stats::WorkerStats;
 
-/// How long to wait for the client's close after the server sent its own
-/// because of a protocol violation.
-pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(2);
+pub use out::Out;
+pub(crate) use timers::{Due, Timers, CLOSE_WAIT};
 /// Assembly buffers start at most this large; they grow as data arrives, so
 /// a client announcing a large frame cannot make the engine allocate it upfront.
 const ASSEMBLY_RESERVE: u64 = 1 << 20;
@@ -458,7 +453,7 @@ impl<H: Handler> Session<H> {
 impl Message {
     fn start(opcode: OpCode, frame_len: u64) -> Self {
         let reserve = codec::MAX_SERVER_HEADER + frame_len.min(ASSEMBLY_RESERVE) as usize;
-        let mut data = crate::driver::frame_buffer(reserve);
+        let mut data = out::frame_buffer(reserve);
         data.resize(codec::MAX_SERVER_HEADER, 0);
         Message {
             opcode,
@@ -489,269 +484,6 @@ impl Message {
 
 fn payload_len(data: &[u8]) -> u64 {
     (data.len() - codec::MAX_SERVER_HEADER) as u64
-}
-
-/// What the session's single timer is waiting for: shared by the tokio
-/// driver loop below and the native ring's connections.
-pub(crate) struct Timers {
-    keep_alive: Option<Duration>,
-    next_ping: Option<Instant>,
-    client_timeout: Option<Duration>,
-    last_received: Instant,
-    close_deadline: Option<Instant>,
-}
-
-pub(crate) enum Due {
-    Ping,
-    ClientTimeout,
-    CloseWaitOver,
-}
-
-impl Timers {
-    pub(crate) fn new(options: &Options, keep_alive: Option<Duration>) -> Self {
-        let now = Instant::now();
-        Timers {
-            keep_alive,
-            next_ping: keep_alive.map(|every| now + every),
-            client_timeout: options.client_timeout(),
-            last_received: now,
-            close_deadline: None,
-        }
-    }
-
-    /// The earliest deadline. The client timeout is re-armed lazily: a read
-    /// only records the time, and the timer checks it when it fires.
-    pub(crate) fn next(&self) -> Option<Instant> {
-        [
-            self.next_ping,
-            self.client_timeout.map(|t| self.last_received + t),
-            self.close_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    /// When the close wait ends, once a close was sent.
-    pub(crate) fn close_deadline(&self) -> Option<Instant> {
-        self.close_deadline
-    }
-
-    pub(crate) fn received(&mut self) {
-        if self.client_timeout.is_some() {
-            self.last_received = Instant::now();
-        }
-    }
-
-    pub(crate) fn closing(&mut self, wait: Duration) {
-        self.next_ping = None;
-        self.client_timeout = None;
-        let deadline = Instant::now() + wait;
-        self.close_deadline = Some(self.close_deadline.map_or(deadline, |d| d.min(deadline)));
-    }
-
-    pub(crate) fn due(&mut self, now: Instant) -> Option<Due> {
-        if self.close_deadline.is_some_and(|d| d <= now) {
-            return Some(Due::CloseWaitOver);
-        }
-        if self
-            .client_timeout
-            .is_some_and(|t| self.last_received + t <= now)
-        {
-            return Some(Due::ClientTimeout);
-        }
-        if let (Some(at), Some(every)) = (self.next_ping, self.keep_alive) {
-            if at <= now {
-                self.next_ping = Some(now + every);
-                return Some(Due::Ping);
-            }
-        }
-        None
-    }
-}
-
-/// A deadline on tokio's clock (the same monotonic clock).
-fn at(instant: Instant) -> tokio::time::Instant {
-    tokio::time::Instant::from_std(instant)
-}
-
-/// Boxes a future that runs rarely (pings, closes, broadcasts) beside a
-/// pending read, so that it costs memory while it runs rather than in every
-/// idle connection's task: a session's future is as large as the most that is
-/// alive at one await, and these would add about 500 bytes to the read's.
-fn rare<F: Future>(future: F) -> Pin<Box<F>> {
-    Box::pin(future)
-}
-
-/// Serves the WebSocket phase of one connection until it closes.
-/// `initial` holds bytes that arrived with the upgrade request.
-pub async fn run<S: Io, H: Handler>(
-    io: S,
-    initial: &[u8],
-    handler: &H,
-    options: &Options,
-    stats: &WorkerStats,
-    mut shutdown: Listener,
-) {
-    stats.open_websockets.add(1);
-    stats.upgraded.add(1);
-    let capacity = options.receive_buffer_size;
-    let mut session = Session::new(handler, capacity, options.max_message_size);
-    let mut buf = io.buffer(initial, capacity);
-    let mut filled = initial.len();
-    let mut out = Vec::new();
-    let mut timers = Timers::new(options, handler.keep_alive_interval());
-    let sleep = tokio::time::sleep_until(at(timers.next().unwrap_or_else(Instant::now)));
-    tokio::pin!(sleep);
-
-    'session: loop {
-        if filled > 0 {
-            let consumed = session.on_bytes(&mut buf[..filled], &mut out);
-            if !out.is_empty() {
-                // A client that stops reading would hold this write forever:
-                // with --client-timeout it gets that long, then is closed.
-                let (result, back) = match options.client_timeout() {
-                    Some(limit) => {
-                        // The session's own timer, not tokio::time::timeout:
-                        // a second Sleep would add 96 bytes to every idle
-                        // connection's task. Armed only if the write waits.
-                        let deadline = Instant::now() + limit;
-                        let write = io.write(buf, &mut out);
-                        tokio::pin!(write);
-                        let mut armed = false;
-                        let written = std::future::poll_fn(|cx| {
-                            if let Poll::Ready(written) = write.as_mut().poll(cx) {
-                                return Poll::Ready(Some(written));
-                            }
-                            if !armed {
-                                sleep.as_mut().reset(at(deadline));
-                                armed = true;
-                            }
-                            sleep.as_mut().poll(cx).map(|()| None)
-                        })
-                        .await;
-                        if armed {
-                            if let Some(next) = timers.next() {
-                                sleep.as_mut().reset(at(next));
-                            }
-                        }
-                        match written {
-                            Some(written) => written,
-                            None => {
-                                stats.client_timeouts.add(1);
-                                break;
-                            }
-                        }
-                    }
-                    None => io.write(buf, &mut out).await,
-                };
-                buf = back;
-                if result.is_err() {
-                    break;
-                }
-            }
-            buf.copy_within(consumed..filled, 0);
-            filled -= consumed;
-        }
-        match session.phase() {
-            Phase::Done => break,
-            Phase::Closing if timers.close_deadline.is_none() => {
-                timers.closing(CLOSE_WAIT);
-                sleep
-                    .as_mut()
-                    .reset(at(timers.next().expect("a close deadline")));
-            }
-            _ => {}
-        }
-
-        let read = io.read(buf, filled);
-        tokio::pin!(read);
-        let (result, back) = loop {
-            tokio::select! {
-                biased;
-                result = &mut read => break result,
-                () = &mut shutdown, if session.phase() == Phase::Open => {
-                    let frame = session.close(1001, "server shutting down");
-                    timers.closing(options.shutdown_timeout());
-                    sleep.as_mut().reset(at(timers.next().expect("a close deadline")));
-                    if rare(io.send(frame)).await.is_err() {
-                        break 'session;
-                    }
-                }
-                pushed = handler.pushed(), if session.phase() == Phase::Open => {
-                    // A client too slow for its broadcasts gets 1008, sent
-                    // within the close wait even if it never reads again.
-                    let (frame, limit) = match pushed {
-                        Ok(frame) => (frame, options.client_timeout()),
-                        Err(violation) => {
-                            stats.overflows.add(1);
-                            let frame = session.close(violation.close_code(), violation.reason());
-                            (frame, Some(CLOSE_WAIT))
-                        }
-                    };
-                    let send = async {
-                        match limit {
-                            Some(limit) => tokio::time::timeout(limit, io.send(frame))
-                                .await
-                                .unwrap_or(Err(std::io::ErrorKind::TimedOut.into())),
-                            None => io.send(frame).await,
-                        }
-                    };
-                    let open = session.phase() == Phase::Open;
-                    let sent = rare(async {
-                        tokio::select! {
-                            sent = send => Some(sent),
-                            // Stuck behind a client that does not read while
-                            // more piles up: give up on it. No close frame can
-                            // follow a half-sent one, so 1008 is only recorded.
-                            () = handler.overflowed(), if open => None,
-                        }
-                    })
-                    .await;
-                    let Some(sent) = sent else {
-                        stats.overflows.add(1);
-                        let _ = session.close(1008, "too much output waiting");
-                        break 'session;
-                    };
-                    if sent.is_err() || session.phase() != Phase::Open {
-                        break 'session;
-                    }
-                }
-                () = &mut sleep, if timers.next().is_some() => {
-                    match timers.due(Instant::now()) {
-                        Some(Due::Ping) => {
-                            stats.keep_alive_pings.add(1);
-                            if rare(io.send(handler.keep_alive_frame())).await.is_err() {
-                                break 'session;
-                            }
-                        }
-                        Some(Due::ClientTimeout) => {
-                            tracing::info!("client disconnected: nothing received for {}s", options.client_timeout);
-                            stats.client_timeouts.add(1);
-                            let _ = rare(io.send(session.close(1001, "client timeout"))).await;
-                            break 'session;
-                        }
-                        Some(Due::CloseWaitOver) => break 'session,
-                        None => {}
-                    }
-                    if let Some(next) = timers.next() {
-                        sleep.as_mut().reset(at(next));
-                    }
-                }
-            }
-        };
-        buf = back;
-        match result {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                filled += n;
-                timers.received();
-            }
-        }
-    }
-    io.shutdown();
-    stats.count_close(session.close_code().unwrap_or(1006));
-    stats.open_websockets.sub(1);
 }
 
 #[cfg(test)]
