@@ -10,6 +10,7 @@ import statistics
 import sys
 
 out = sys.argv[1]
+ORDER = ["io-uring-before", "io-uring", "epoll", "monoio"]
 runs = {}
 machine = None
 for path in sorted(glob.glob(os.path.join(out, "*.json"))):
@@ -29,7 +30,7 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
     }
     machine = doc.get("machine")
 
-engines = sorted({k[0] for k in runs}, key=lambda e: ["io-uring-before", "io-uring", "epoll"].index(e) if e in ["io-uring-before", "io-uring", "epoll"] else 9)
+engines = sorted({k[0] for k in runs}, key=lambda e: ORDER.index(e) if e in ORDER else 9)
 cases = [c for c in ["small", "fanin"] if any(k[1] == c for k in runs)]
 rounds = sorted({k[2] for k in runs})
 
@@ -49,6 +50,8 @@ print("- fanin: 500 connections x 16 KiB at 15 000 msgs/s")
 if "io-uring-before" in engines:
     print("- io-uring-before: the io-uring backend before the completion-driven loop (tokio's")
     print("  reactor polling the ring's eventfd, a task per connection)")
+if "monoio" in engines:
+    print("- monoio: fastwebsockets on monoio (peers/monoio), one thread on its own io_uring")
 if machine:
     print(f"\nMachine: {machine.get('cpu_model')}, {machine.get('cores')} cores, kernel {machine.get('kernel')}.")
 print()

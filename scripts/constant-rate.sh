@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Server CPU per message at a constant rate: the io-uring backend against the
-# epoll backend (and, when OLD_ENGINE names a ringecho binary built from an
-# earlier commit, against that build's io-uring backend too), side by side,
-# interleaved round by round. At a constant rate nothing batches, so every
+# epoll backend and fastwebsockets on monoio (and, when OLD_ENGINE names a
+# ringecho binary built from an earlier commit, that build's io-uring backend
+# too), side by side, interleaved round by round. At a constant rate nothing batches, so every
 # wake-up's cost shows; this is the efficiency figure (throughput at
 # saturation is a different question).
 #
@@ -11,17 +11,19 @@
 # window. Cases: 100 x 20 B at 40 000 msgs/s, 500 x 16 KiB at 15 000 msgs/s.
 #
 # Writes results/constant-rate/*.json and results/constant-rate.md.
-# Usage: scripts/constant-rate.sh   (ROUNDS=3 DURATION=5 OLD_ENGINE=path)
+# Usage: scripts/constant-rate.sh
+#   ROUNDS=3 DURATION=5 OLD_ENGINE=path ENGINES="io-uring epoll monoio"
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/engines.sh
 rounds=${ROUNDS:-3}
 duration=${DURATION:-5}
 out=results/constant-rate
 mkdir -p "$out"
 rm -f "$out"/*.json
 cargo build --release --quiet --workspace --bins
-engines="io-uring epoll"
-if [ -n "${OLD_ENGINE:-}" ]; then engines="io-uring-before $engines"; fi
+engines=$(engines_or io-uring epoll monoio)
+trap stop_engine EXIT
 
 for round in $(seq 1 "$rounds"); do
   for case in small fanin; do
@@ -30,19 +32,12 @@ for round in $(seq 1 "$rounds"); do
       fanin) shape="--connections 500 --size 16384 --rate 15000" ;;
     esac
     for engine in $engines; do
-      binary=target/release/ringecho backend=$engine
-      if [ "$engine" = io-uring-before ]; then binary=$OLD_ENGINE backend=io-uring; fi
-      log=$(mktemp)
-      "$binary" --listen 127.0.0.1:0 --backend "$backend" --threads 1 >"$log" 2>&1 &
-      pid=$!
-      for _ in $(seq 100); do grep -q "listening on" "$log" && break; sleep 0.05; done
-      addr=$(sed -n 's/.*listening on \([^ ]*\) .*/\1/p' "$log" | head -n 1)
+      start_engine "$engine" || continue
       echo "constant-rate.sh: round $round, $case, $engine ($addr)"
-      target/release/loadgen run --url "ws://$addr/ws" $shape --duration "$duration" \
+      taskset -c 1 target/release/loadgen run --url "ws://$addr/ws" $shape --duration "$duration" \
         --cores 1 --server-pid "$pid" --quiet --label "$engine" \
         --out "$out/$engine-$case-round$round.json" >/dev/null
-      kill "$pid"; wait "$pid" 2>/dev/null || true
-      rm -f "$log"
+      stop_engine
     done
   done
 done

@@ -10,7 +10,7 @@ import statistics
 import sys
 
 out, rate = sys.argv[1], int(sys.argv[2])
-order = ["io-uring-before", "io-uring", "epoll"]
+order = ["io-uring-before", "io-uring", "epoll", "monoio"]
 runs = {}
 for path in sorted(glob.glob(os.path.join(out, "*.json"))):
     engine, round_ = os.path.basename(path)[:-5].rsplit("-", 1)
@@ -35,6 +35,8 @@ print("One core's connection rate at saturation would be about 1 000 000 / (µs 
 if "io-uring-before" in engines:
     print("\nio-uring-before: the io-uring backend before the completion-driven loop (hyper and")
     print("tokio on the ring's eventfd, a task per connection).")
+if "monoio" in engines:
+    print("\nmonoio: fastwebsockets on monoio (peers/monoio), one thread on its own io_uring.")
 print()
 print("| engine | server CPU µs per connection | connections/s achieved | failures | vs epoll | one core's rate at that cost |")
 print("|---|---:|---:|---:|---:|---:|")

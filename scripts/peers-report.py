@@ -45,7 +45,7 @@ for path in sorted(glob.glob(os.path.join(src, "*.json"))):
     elif rest.startswith("round"):
         runs.setdefault((server, case), {})[int(rest[5:])] = load(path)
 
-order = ["io-uring", "io-uring-64k", "tokio-uring", "epoll", "node-ws", "bun", "python-websockets", "tokio-tungstenite", "fastwebsockets"]
+order = ["io-uring", "io-uring-64k", "tokio-uring", "epoll", "node-ws", "bun", "python-websockets", "tokio-tungstenite", "fastwebsockets", "monoio"]
 servers.sort(key=lambda s: order.index(s) if s in order else len(order))
 
 

@@ -2,7 +2,9 @@
 # ringecho against the servers a user would otherwise pick, side by side in
 # one run: the three ringecho backends (io-uring, tokio-uring, epoll), Node.js
 # with ws, Bun's built-in server, Python websockets, tokio-tungstenite and
-# fastwebsockets (the last two as workspace examples, examples/peer_*.rs).
+# fastwebsockets (the last two as workspace examples, examples/peer_*.rs), and
+# fastwebsockets on monoio, a thread-per-core io_uring runtime (peers/monoio,
+# a crate of its own so that the test command never builds monoio).
 #
 # Every server runs pinned to core 0 and loadgen to core 1. Per server and
 # round: the closed-loop standard cases (small 100 × 20 B, medium 10 × 1 KiB,
@@ -20,7 +22,7 @@
 #   PEERS_ROUNDS=3  PEERS_DURATION=5  PEERS_RATE_DURATION=10  PEERS_IDLE=10000
 #   PEERS_PHASES="closed rate idle" (a subset reruns those phases only; the
 #   others' files are kept, and the report is made from everything there)
-#   PEERS_SERVERS="io-uring io-uring-64k tokio-uring epoll node-ws bun python-websockets tokio-tungstenite fastwebsockets"
+#   PEERS_SERVERS="io-uring io-uring-64k tokio-uring epoll node-ws bun python-websockets tokio-tungstenite fastwebsockets monoio"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${PEERS_ROUNDS:-3}
@@ -28,7 +30,7 @@ duration=${PEERS_DURATION:-5}
 rate_duration=${PEERS_RATE_DURATION:-10}
 idle=${PEERS_IDLE:-10000}
 phases=${PEERS_PHASES:-closed rate idle}
-servers=${PEERS_SERVERS:-io-uring io-uring-64k tokio-uring epoll node-ws bun python-websockets tokio-tungstenite fastwebsockets}
+servers=${PEERS_SERVERS:-io-uring io-uring-64k tokio-uring epoll node-ws bun python-websockets tokio-tungstenite fastwebsockets monoio}
 out=results/peers
 mkdir -p "$out"
 if [ "$phases" = "closed rate idle" ]; then rm -f "$out"/*.json; fi
@@ -36,6 +38,8 @@ if [ "$phases" = "closed rate idle" ]; then rm -f "$out"/*.json; fi
 echo "peers.sh: building ringecho, loadgen and the Rust peers"
 cargo build --release --quiet --workspace --bins
 cargo build --release --quiet --example peer_tungstenite --example peer_fastwebsockets
+. scripts/lib/engines.sh
+build_monoio
 if [ ! -d peers/node_modules/ws ]; then
   echo "peers.sh: installing ws and bun (npm) into peers/"
   (cd peers && npm install --no-audit --no-fund --silent) || echo "peers.sh: npm install failed; the Node and Bun peers will be skipped"
@@ -60,6 +64,7 @@ server_command() {
     python-websockets) [ -x "$venv/bin/python" ] && echo "$venv/bin/python peers/websockets-echo.py $2" ;;
     tokio-tungstenite) echo "target/release/examples/peer_tungstenite $2" ;;
     fastwebsockets) echo "target/release/examples/peer_fastwebsockets $2" ;;
+    monoio) [ -x "$monoio_peer" ] && echo "$monoio_peer $2" ;;
   esac
 }
 

@@ -1,0 +1,56 @@
+# Sourced by the scripts that compare engines side by side (constant-rate.sh,
+# handshake-rate.sh, idle-memory.sh). Each engine serves on one core, core 0:
+#   io-uring, tokio-uring, epoll  this build's ringecho, --threads 1 (it pins
+#                                 its one worker to core 0 itself)
+#   io-uring-before               $OLD_ENGINE, a ringecho binary built from an
+#                                 earlier commit, its io-uring backend
+#   monoio                        fastwebsockets on monoio (peers/monoio),
+#                                 under taskset -c 0
+# start_engine NAME sets $addr and $pid; stop_engine stops it by that PID.
+
+monoio_peer=target/peers/monoio/release/peer-monoio
+
+# Builds the monoio peer when it is asked for; prints why if it cannot.
+build_monoio() {
+  cargo build --release --quiet --manifest-path peers/monoio/Cargo.toml \
+    --target-dir target/peers/monoio || echo "engines.sh: the monoio peer did not build; it is skipped"
+}
+
+# The engines to compare: ENGINES if set, else the defaults given.
+engines_or() {
+  local list=${ENGINES:-$*}
+  if [ -n "${OLD_ENGINE:-}" ] && [[ " $list " != *" io-uring-before "* ]]; then
+    list="io-uring-before $list"
+  fi
+  if [[ " $list " == *" monoio "* ]]; then build_monoio >&2; fi
+  echo "$list"
+}
+
+engine_port=19300
+start_engine() {
+  local name=$1 log
+  log=$(mktemp)
+  case $name in
+    io-uring|tokio-uring|epoll)
+      target/release/ringecho --listen 127.0.0.1:0 --backend "$name" --threads 1 >"$log" 2>&1 & ;;
+    io-uring-before)
+      "$OLD_ENGINE" --listen 127.0.0.1:0 --backend io-uring --threads 1 >"$log" 2>&1 & ;;
+    monoio)
+      [ -x "$monoio_peer" ] || { rm -f "$log"; return 1; }
+      engine_port=$((engine_port + 1))
+      taskset -c 0 "$monoio_peer" "127.0.0.1:$engine_port" >"$log" 2>&1 & ;;
+    *) echo "engines.sh: unknown engine $name" >&2; rm -f "$log"; return 1 ;;
+  esac
+  pid=$!
+  for _ in $(seq 100); do grep -q "listening on" "$log" && break; sleep 0.05; done
+  addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$log" | head -n 1)
+  rm -f "$log"
+  [ -n "$addr" ] || { echo "engines.sh: $name did not start" >&2; stop_engine; return 1; }
+}
+
+stop_engine() {
+  [ -n "${pid:-}" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  pid=
+}
