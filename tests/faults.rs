@@ -10,12 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Engine, BACKENDS};
+use common::{Engine, BACKENDS, UPGRADE};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
-
-const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 /// Closes with RST instead of FIN: linger on, timeout zero.
 fn reset(stream: TcpStream) {
@@ -23,22 +20,6 @@ fn reset(stream: TcpStream) {
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(stream);
-}
-
-fn upgraded(engine: &Engine) -> TcpStream {
-    let mut stream = TcpStream::connect(engine.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(UPGRADE).unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8];
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    stream
 }
 
 fn fd_count(pid: i32) -> usize {
@@ -55,23 +36,23 @@ fn resets_at_every_stage_leak_nothing() {
         for _ in 0..20 {
             // During the HTTP request.
             let mut s = TcpStream::connect(engine.addr).unwrap();
-            s.write_all(&UPGRADE[..30]).unwrap();
+            s.write_all(&UPGRADE.as_bytes()[..30]).unwrap();
             reset(s);
             // In the middle of a frame header.
-            let mut s = upgraded(&engine);
+            let mut s = engine.raw_websocket();
             s.write_all(&[0x82]).unwrap();
             reset(s);
             // In the middle of a payload that spans receive buffers.
-            let mut s = upgraded(&engine);
+            let mut s = engine.raw_websocket();
             s.write_all(&[0x82, 0xFE, 0x27, 0x10, 0, 0, 0, 0]).unwrap(); // 10 000 bytes announced
             s.write_all(&[1u8; 5000]).unwrap();
             reset(s);
             // During the close handshake.
-            let mut s = upgraded(&engine);
+            let mut s = engine.raw_websocket();
             s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8]).unwrap();
             reset(s);
             // With echoes still on their way back.
-            let mut s = upgraded(&engine);
+            let mut s = engine.raw_websocket();
             for _ in 0..50 {
                 s.write_all(&[0x82, 0xFE, 0x04, 0x00, 0, 0, 0, 0]).unwrap();
                 s.write_all(&[9u8; 1024]).unwrap();
@@ -87,7 +68,7 @@ fn resets_at_every_stage_leak_nothing() {
             std::thread::sleep(Duration::from_millis(20));
         }
         // And it still serves.
-        let mut s = upgraded(&engine);
+        let mut s = engine.raw_websocket();
         s.write_all(&[0x82, 0x82, 0, 0, 0, 0, b'o', b'k']).unwrap();
         let mut echo = [0u8; 4];
         s.read_exact(&mut echo).unwrap();

@@ -7,7 +7,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,27 +27,6 @@ const PATIENCE: Duration = if cfg!(debug_assertions) {
     Duration::from_millis(100)
 };
 
-const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-/// A WebSocket after its handshake, nothing read past the 101.
-fn websocket(engine: &Engine) -> TcpStream {
-    let mut stream = TcpStream::connect(engine.addr).unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(UPGRADE.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8];
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    stream
-}
-
 #[test]
 fn a_flood_of_non_reading_senders_does_not_starve_a_well_behaved_client() {
     for backend in BACKENDS {
@@ -58,7 +36,7 @@ fn a_flood_of_non_reading_senders_does_not_starve_a_well_behaved_client() {
         let frame = ringecho::codec::encode_masked(true, 2, &payload, [1, 2, 3, 4]);
         let flooders: Vec<_> = (0..FLOODERS)
             .map(|_| {
-                let mut stream = websocket(&engine);
+                let mut stream = engine.raw_websocket();
                 // Blocked writes come back now and then to see the stop flag.
                 stream
                     .set_write_timeout(Some(Duration::from_millis(200)))
@@ -72,7 +50,7 @@ fn a_flood_of_non_reading_senders_does_not_starve_a_well_behaved_client() {
                 })
             })
             .collect();
-        let mut probe = websocket(&engine);
+        let mut probe = engine.raw_websocket();
         let mut slowest = Duration::ZERO;
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(3) {

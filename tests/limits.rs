@@ -8,33 +8,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{http_request, Engine, BACKENDS};
+use common::{http_request, raw_websocket_at, Engine, BACKENDS, UPGRADE};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{Error, Message};
-
-const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-/// Opens a raw WebSocket (handshake done, nothing read after the 101).
-fn raw_websocket(engine: &Engine, request: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(engine.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8];
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    stream
-}
 
 fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
     // A zero mask leaves the payload as is.
@@ -137,7 +113,7 @@ fn slow_oversized_and_malformed_requests_never_reach_the_echo() {
 fn a_client_that_stops_reading_is_closed_after_the_client_timeout() {
     for backend in BACKENDS {
         let engine = Engine::start(backend, &["--client-timeout", "1"]);
-        let mut stream = raw_websocket(&engine, UPGRADE);
+        let mut stream = engine.raw_websocket();
         stream
             .set_write_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -166,10 +142,10 @@ fn a_hub_client_that_does_not_read_its_broadcasts_gets_1008() {
             &["--max-pending-bytes", "262144", "--threads", "1"],
         );
         let hub_upgrade = UPGRADE.replace("GET /ws", "GET /hub");
-        let mut deaf = raw_websocket(&engine, &hub_upgrade);
+        let mut deaf = raw_websocket_at(engine.addr, &hub_upgrade);
         deaf.write_all(&masked(1, b"{\"protocol\":\"json\",\"version\":1}\x1e"))
             .unwrap();
-        let mut sender = raw_websocket(&engine, &hub_upgrade);
+        let mut sender = raw_websocket_at(engine.addr, &hub_upgrade);
         sender
             .write_all(&masked(1, b"{\"protocol\":\"json\",\"version\":1}\x1e"))
             .unwrap();
@@ -206,7 +182,7 @@ fn a_hub_client_that_does_not_read_its_broadcasts_gets_1008() {
 fn a_peer_that_never_answers_our_close_is_cut_off() {
     for backend in BACKENDS {
         let engine = Engine::start(backend, &[]);
-        let mut stream = raw_websocket(&engine, UPGRADE);
+        let mut stream = engine.raw_websocket();
         // An unmasked frame: a protocol error, so the engine closes (1002)...
         stream.write_all(&[0x82, 0x02, b'n', b'o']).unwrap();
         let started = Instant::now();

@@ -50,6 +50,11 @@ impl Engine {
         }
     }
 
+    /// A WebSocket at /ws opened by hand (see [`raw_websocket_at`]).
+    pub fn raw_websocket(&self) -> TcpStream {
+        raw_websocket_at(self.addr, UPGRADE)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
     }
@@ -118,6 +123,34 @@ impl Drop for Engine {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The opening handshake of a plain WebSocket at /ws, as raw bytes.
+pub const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A WebSocket opened by hand at `addr`: `request` sent, the answer's head
+/// read byte by byte and checked to be a 101, nothing read past it. No
+/// delay, and reads time out after 10 s.
+pub fn raw_websocket_at(addr: SocketAddr, request: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
 }
 
 /// Sends a raw HTTP request and reads the whole answer (the server closes).
