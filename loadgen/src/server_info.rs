@@ -69,9 +69,20 @@ pub fn machine() -> Machine {
         .unwrap_or_else(|_| "unknown".to_string());
     Machine {
         cpu_model,
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cores: online_cores(),
         kernel,
     }
+}
+
+/// The machine's cores, not this process's share of them: loadgen often
+/// runs pinned to one core (taskset, --cores), which available_parallelism
+/// would report instead.
+fn online_cores() -> usize {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .map(|info| info.lines().filter(|l| l.starts_with("processor")).count())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(0, |n| n.get()))
 }
 
 /// A process's CPU time so far and its resident memory, from /proc.
