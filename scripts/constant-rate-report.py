@@ -9,8 +9,10 @@ import platform
 import statistics
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from compare import in_order, span  # noqa: E402
+
 out = sys.argv[1]
-ORDER = ["io-uring-before", "io-uring", "epoll", "monoio"]
 runs = {}
 machine = None
 for path in sorted(glob.glob(os.path.join(out, "*.json"))):
@@ -30,14 +32,10 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
     }
     machine = doc.get("machine")
 
-engines = sorted({k[0] for k in runs}, key=lambda e: ORDER.index(e) if e in ORDER else 9)
+engines = in_order({k[0] for k in runs})
 cases = [c for c in ["small", "fanin"] if any(k[1] == c for k in runs)]
 rounds = sorted({k[2] for k in runs})
 
-
-def span(values, fmt="{:.2f}"):
-    values = sorted(values)
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(values[0])}-{fmt.format(values[-1])})"
 
 
 print("# Server CPU per message at a constant rate\n")

@@ -19,11 +19,8 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 duration=${DURATION:-5}
 out=results/constant-rate
-mkdir -p "$out"
-rm -f "$out"/*.json
-cargo build --release --quiet --workspace --bins
+prepare_run "$out"
 engines=$(engines_or io-uring epoll monoio)
-trap stop_engine EXIT
 
 for round in $(seq 1 "$rounds"); do
   for case in small fanin; do

@@ -3,26 +3,18 @@
 each engine's server CPU per connection (open, upgrade, close) at a constant
 connection rate, and its ratio to the epoll backend per round, as median
 (min-max)."""
-import glob
-import json
 import os
 import statistics
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from compare import in_order, runs_by_engine_and_round, span  # noqa: E402
+
 out, rate = sys.argv[1], int(sys.argv[2])
-order = ["io-uring-before", "io-uring", "epoll", "monoio"]
-runs = {}
-for path in sorted(glob.glob(os.path.join(out, "*.json"))):
-    engine, round_ = os.path.basename(path)[:-5].rsplit("-", 1)
-    doc = json.load(open(path))
-    runs[(engine, round_)] = doc
-engines = sorted({k[0] for k in runs}, key=lambda e: order.index(e) if e in order else 9)
+runs = runs_by_engine_and_round(out)
+engines = in_order({k[0] for k in runs})
 rounds = sorted({k[1] for k in runs})
 
-
-def span(values, fmt="{:.1f}"):
-    values = sorted(values)
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(values[0])}-{fmt.format(values[-1])})"
 
 
 print("# Server CPU per connection at a constant connection rate\n")
@@ -48,4 +40,4 @@ for engine in engines:
     ratios = [runs[(engine, r)]["server_cpu_us_per_churned"] / runs[("epoll", r)]["server_cpu_us_per_churned"]
               for r in rounds if (engine, r) in runs and ("epoll", r) in runs]
     per_core = 1e6 / statistics.median(cpu)
-    print(f"| {engine} | {span(cpu)} | {span(achieved, '{:.0f}')} | {fails} | {span(ratios, '{:.2f}')}x | {per_core:,.0f}/s |")
+    print(f"| {engine} | {span(cpu, '{:.1f}')} | {span(achieved, '{:.0f}')} | {fails} | {span(ratios, '{:.2f}')}x | {per_core:,.0f}/s |")

@@ -22,11 +22,8 @@ rounds=${ROUNDS:-3}
 rate=${RATE:-3000}
 seconds=${SECONDS_EACH:-5}
 out=results/handshake-rate
-mkdir -p "$out"
-rm -f "$out"/*.json
-cargo build --release --quiet --workspace --bins
+prepare_run "$out"
 engines=$(engines_or io-uring epoll monoio)
-trap stop_engine EXIT
 
 for round in $(seq 1 "$rounds"); do
   for engine in $engines; do

@@ -1,26 +1,18 @@
 #!/usr/bin/env python3
 """Reads results/idle-memory/*.json (scripts/idle-memory.sh) and prints each
 engine's resident memory per idle connection, median (min-max) over rounds."""
-import glob
-import json
 import os
-import statistics
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from compare import in_order, runs_by_engine_and_round, span  # noqa: E402
+
 out = sys.argv[1]
-order = ["io-uring-before", "io-uring", "epoll", "monoio"]
-runs = {}
-for path in sorted(glob.glob(os.path.join(out, "*.json"))):
-    engine, round_ = os.path.basename(path)[:-5].rsplit("-", 1)
-    runs[(engine, round_)] = json.load(open(path))
-engines = sorted({k[0] for k in runs}, key=lambda e: order.index(e) if e in order else 9)
+runs = runs_by_engine_and_round(out)
+engines = in_order({k[0] for k in runs})
 rounds = sorted({k[1] for k in runs})
 connections = next(iter(runs.values()))["connections"] if runs else 0
 
-
-def span(values, fmt="{:.0f}"):
-    values = sorted(values)
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(values[0])}-{fmt.format(values[-1])})"
 
 
 print("# Resident memory per idle connection\n")
@@ -41,4 +33,4 @@ for engine in engines:
     before = [r["stages"][0]["server_rss_kib"] / 1024 for r in rows]
     opened = [r["stages"][1]["server_rss_kib"] / 1024 for r in rows]
     fails = sum(r["connect_failures"] + r["errors"] for r in rows)
-    print(f"| {engine} | {span(per)} | {span(before, '{:.1f}')} MiB | {span(opened, '{:.1f}')} MiB | {fails} |")
+    print(f"| {engine} | {span(per, '{:.0f}')} | {span(before, '{:.1f}')} MiB | {span(opened, '{:.1f}')} MiB | {fails} |")

@@ -16,11 +16,8 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-3}
 connections=${CONNECTIONS:-10000}
 out=results/idle-memory
-mkdir -p "$out"
-rm -f "$out"/*.json
-cargo build --release --quiet --workspace --bins
+prepare_run "$out"
 engines=$(engines_or io-uring epoll monoio)
-trap stop_engine EXIT
 
 for round in $(seq 1 "$rounds"); do
   for engine in $engines; do

@@ -26,6 +26,15 @@ engines_or() {
   echo "$list"
 }
 
+# An empty DIR for this run's files, the release build made, and the
+# engine stopped whenever the script exits.
+prepare_run() {
+  mkdir -p "$1"
+  rm -f "$1"/*.json
+  cargo build --release --quiet --workspace --bins
+  trap stop_engine EXIT
+}
+
 engine_port=19300
 start_engine() {
   local name=$1 log
