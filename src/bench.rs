@@ -274,6 +274,7 @@ fn measure(
             source_addr: Vec::new(),
             protocol: job.protocol,
             in_flight: 1,
+            io: loadgen::options::Io::Auto,
             rate: job.rate,
         },
         out: Some(out_dir.join(format!("{file}.json"))),

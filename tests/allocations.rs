@@ -1,8 +1,8 @@
 //! Zero allocations per echoed message in steady state on the io-uring
-//! backend: the engine runs in this process under an allocator that counts
-//! allocations per thread, loadgen drives it from other threads, and the
-//! worker thread's count over a measured window is set against the messages
-//! echoed in that window. 16 KiB messages span four 4 KiB receive buffers
+//! backend, and in loadgen's load thread on its io_uring client: the engine
+//! runs in this process under an allocator that counts allocations per
+//! thread, loadgen drives it from other threads, and each thread's count over
+//! a measured window is set against the messages echoed in that window. 16 KiB messages span four 4 KiB receive buffers
 //! and are assembled: their frames come from the worker's spare ones.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -107,6 +107,7 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
                 source_addr: Vec::new(),
                 protocol: Protocol::Raw,
                 in_flight: 1,
+                io: loadgen::options::Io::Auto,
                 rate: None,
             },
             out: None,
@@ -119,9 +120,11 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
         // Steady state: connections open, warm-up over. The window is the
         // middle two seconds of the three measured.
         std::thread::sleep(Duration::from_millis(2000));
-        let before = allocations_of(worker);
+        let client = thread_id("loadgen-0").expect("loadgen's load thread is named loadgen-0");
+        let (before, client_before) = (allocations_of(worker), allocations_of(client));
         std::thread::sleep(Duration::from_millis(2000));
         let during = allocations_of(worker) - before;
+        let client_during = allocations_of(client) - client_before;
         let result = load.join().unwrap().expect("the load runs");
         let s = &result.summary;
         assert_eq!(s.errors.total(), 0, "{size} B: {:?}", s.errors);
@@ -135,6 +138,15 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
             during <= 20,
             "{size} B: the worker allocated {during} times while echoing about {in_window} messages"
         );
-        println!("{size} B: {during} allocations over about {in_window} echoed messages");
+        // loadgen's thread: its per-second report allocates a histogram a
+        // second, nothing else should.
+        assert_eq!(result.load.io, loadgen::options::Io::IoUring);
+        assert!(
+            client_during <= 20,
+            "{size} B: loadgen's thread allocated {client_during} times while sending about {in_window} messages"
+        );
+        println!(
+            "{size} B: engine {during}, loadgen {client_during} allocations over about {in_window} echoed messages"
+        );
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::Engine;
-use loadgen::options::{LoadConfig, MessageType, Protocol, RunArgs};
+use loadgen::options::{Io, LoadConfig, MessageType, Protocol, RunArgs};
 use loadgen::report::{self, Style};
 use loadgen::RunResult;
 
@@ -17,6 +17,7 @@ fn args(
     engine: &Engine,
     protocol: Protocol,
     rate: Option<f64>,
+    io: Io,
     out: std::path::PathBuf,
 ) -> RunArgs {
     let path = match protocol {
@@ -39,6 +40,7 @@ fn args(
             source_addr: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
             protocol,
             in_flight: 2,
+            io,
             rate,
         },
         out: Some(out),
@@ -55,15 +57,18 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
     let dir = std::env::temp_dir().join(format!("ringecho-loadgen-{}", std::process::id()));
     let engine = Engine::start("tokio-uring", &["--receive-buffer-size", "8192"]);
     let mut results = Vec::new();
+    // auto: the io_uring loop for raw WebSockets, tokio for the hub.
     let runs = [
-        ("closed", Protocol::Raw, None),
-        ("rate", Protocol::Raw, Some(2000.0)),
-        ("hub-closed", Protocol::Hub, None),
-        ("hub-rate", Protocol::Hub, Some(2000.0)),
+        ("closed", Protocol::Raw, None, Io::Auto),
+        ("rate", Protocol::Raw, Some(2000.0), Io::Auto),
+        ("closed-tokio", Protocol::Raw, None, Io::Epoll),
+        ("rate-tokio", Protocol::Raw, Some(2000.0), Io::Epoll),
+        ("hub-closed", Protocol::Hub, None, Io::Auto),
+        ("hub-rate", Protocol::Hub, Some(2000.0), Io::Auto),
     ];
-    for (name, protocol, rate) in runs {
+    for (name, protocol, rate, io) in runs {
         let path = dir.join(format!("{name}.json"));
-        let run = args(&engine, protocol, rate, path.clone());
+        let run = args(&engine, protocol, rate, io, path.clone());
         let result = loadgen::run::run(&run).expect("the run completes");
         loadgen::save_outputs(&run, &result).unwrap();
         let back = RunResult::load(&path).expect("the result file reads back");
@@ -75,7 +80,22 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
         assert_eq!(back.latency().unwrap().len(), s.messages);
         let mut expected_load = run.load.clone();
         expected_load.normalize();
+        // The result names the client that ran, never auto.
+        expected_load.io = match (io, protocol) {
+            (Io::Auto, Protocol::Raw) => Io::IoUring,
+            (Io::Auto, Protocol::Hub) => Io::Epoll,
+            (io, _) => io,
+        };
         assert_eq!(back.load, expected_load);
+        assert!(
+            s.loadgen_process.is_some(),
+            "{name}: loadgen's own CPU is recorded"
+        );
+        assert_eq!(
+            s.send_lag_us.is_some(),
+            rate.is_some(),
+            "{name}: send lag at a rate"
+        );
         // The engine's configuration came from its /stats.
         assert_eq!(back.server["known"], true);
         assert_eq!(back.server["config"]["receive_buffer_size"], 8192);
@@ -96,17 +116,18 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
     }
     // Constant rate: close to the asked rate (2000/s for 2 s), whatever the
     // machine's speed; the measured window cuts at most a few at its edges.
-    let rate_run = &results[1].summary;
-    assert!(
-        (3600..=4200).contains(&rate_run.messages),
-        "constant rate sent {} messages in 2 s at 2000/s",
-        rate_run.messages
-    );
-    // The engine saw every connection close cleanly.
+    for rate_run in [&results[1].summary, &results[3].summary] {
+        assert!(
+            (3600..=4200).contains(&rate_run.messages),
+            "constant rate sent {} messages in 2 s at 2000/s",
+            rate_run.messages
+        );
+    }
+    // The engine saw every connection close cleanly, on both clients.
     let stats = engine.wait_for_no_connections();
-    assert_eq!(stats["totals"]["closes"]["1000"], 80);
+    assert_eq!(stats["totals"]["closes"]["1000"], 120);
     // Hub invocations were counted as messages by the engine.
-    assert!(stats["totals"]["messages_in"].as_u64().unwrap() >= results[2].summary.messages);
+    assert!(stats["totals"]["messages_in"].as_u64().unwrap() >= results[4].summary.messages);
 
     let table = report::compare(&results, Style::Markdown);
     assert!(table.lines().next().unwrap().contains("rate"), "{table}");

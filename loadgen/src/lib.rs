@@ -13,6 +13,7 @@ pub mod payload;
 pub mod plot;
 pub mod report;
 pub mod result;
+pub mod ring;
 pub mod run;
 pub mod schedule;
 pub mod server_info;
@@ -49,6 +50,7 @@ pub(crate) fn test_load() -> LoadConfig {
         source_addr: Vec::new(),
         protocol: options::Protocol::Raw,
         in_flight: 1,
+        io: crate::options::Io::Auto,
         rate: None,
     }
 }

@@ -141,6 +141,14 @@ pub struct LoadConfig {
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "rate")]
     pub in_flight: u32,
 
+    /// How the connections do their I/O: io-uring (one completion-driven
+    /// io_uring loop per thread, raw protocol), epoll (tokio), or auto:
+    /// io-uring where the kernel allows it and the protocol is raw, else
+    /// epoll. A result file records the one that ran.
+    #[arg(long, value_enum, default_value_t = Io::Auto)]
+    #[serde(default = "Io::before_the_loop")]
+    pub io: Io,
+
     /// Constant rate: messages per second in total, sent on schedule whatever
     /// the server does; latency counts from the scheduled time.
     /// [default: closed loop]
@@ -153,6 +161,21 @@ pub struct LoadConfig {
 pub enum MessageType {
     Binary,
     Text,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Io {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+impl Io {
+    /// Result files written before `--io` existed ran on tokio.
+    fn before_the_loop() -> Io {
+        Io::Epoll
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

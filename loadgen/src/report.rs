@@ -65,10 +65,38 @@ pub fn summary(result: &RunResult) -> String {
     );
     if let (Some(p), Some((user, system, total))) = (&s.server_process, s.cpu_per_million()) {
         out.push_str(&format!(
-            "server (pid {}): {total:.2} CPU s per million messages ({user:.2} user, {system:.2} system), {:.1} MiB resident\n",
+            "server (pid {}): {total:.2} CPU s per million messages ({user:.2} user, {system:.2} system), {:.0} % of a core, {:.1} MiB resident\n",
             p.pid,
+            crate::result::utilisation(p, s.duration_secs) * 100.0,
             p.rss_bytes_end as f64 / (1024.0 * 1024.0)
         ));
+    }
+    if let Some(p) = &s.loadgen_process {
+        let per_million = if s.messages > 0 {
+            (p.user_secs + p.system_secs) * 1e6 / s.messages as f64
+        } else {
+            0.0
+        };
+        out.push_str(&format!(
+            "loadgen ({} I/O, {} thread{}): {per_million:.2} CPU s per million messages, {:.0} % of its core{}\n",
+            match load.io {
+                crate::options::Io::IoUring => "io_uring",
+                _ => "tokio",
+            },
+            load.threads,
+            if load.threads == 1 { "" } else { "s" },
+            crate::result::utilisation(p, s.duration_secs) / load.threads as f64 * 100.0,
+            if load.threads == 1 { "" } else { "s" },
+        ));
+    }
+    if let Some(lag) = &s.send_lag_us {
+        out.push_str(&format!(
+            "send lag (how late sends left their schedule): p50 {} µs, p99 {} µs, max {} µs\n",
+            lag.p50, lag.p99, lag.max
+        ));
+    }
+    if let Some(warning) = &s.bottleneck {
+        out.push_str(&format!("WARNING: {warning}\n"));
     }
     let e = &s.errors;
     if e.total() > 0 || s.unanswered > 0 {
@@ -196,6 +224,13 @@ pub fn compare_table(results: &[RunResult], style: Style) -> String {
     if cpu {
         header.push("CPU s/M msgs (usr+sys)".into());
     }
+    // Who was busy: the server (of one core) and loadgen (of its cores).
+    let busy = results
+        .iter()
+        .all(|r| r.summary.server_process.is_some() && r.summary.loadgen_process.is_some());
+    if busy {
+        header.push("server / loadgen busy".into());
+    }
     t.set_header(header);
     let base = results.first().map(|r| &r.summary);
     for (result, config) in results.iter().zip(&configs) {
@@ -227,10 +262,24 @@ pub fn compare_table(results: &[RunResult], style: Style) -> String {
                 with_ratio(total, Some(base_total), 2)
             ));
         }
+        if let (true, Some(server), Some(own)) = (busy, &s.server_process, &s.loadgen_process) {
+            let d = s.duration_secs;
+            row.push(format!(
+                "{:.0} % / {:.0} %{}",
+                crate::result::utilisation(server, d) * 100.0,
+                crate::result::utilisation(own, d) / result.load.threads as f64 * 100.0,
+                if s.bottleneck.is_some() { " (!)" } else { "" }
+            ));
+        }
         t.add_row(row);
     }
     let mut out = t.to_string();
     out.push('\n');
+    for result in results {
+        if let Some(warning) = &result.summary.bottleneck {
+            out.push_str(&format!("WARNING, {}: {warning}\n", result.label));
+        }
+    }
     out
 }
 

@@ -72,6 +72,16 @@ pub struct Summary {
     /// The server process over the measured window, with --server-pid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_process: Option<ServerProcess>,
+    /// loadgen's own process over the measured window: is it the bottleneck?
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loadgen_process: Option<ServerProcess>,
+    /// Constant rate: how late sends left after their due time, µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_lag_us: Option<Percentiles>,
+    /// Set when loadgen was saturated and the server was not: the run then
+    /// measured the load generator, not the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bottleneck: Option<String>,
 }
 
 /// What the server process spent during the measured window.
@@ -86,7 +96,44 @@ pub struct ServerProcess {
     pub rss_bytes_end: u64,
 }
 
+/// A process's share of one core over the window, from its CPU seconds.
+pub fn utilisation(p: &ServerProcess, seconds: f64) -> f64 {
+    (p.user_secs + p.system_secs) / seconds.max(1e-9)
+}
+
 impl Summary {
+    /// loadgen's utilisation (of its `threads` cores) and the server's (of
+    /// one core), when both were measured, and the warning when loadgen was
+    /// saturated while the server was not.
+    pub fn bottleneck_warning(&self, threads: u16, closed_loop: bool) -> Option<String> {
+        let own = utilisation(self.loadgen_process.as_ref()?, self.duration_secs) / threads as f64;
+        let server = self
+            .server_process
+            .as_ref()
+            .map(|p| utilisation(p, self.duration_secs));
+        let lagging = self.send_lag_us.as_ref().is_some_and(|lag| lag.p99 > 1000);
+        let saturated = own >= 0.90 || lagging;
+        match server {
+            Some(server) if saturated && server < 0.95 && (closed_loop || lagging) => Some(format!(
+                "loadgen was saturated ({:.0} % of its {} core{}{}) while the server used {:.0} % of a core: \
+                 this run measured the load generator, not the server",
+                own * 100.0,
+                threads,
+                if threads == 1 { "" } else { "s" },
+                if lagging { ", sends late" } else { "" },
+                server * 100.0
+            )),
+            None if saturated && (closed_loop || lagging) => Some(format!(
+                "loadgen was saturated ({:.0} % of its {} core{}{}); without --server-pid it cannot tell whether the server was",
+                own * 100.0,
+                threads,
+                if threads == 1 { "" } else { "s" },
+                if lagging { ", sends late" } else { "" },
+            )),
+            _ => None,
+        }
+    }
+
     /// Server CPU seconds per million echoed messages: user, system, total.
     pub fn cpu_per_million(&self) -> Option<(f64, f64, f64)> {
         let p = self.server_process.as_ref()?;
@@ -305,6 +352,55 @@ mod tests {
 
     fn result_with(values: &[u64], messages: u64) -> RunResult {
         crate::test_result(values, messages)
+    }
+
+    fn busy(cpu_secs: f64) -> Option<ServerProcess> {
+        Some(ServerProcess {
+            user_secs: cpu_secs / 2.0,
+            system_secs: cpu_secs / 2.0,
+            ..ServerProcess::default()
+        })
+    }
+
+    #[test]
+    fn a_saturated_loadgen_beside_an_idle_server_is_flagged() {
+        let mut s = result_with(&[10, 20], 2).summary;
+        s.duration_secs = 10.0;
+        // loadgen at 98 % of its core, the server at 70 %: loadgen was measured.
+        (s.loadgen_process, s.server_process) = (busy(9.8), busy(7.0));
+        let warning = s.bottleneck_warning(1, true).expect("flagged");
+        assert!(
+            warning.contains("98 %") && warning.contains("70 %"),
+            "{warning}"
+        );
+        // The server at its core: a true maximum, whatever loadgen used.
+        s.server_process = busy(9.7);
+        assert_eq!(s.bottleneck_warning(1, true), None);
+        // Two load threads at half their cores each: not saturated.
+        (s.loadgen_process, s.server_process) = (busy(10.0), busy(7.0));
+        assert_eq!(s.bottleneck_warning(2, true), None);
+        // At a constant rate a busy loadgen is fine while its sends are on time,
+        // and flagged once they are late.
+        (s.loadgen_process, s.server_process) = (busy(9.8), busy(5.0));
+        s.send_lag_us = Some(Percentiles {
+            p99: 20,
+            ..Percentiles::default()
+        });
+        assert_eq!(s.bottleneck_warning(1, false), None);
+        s.send_lag_us = Some(Percentiles {
+            p99: 5000,
+            ..Percentiles::default()
+        });
+        assert!(s
+            .bottleneck_warning(1, false)
+            .unwrap()
+            .contains("sends late"));
+        // Without --server-pid a saturated loadgen still says so.
+        s.server_process = None;
+        assert!(s
+            .bottleneck_warning(1, false)
+            .unwrap()
+            .contains("cannot tell"));
     }
 
     #[test]

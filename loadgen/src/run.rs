@@ -21,15 +21,15 @@ use tokio::time::Instant;
 
 use crate::client::{self, Decoder, Encoder, Incoming, Target};
 use crate::hub::{self, Records, Reply};
-use crate::options::{LoadConfig, MessageType, Protocol, RunArgs};
+use crate::options::{Io, LoadConfig, MessageType, Protocol, RunArgs};
 use crate::payload::Pattern;
 use crate::result::{self, Errors, Histograms, Percentiles, RunResult, Summary};
 use crate::schedule::Schedule;
 
 /// How long after the end of the run outstanding echoes are still awaited.
-const DRAIN: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN: Duration = Duration::from_secs(2);
 /// How long the server has to answer our close.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Handshakes under way at once per thread: enough to open thousands of
 /// connections in seconds, few enough not to overflow a listen backlog.
 const CONNECTING_AT_ONCE: usize = 64;
@@ -39,8 +39,9 @@ const CONNECTING_AT_ONCE: usize = 64;
 pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     let mut load = args.load.clone();
     load.normalize();
-    let load = &load;
     load.validate().map_err(anyhow::Error::msg)?;
+    load.io = resolve_io(&load)?;
+    let load = &load;
     let target = Target::parse(&load.url)?;
     let server = crate::server_info::fetch(&target);
     let cores = pick_cores(load);
@@ -64,6 +65,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
                     .build()
                     .expect("a tokio runtime");
                 let local = tokio::task::LocalSet::new();
+                if load.io == Io::IoUring {
+                    // Connected by tokio, then driven by the ring.
+                    let (streams, histogram, failures) =
+                        local.block_on(&runtime, connect_share(thread, &load, &target));
+                    let _ = to_main.send(Report::Connected {
+                        histogram,
+                        failures,
+                    });
+                    drop(local);
+                    if let Err(e) = crate::ring::load_thread(streams, &load, start_rx, to_main) {
+                        eprintln!("loadgen: thread {thread}: {e:#}");
+                    }
+                    return;
+                }
                 local.block_on(
                     &runtime,
                     load_thread(thread, load, target, start_rx, to_main),
@@ -104,16 +119,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     for tx in starts {
         let _ = tx.send(start);
     }
-    let server_process = args.server_pid.map(|pid| {
-        let (from, to) = (
-            start + Duration::from_secs_f64(load.warmup),
-            start + Duration::from_secs_f64(load.warmup + load.duration),
-        );
-        std::thread::spawn(move || watch_process(pid, from, to))
-    });
+    let (from, to) = (
+        start + Duration::from_secs_f64(load.warmup),
+        start + Duration::from_secs_f64(load.warmup + load.duration),
+    );
+    let server_process = args
+        .server_pid
+        .map(|pid| std::thread::spawn(move || watch_process(pid, from, to)));
+    let own = std::process::id();
+    let loadgen_process = std::thread::spawn(move || watch_process(own, from, to));
 
     let progress = live_line(args.quiet, load.warmup + load.duration);
     let mut latency = result::new_histogram();
+    let mut send_lag = result::new_histogram();
     let mut counts = Counts::default();
     let mut seconds: Vec<(Histogram<u64>, u64, usize)> = Vec::new();
     let mut finished = 0;
@@ -148,9 +166,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
             }
             Report::Done {
                 histogram,
+                send_lag: lag,
                 counts: c,
             } => {
                 latency.add(histogram)?;
+                send_lag.add(lag)?;
                 counts.add(&c);
                 finished += 1;
             }
@@ -164,7 +184,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
 
     errors.add(&counts.errors);
     let messages = latency.len();
-    let summary = Summary {
+    let mut summary = Summary {
         duration_secs: load.duration,
         messages,
         msgs_per_sec: messages as f64 / load.duration,
@@ -176,7 +196,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         unanswered: counts.unanswered,
         merged_from: 1,
         server_process: server_process.and_then(|watch| watch.join().ok().flatten()),
+        loadgen_process: loadgen_process.join().ok().flatten(),
+        send_lag_us: load.rate.map(|_| Percentiles::of(&send_lag)),
+        bottleneck: None,
     };
+    summary.bottleneck = summary.bottleneck_warning(load.threads, load.rate.is_none());
     Ok(RunResult {
         schema: result::SCHEMA.to_string(),
         label: args.label.clone().unwrap_or_else(|| {
@@ -201,6 +225,26 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
             connect_us: result::encode_histogram(&connect),
         },
     })
+}
+
+/// Which client runs the load: the ring where it can, tokio otherwise.
+fn resolve_io(load: &LoadConfig) -> anyhow::Result<Io> {
+    let raw = load.protocol == Protocol::Raw;
+    match load.io {
+        Io::Auto if raw && crate::ring::available() => Ok(Io::IoUring),
+        Io::Auto | Io::Epoll => Ok(Io::Epoll),
+        Io::IoUring => {
+            anyhow::ensure!(
+                raw,
+                "--io io-uring runs the raw protocol only; use --io epoll (or auto) with --protocol hub"
+            );
+            anyhow::ensure!(
+                crate::ring::available(),
+                "--io io-uring: this kernel does not allow io_uring here; use --io epoll (or auto)"
+            );
+            Ok(Io::IoUring)
+        }
+    }
 }
 
 /// The server's CPU time and memory between `from` and `to`.
@@ -271,7 +315,7 @@ fn group(n: u64) -> String {
 }
 
 /// What a load thread tells the main thread.
-enum Report {
+pub(crate) enum Report {
     Connected {
         histogram: Histogram<u64>,
         failures: u64,
@@ -283,14 +327,16 @@ enum Report {
     },
     Done {
         histogram: Histogram<u64>,
+        /// Constant rate: how late each send left, µs.
+        send_lag: Histogram<u64>,
         counts: Counts,
     },
 }
 
 #[derive(Default, Clone)]
-struct Counts {
-    errors: Errors,
-    unanswered: u64,
+pub(crate) struct Counts {
+    pub(crate) errors: Errors,
+    pub(crate) unanswered: u64,
 }
 
 impl Counts {
@@ -312,6 +358,8 @@ struct ThreadState {
     measure_from: Instant,
     end: Instant,
     latency: RefCell<Histogram<u64>>,
+    /// Constant rate: how late each send left, µs.
+    send_lag: RefCell<Histogram<u64>>,
     /// The current second, for the live line.
     second: RefCell<Histogram<u64>>,
     mismatches: Cell<u64>,
@@ -327,46 +375,7 @@ async fn load_thread(
     start: mpsc::Receiver<std::time::Instant>,
     to_main: mpsc::Sender<Report>,
 ) {
-    // Connect this thread's connections (ids thread, thread + threads, …).
-    let ids: Vec<u32> = (thread..load.connections)
-        .step_by(load.threads as usize)
-        .collect();
-    let mut connect = result::new_histogram();
-    let mut failures = 0;
-    let mut streams = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(CONNECTING_AT_ONCE) {
-        let attempts = chunk.iter().map(|&id| {
-            let source = source_for(&load.source_addr, id);
-            let target = &target;
-            let protocol = load.protocol;
-            async move {
-                let began = std::time::Instant::now();
-                let connected = match client::connect(target, source).await {
-                    Ok((mut stream, leftover)) if protocol == Protocol::Hub => {
-                        client::hub_handshake(&mut stream, leftover)
-                            .await
-                            .map(|leftover| (stream, leftover))
-                    }
-                    other => other,
-                };
-                (id, began.elapsed(), connected)
-            }
-        });
-        for (id, took, connected) in futures_util::future::join_all(attempts).await {
-            match connected {
-                Ok((stream, leftover)) => {
-                    let _ = connect.record(took.as_micros().max(1) as u64);
-                    streams.push((id, stream, leftover));
-                }
-                Err(e) => {
-                    if failures == 0 {
-                        eprintln!("loadgen: connection {id} failed: {e:#}");
-                    }
-                    failures += 1;
-                }
-            }
-        }
-    }
+    let (streams, connect, failures) = connect_share(thread, &load, &target).await;
     let _ = to_main.send(Report::Connected {
         histogram: connect,
         failures,
@@ -385,6 +394,7 @@ async fn load_thread(
         measure_from: start + Duration::from_secs_f64(load.warmup),
         end: start + Duration::from_secs_f64(load.warmup + load.duration),
         latency: RefCell::new(result::new_histogram()),
+        send_lag: RefCell::new(result::new_histogram()),
         second: RefCell::new(result::new_histogram()),
         mismatches: Cell::new(0),
         unexpected_frames: Cell::new(0),
@@ -448,7 +458,65 @@ async fn load_thread(
         unanswered: state.unanswered.get(),
     };
     let histogram = state.latency.replace(result::new_histogram());
-    let _ = to_main.send(Report::Done { histogram, counts });
+    let send_lag = state.send_lag.replace(result::new_histogram());
+    let _ = to_main.send(Report::Done {
+        histogram,
+        send_lag,
+        counts,
+    });
+}
+
+/// Opens this thread's share of the connections (ids thread, thread +
+/// threads, …), a few dozen handshakes at a time: the streams with any bytes
+/// read past the handshake, the connect-and-handshake times, the failures.
+pub(crate) async fn connect_share(
+    thread: u32,
+    load: &LoadConfig,
+    target: &Target,
+) -> (
+    Vec<(u32, tokio::net::TcpStream, Vec<u8>)>,
+    Histogram<u64>,
+    u64,
+) {
+    let ids: Vec<u32> = (thread..load.connections)
+        .step_by(load.threads as usize)
+        .collect();
+    let mut connect = result::new_histogram();
+    let mut failures = 0;
+    let mut streams = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CONNECTING_AT_ONCE) {
+        let attempts = chunk.iter().map(|&id| {
+            let source = source_for(&load.source_addr, id);
+            let protocol = load.protocol;
+            async move {
+                let began = std::time::Instant::now();
+                let connected = match client::connect(target, source).await {
+                    Ok((mut stream, leftover)) if protocol == Protocol::Hub => {
+                        client::hub_handshake(&mut stream, leftover)
+                            .await
+                            .map(|leftover| (stream, leftover))
+                    }
+                    other => other,
+                };
+                (id, began.elapsed(), connected)
+            }
+        });
+        for (id, took, connected) in futures_util::future::join_all(attempts).await {
+            match connected {
+                Ok((stream, leftover)) => {
+                    let _ = connect.record(took.as_micros().max(1) as u64);
+                    streams.push((id, stream, leftover));
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        eprintln!("loadgen: connection {id} failed: {e:#}");
+                    }
+                    failures += 1;
+                }
+            }
+        }
+    }
+    (streams, connect, failures)
 }
 
 /// Constant rate: hands each connection its due times, in order across the
@@ -598,6 +666,11 @@ async fn write_loop(mut write: OwnedWriteHalf, state: Rc<ThreadState>, talk: Rc<
             encoder.encode(opcode, &payload, &mut frame);
         }
         talk.in_flight.borrow_mut().push_back((seq, due));
+        let now = Instant::now();
+        if state.rate.is_some() && now >= state.measure_from && now <= state.end {
+            let lag = now.saturating_duration_since(due).as_micros() as u64;
+            state.send_lag.borrow_mut().saturating_record(lag);
+        }
         if write.write_all(&frame).await.is_err() {
             return;
         }

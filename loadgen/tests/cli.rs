@@ -135,18 +135,22 @@ fn an_honest_server_passes_and_results_compare_and_plot() {
 fn a_corrupting_server_is_caught_and_the_run_fails() {
     let dir = std::env::temp_dir().join(format!("loadgen-corrupt-{}", std::process::id()));
     let addr = echo_server(true);
-    let path = dir.join("bad.json");
-    let output = run(addr, &["--size", "64"], &path);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "a run with mismatches exits non-zero"
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("mismatched echoes"), "{stdout}");
-    let result: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert!(result["summary"]["errors"]["mismatches"].as_u64().unwrap() > 0);
+    // Both clients check every echo: the io_uring loop's and tokio's.
+    for io in ["io-uring", "epoll"] {
+        let path = dir.join(format!("bad-{io}.json"));
+        let output = run(addr, &["--size", "64", "--io", io], &path);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{io}: a run with mismatches exits non-zero"
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("mismatched echoes"), "{io}: {stdout}");
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(result["summary"]["errors"]["mismatches"].as_u64().unwrap() > 0);
+        assert_eq!(result["load"]["io"], io, "the result says which client ran");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

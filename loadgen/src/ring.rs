@@ -1,0 +1,670 @@
+//! loadgen's connections on the completion-driven io_uring loop
+//! (`uring-loop`), as the engine's io-uring backend runs its own: one ring
+//! per load thread, one `io_uring_enter` per wake-up, every connection a
+//! state machine called from its completions. No tokio, future or waker on
+//! the message path.
+//!
+//! Per connection: one multishot receive into the thread's provided buffers
+//! (the bytes are copied out at once into the connection's own buffer, where
+//! frames are parsed and echoes compared byte for byte with what was sent),
+//! and at most one send in flight; frames queued meanwhile go out together
+//! with the next send. The constant-rate schedule is the thread's timer: the
+//! ring's wait ends at the next due send (microsecond precision), nothing
+//! spins, and how late each send left is recorded (send lag).
+//!
+//! Connections are opened, and upgraded, by the tokio client before the load
+//! starts (`run::connect_share`); the streams are then handed to the ring.
+//! The SignalR hub protocol runs on the tokio client only.
+
+use std::collections::VecDeque;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fastwebsockets::OpCode;
+use hdrhistogram::Histogram;
+use io_uring::{opcode, types::Fd};
+use uring_loop::{BufRing, Cqe, InFlight, Ring, UserData};
+
+use crate::client::Encoder;
+use crate::options::{LoadConfig, MessageType};
+use crate::payload::Pattern;
+use crate::result::{self, Errors};
+use crate::run::{Counts, Report, CLOSE_WAIT, DRAIN};
+use crate::schedule::Schedule;
+
+const OP_RECV: u8 = 1;
+const OP_SEND: u8 = 2;
+const OP_CANCEL: u8 = 3;
+const BUF_GROUP: u16 = 0;
+const BUF_SIZE: usize = 16 * 1024;
+const BUF_COUNT: u16 = 512;
+
+/// Whether this kernel lets loadgen run its connections on io_uring (the
+/// same ring setup the load threads use).
+pub fn available() -> bool {
+    Ring::new(8).is_ok()
+}
+
+/// Where the run stands, for every connection of the thread.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stage {
+    /// Sending on schedule (or on every echo, closed loop).
+    Running,
+    /// The window is over: no new sends, outstanding echoes awaited.
+    Draining,
+    /// Our closes are sent; the server's are awaited.
+    Closing,
+}
+
+struct Conn {
+    fd: RawFd,
+    ops: InFlight,
+    recv_armed: bool,
+    /// Bytes received and not yet parsed into frames.
+    rx: Vec<u8>,
+    /// A fragmented echo being put together: (opcode, payload so far).
+    fragments: Option<(OpCode, Vec<u8>)>,
+    /// The bytes of the send in flight (never touched while it is).
+    sending: Vec<u8>,
+    sent: usize,
+    /// Frames queued while a send is in flight.
+    queued: Vec<u8>,
+    /// In `to_send` already.
+    listed: bool,
+    /// Sent and not yet echoed: (sequence number, time latency counts from).
+    in_flight: VecDeque<(u64, Instant)>,
+    seq: u64,
+    encoder: Encoder,
+    /// We sent our close.
+    closing: bool,
+    /// Nothing more will come: the server closed, reset or broke protocol.
+    done: bool,
+}
+
+struct Thread<'a> {
+    ring: Ring,
+    pool: BufRing,
+    conns: Vec<Conn>,
+    /// Connections with frames queued and no send in flight.
+    to_send: Vec<usize>,
+    pattern: Pattern,
+    opcode: OpCode,
+    payload: Vec<u8>,
+    load: &'a LoadConfig,
+    stage: Stage,
+    measure_from: Instant,
+    end: Instant,
+    latency: Histogram<u64>,
+    send_lag: Histogram<u64>,
+    second: Histogram<u64>,
+    errors: Errors,
+}
+
+/// One load thread on the ring: takes over `streams`, waits for the common
+/// start, runs the load and reports to the main thread as the tokio threads
+/// do.
+pub(crate) fn load_thread(
+    streams: Vec<(u32, tokio::net::TcpStream, Vec<u8>)>,
+    load: &LoadConfig,
+    start: mpsc::Receiver<std::time::Instant>,
+    to_main: mpsc::Sender<Report>,
+) -> anyhow::Result<()> {
+    let ring = Ring::new(1024)?;
+    let pool = BufRing::new(&ring, BUF_GROUP, BUF_COUNT, BUF_SIZE)?;
+    let mut conns = Vec::with_capacity(streams.len());
+    let mut ids = Vec::with_capacity(streams.len());
+    for (id, stream, leftover) in streams {
+        let fd = stream.into_std()?.into_raw_fd();
+        let mut rx = Vec::with_capacity(BUF_SIZE.max(load.size + 16) * 2);
+        rx.extend_from_slice(&leftover);
+        conns.push(Conn {
+            fd,
+            ops: InFlight::default(),
+            recv_armed: false,
+            rx,
+            fragments: None,
+            sending: Vec::with_capacity(load.size + 64),
+            sent: 0,
+            queued: Vec::with_capacity(load.size + 64),
+            listed: false,
+            in_flight: VecDeque::with_capacity(load.in_flight.max(16) as usize),
+            seq: 0,
+            encoder: Encoder::default(),
+            closing: false,
+            done: false,
+        });
+        ids.push(id);
+    }
+    let Ok(start) = start.recv() else {
+        return Ok(());
+    };
+    // The main thread's clock is this thread's: std Instants throughout.
+    let mut thread = Thread {
+        pool,
+        conns,
+        to_send: Vec::new(),
+        pattern: Pattern::new(load.size, load.message_type),
+        opcode: match load.message_type {
+            MessageType::Binary => OpCode::Binary,
+            MessageType::Text => OpCode::Text,
+        },
+        payload: Vec::with_capacity(load.size),
+        load,
+        stage: Stage::Running,
+        measure_from: start + Duration::from_secs_f64(load.warmup),
+        end: start + Duration::from_secs_f64(load.warmup + load.duration),
+        latency: result::new_histogram(),
+        send_lag: result::new_histogram(),
+        second: result::new_histogram(),
+        errors: Errors::default(),
+        ring,
+    };
+    // Receives are armed before the start, so that anything the server
+    // sends early is handled from the first turn.
+    for key in 0..thread.conns.len() {
+        thread.arm_recv(key);
+    }
+    std::thread::sleep(start.saturating_duration_since(Instant::now()));
+    thread.run(start, &ids, &to_main);
+
+    let unanswered = thread.conns.iter().map(|c| c.in_flight.len() as u64).sum();
+    thread.close_all();
+    let counts = Counts {
+        errors: thread.errors.clone(),
+        unanswered,
+    };
+    let _ = to_main.send(Report::Done {
+        histogram: thread.latency,
+        send_lag: thread.send_lag,
+        counts,
+    });
+    Ok(())
+}
+
+impl Thread<'_> {
+    fn run(&mut self, start: Instant, ids: &[u32], to_main: &mpsc::Sender<Report>) {
+        let load = self.load;
+        // Constant rate: the next due send of every connection, earliest first.
+        let tokio_start = tokio::time::Instant::from_std(start);
+        let schedules: Vec<Schedule> = ids
+            .iter()
+            .map(|&id| Schedule::new(tokio_start, load.rate.unwrap_or(1.0), load.connections, id))
+            .collect();
+        let mut due: uring_loop::Timers<(u64, usize)> = uring_loop::Timers::default();
+        if load.rate.is_some() {
+            for (key, schedule) in schedules.iter().enumerate() {
+                due.add(schedule.due(0).into_std(), (0, key));
+            }
+        } else {
+            for key in 0..self.conns.len() {
+                for _ in 0..load.in_flight {
+                    self.queue_message(key, start, start);
+                }
+            }
+        }
+        let mut next_second = start + Duration::from_secs(1);
+        let mut second_index = 0;
+        let mut closing_deadline = None;
+        let mut batch = [Cqe::default(); 256];
+        let mut sending_now = Vec::with_capacity(self.conns.len());
+        self.to_send.reserve(self.conns.len());
+        loop {
+            let now = Instant::now();
+            // Sends that are due, each timed from its due time.
+            if self.stage == Stage::Running {
+                while let Some((at, (k, key))) = due.pop_due(now) {
+                    if at >= self.end {
+                        break;
+                    }
+                    self.queue_message(key, at, now);
+                    due.add(schedules[key].due(k + 1).into_std(), (k + 1, key));
+                }
+            }
+            if now >= next_second {
+                let histogram = std::mem::replace(&mut self.second, result::new_histogram());
+                let messages = histogram.len();
+                let _ = to_main.send(Report::Second {
+                    index: second_index,
+                    histogram,
+                    messages,
+                });
+                second_index += 1;
+                next_second += Duration::from_secs(1);
+            }
+            if self.stage == Stage::Running && now >= self.end {
+                self.stage = Stage::Draining;
+            }
+            if self.stage == Stage::Draining {
+                let outstanding = self
+                    .conns
+                    .iter()
+                    .any(|c| !c.done && !c.in_flight.is_empty());
+                if !outstanding || now >= self.end + DRAIN {
+                    self.stage = Stage::Closing;
+                    closing_deadline = Some(now + CLOSE_WAIT);
+                    for key in 0..self.conns.len() {
+                        self.queue_close(key);
+                    }
+                }
+            }
+            if let Some(deadline) = closing_deadline {
+                if now >= deadline || self.conns.iter().all(|c| c.done) {
+                    return;
+                }
+            }
+            // Swapped with a kept list, not taken: a fresh list every turn
+            // would allocate as it grows.
+            std::mem::swap(&mut self.to_send, &mut sending_now);
+            for &key in &sending_now {
+                self.start_send(key);
+            }
+            sending_now.clear();
+
+            let mut wake = next_second;
+            if self.stage == Stage::Running {
+                wake = wake.min(self.end);
+                if let Some(t) = due.timeout(now) {
+                    wake = wake.min(now + t);
+                }
+            }
+            if self.stage == Stage::Draining {
+                wake = wake.min(self.end + DRAIN);
+            }
+            if let Some(deadline) = closing_deadline {
+                wake = wake.min(deadline);
+            }
+            if self
+                .ring
+                .wait(Some(wake.saturating_duration_since(Instant::now())))
+                .is_err()
+            {
+                return;
+            }
+            let n = self.ring.reap(&mut batch);
+            let now = Instant::now();
+            for cqe in &batch[..n] {
+                self.complete(*cqe, now);
+            }
+        }
+    }
+
+    fn complete(&mut self, cqe: Cqe, now: Instant) {
+        let ud = UserData::decode(cqe.user_data);
+        let key = ud.key as usize;
+        match ud.op {
+            OP_RECV => self.on_recv(key, cqe, now),
+            OP_SEND => self.on_send(key, cqe),
+            _ => {}
+        }
+    }
+
+    fn arm_recv(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.recv_armed || conn.done {
+            return;
+        }
+        let entry = self
+            .ring
+            .recv_multi(conn.fd, BUF_GROUP, 0)
+            .user_data(UserData::new(key, OP_RECV).encode());
+        // SAFETY: a provided-buffer receive names no memory of ours but the
+        // pool, which lives as long as the ring.
+        if unsafe { self.ring.push(&entry) }.is_ok() {
+            conn.recv_armed = true;
+            conn.ops.started();
+        } else {
+            conn.done = true;
+        }
+    }
+
+    fn on_recv(&mut self, key: usize, cqe: Cqe, now: Instant) {
+        let conn = &mut self.conns[key];
+        if !cqe.more() {
+            conn.recv_armed = false;
+            conn.ops.finished();
+        }
+        if cqe.result > 0 {
+            if let Some(first) = cqe.buffer() {
+                let pool = &self.pool;
+                pool.take(first, cqe.result as usize, |bid, len| {
+                    // SAFETY: the completion handed bid over; it is recycled
+                    // right after this copy.
+                    conn.rx
+                        .extend_from_slice(unsafe { &pool.slice(bid)[..len] });
+                    pool.recycle(bid);
+                });
+            }
+            self.parse(key, now);
+            if !self.conns[key].recv_armed {
+                self.arm_recv(key);
+            }
+        } else if cqe.result == -libc::ENOBUFS {
+            self.arm_recv(key);
+        } else if !cqe.more() {
+            // EOF, a reset, or the cancel at the end.
+            let conn = &mut self.conns[key];
+            if !conn.closing && !conn.done {
+                self.errors.unexpected_closes += 1;
+            }
+            conn.done = true;
+        }
+    }
+
+    /// Handles every complete frame in the connection's buffer.
+    fn parse(&mut self, key: usize, now: Instant) {
+        let mut at = 0;
+        loop {
+            let conn = &self.conns[key];
+            let Some((fin, op, payload)) = frame_at(&conn.rx[at..]) else {
+                break;
+            };
+            let (head, len) = payload;
+            let range = at + head..at + head + len;
+            at += head + len;
+            let Some(opcode) = op else {
+                self.violation(key);
+                return;
+            };
+            match opcode {
+                OpCode::Text | OpCode::Binary if fin => {
+                    let conn = &mut self.conns[key];
+                    if conn.fragments.is_some() {
+                        self.violation(key);
+                        return;
+                    }
+                    let conn = &self.conns[key];
+                    let ok = self.check(conn, opcode, &conn.rx[range]);
+                    self.echoed(key, ok, now);
+                }
+                OpCode::Text | OpCode::Binary => {
+                    let conn = &mut self.conns[key];
+                    let mut assembled = Vec::with_capacity(self.load.size);
+                    assembled.extend_from_slice(&conn.rx[range]);
+                    conn.fragments = Some((opcode, assembled));
+                }
+                OpCode::Continuation => {
+                    let conn = &mut self.conns[key];
+                    let Some((first, mut assembled)) = conn.fragments.take() else {
+                        self.violation(key);
+                        return;
+                    };
+                    assembled.extend_from_slice(&conn.rx[range]);
+                    if fin {
+                        let ok = self.check(&self.conns[key], first, &assembled);
+                        self.echoed(key, ok, now);
+                    } else {
+                        self.conns[key].fragments = Some((first, assembled));
+                    }
+                }
+                OpCode::Ping => {
+                    let conn = &mut self.conns[key];
+                    conn.encoder
+                        .encode(OpCode::Pong, &conn.rx[range], &mut conn.queued);
+                    self.mark_to_send(key);
+                }
+                OpCode::Pong => {}
+                OpCode::Close => {
+                    let conn = &mut self.conns[key];
+                    if !conn.closing {
+                        self.errors.unexpected_closes += 1;
+                    }
+                    conn.done = true;
+                    conn.rx.clear();
+                    return;
+                }
+            }
+        }
+        let conn = &mut self.conns[key];
+        conn.rx.drain(..at);
+    }
+
+    /// Whether an echo is exactly the message it answers.
+    fn check(&self, conn: &Conn, opcode: OpCode, payload: &[u8]) -> bool {
+        let Some(&(seq, _)) = conn.in_flight.front() else {
+            return false;
+        };
+        opcode == self.opcode && self.pattern.matches(seq, payload)
+    }
+
+    fn echoed(&mut self, key: usize, ok: bool, now: Instant) {
+        let conn = &mut self.conns[key];
+        let Some((_, due)) = conn.in_flight.pop_front() else {
+            self.errors.unexpected_frames += 1;
+            return;
+        };
+        if !ok {
+            self.errors.mismatches += 1;
+        }
+        let micros = now.saturating_duration_since(due).as_micros().max(1) as u64;
+        self.second.saturating_record(micros);
+        if now >= self.measure_from && now <= self.end {
+            self.latency.saturating_record(micros);
+        }
+        if self.load.rate.is_none() && self.stage == Stage::Running && now < self.end {
+            self.queue_message(key, now, now);
+        }
+    }
+
+    fn violation(&mut self, key: usize) {
+        self.errors.unexpected_frames += 1;
+        let conn = &mut self.conns[key];
+        conn.done = true;
+        conn.rx.clear();
+    }
+
+    /// Queues the connection's next message, due at `due` (latency counts
+    /// from then); `now` is when it is queued, for the send lag.
+    fn queue_message(&mut self, key: usize, due: Instant, now: Instant) {
+        let conn = &mut self.conns[key];
+        if conn.done || conn.closing {
+            return;
+        }
+        self.pattern.write(conn.seq, &mut self.payload);
+        conn.encoder
+            .encode(self.opcode, &self.payload, &mut conn.queued);
+        conn.in_flight.push_back((conn.seq, due));
+        conn.seq += 1;
+        if self.load.rate.is_some() && now >= self.measure_from && now <= self.end {
+            let lag = now.saturating_duration_since(due).as_micros() as u64;
+            self.send_lag.saturating_record(lag);
+        }
+        self.mark_to_send(key);
+    }
+
+    fn queue_close(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.done || conn.closing {
+            return;
+        }
+        conn.closing = true;
+        conn.encoder
+            .encode(OpCode::Close, &1000u16.to_be_bytes(), &mut conn.queued);
+        self.mark_to_send(key);
+    }
+
+    fn mark_to_send(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.sending.is_empty() && !conn.listed {
+            conn.listed = true;
+            self.to_send.push(key);
+        }
+    }
+
+    /// Sends what is queued, unless a send is in flight (its completion
+    /// sends the rest).
+    fn start_send(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        conn.listed = false;
+        if !conn.sending.is_empty() || conn.queued.is_empty() {
+            return;
+        }
+        std::mem::swap(&mut conn.sending, &mut conn.queued);
+        conn.sent = 0;
+        self.push_send(key);
+    }
+
+    fn push_send(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let rest = &conn.sending[conn.sent..];
+        let entry = opcode::Send::new(Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(UserData::new(key, OP_SEND).encode());
+        // SAFETY: `sending` is neither written nor moved until this send's
+        // completion (start_send swaps only an empty one).
+        if unsafe { self.ring.push(&entry) }.is_ok() {
+            conn.ops.started();
+        } else {
+            conn.sending.clear();
+            conn.done = true;
+        }
+    }
+
+    fn on_send(&mut self, key: usize, cqe: Cqe) {
+        let conn = &mut self.conns[key];
+        conn.ops.finished();
+        if cqe.result < 0 {
+            if !conn.closing && !conn.done {
+                self.errors.unexpected_closes += 1;
+            }
+            conn.done = true;
+            conn.sending.clear();
+            return;
+        }
+        conn.sent += cqe.result as usize;
+        if conn.sent < conn.sending.len() {
+            self.push_send(key);
+            return;
+        }
+        conn.sending.clear();
+        self.start_send(key);
+    }
+
+    /// Cancels what is still in flight, waits briefly for it, and closes
+    /// every descriptor once nothing names it.
+    fn close_all(&mut self) {
+        for key in 0..self.conns.len() {
+            let conn = &self.conns[key];
+            if conn.ops.none() {
+                continue;
+            }
+            let target = UserData::new(key, OP_RECV).encode();
+            let cancel = self
+                .ring
+                .cancel(target, UserData::new(key, OP_CANCEL).encode());
+            // SAFETY: a cancel names no memory.
+            let _ = unsafe { self.ring.push(&cancel) };
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut batch = [Cqe::default(); 256];
+        while self.conns.iter().any(|c| !c.ops.none()) && Instant::now() < deadline {
+            if self.ring.wait(Some(Duration::from_millis(10))).is_err() {
+                break;
+            }
+            let n = self.ring.reap(&mut batch);
+            for cqe in &batch[..n] {
+                let ud = UserData::decode(cqe.user_data);
+                let conn = &mut self.conns[ud.key as usize];
+                match ud.op {
+                    OP_RECV if !cqe.more() => {
+                        conn.recv_armed = false;
+                        conn.ops.finished();
+                    }
+                    OP_RECV => {}
+                    OP_SEND => conn.ops.finished(),
+                    _ => continue,
+                }
+                if let Some(first) = cqe.buffer() {
+                    let pool = &self.pool;
+                    pool.take(first, cqe.result.max(0) as usize, |bid, _| {
+                        pool.recycle(bid)
+                    });
+                }
+            }
+        }
+        for conn in &self.conns {
+            if conn.ops.none() {
+                // SAFETY: no operation names the descriptor any more.
+                unsafe { libc::close(conn.fd) };
+            }
+            // Otherwise the kernel still holds an operation on it: the
+            // descriptor is left to the process's exit rather than reused.
+        }
+        self.pool.unregister(&self.ring);
+    }
+}
+
+/// Where the first frame in `bytes` lies, once it is all there: whether it
+/// is final, its opcode (None: one the protocol does not define, or a masked
+/// server frame), and (header length, payload length).
+#[allow(clippy::type_complexity)]
+fn frame_at(bytes: &[u8]) -> Option<(bool, Option<OpCode>, (usize, usize))> {
+    if bytes.len() < 2 {
+        return None;
+    }
+    let fin = bytes[0] & 0x80 != 0;
+    let masked = bytes[1] & 0x80 != 0;
+    let (head, len) = match bytes[1] & 0x7f {
+        126 => {
+            if bytes.len() < 4 {
+                return None;
+            }
+            (4, u16::from_be_bytes([bytes[2], bytes[3]]) as usize)
+        }
+        127 => {
+            if bytes.len() < 10 {
+                return None;
+            }
+            let len = u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
+            (10, usize::try_from(len).unwrap_or(usize::MAX))
+        }
+        n => (2, n as usize),
+    };
+    let opcode = match bytes[0] & 0x0f {
+        0 => Some(OpCode::Continuation),
+        1 => Some(OpCode::Text),
+        2 => Some(OpCode::Binary),
+        8 => Some(OpCode::Close),
+        9 => Some(OpCode::Ping),
+        10 => Some(OpCode::Pong),
+        _ => None,
+    };
+    let opcode = opcode.filter(|_| !masked && bytes[0] & 0x70 == 0);
+    if opcode.is_none() {
+        return Some((fin, None, (0, 0)));
+    }
+    if bytes.len() - head < len {
+        return None;
+    }
+    Some((fin, opcode, (head, len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_found_only_when_complete() {
+        assert_eq!(frame_at(&[0x82]), None);
+        assert_eq!(frame_at(&[0x82, 3, 1, 2]), None);
+        assert_eq!(
+            frame_at(&[0x82, 3, 1, 2, 3]),
+            Some((true, Some(OpCode::Binary), (2, 3)))
+        );
+        let mut long = vec![0x01, 126, 0x01, 0x00];
+        long.resize(4 + 256, b'a');
+        assert_eq!(frame_at(&long), Some((false, Some(OpCode::Text), (4, 256))));
+        assert_eq!(frame_at(&long[..100]), None);
+    }
+
+    #[test]
+    fn masked_reserved_or_unknown_server_frames_are_violations() {
+        assert_eq!(
+            frame_at(&[0x82, 0x81, 0, 0, 0, 0, 1]).map(|f| f.1),
+            Some(None)
+        );
+        assert_eq!(frame_at(&[0xc2, 1, 0]).map(|f| f.1), Some(None));
+        assert_eq!(frame_at(&[0x83, 1, 0]).map(|f| f.1), Some(None));
+    }
+}
