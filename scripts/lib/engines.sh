@@ -6,6 +6,10 @@
 #                                 earlier commit, its io-uring backend
 #   monoio                        fastwebsockets on monoio (peers/monoio),
 #                                 under taskset -c 0
+#   fastwebsockets, tokio-tungstenite, bun, node-ws
+#                                 the other peers of scripts/peers.sh, under
+#                                 taskset -c 0 (bun and node-ws need
+#                                 peers/node_modules: npm install in peers/)
 # start_engine NAME sets $addr and $pid; stop_engine stops it by that PID.
 
 monoio_peer=target/peers/monoio/release/peer-monoio
@@ -23,6 +27,12 @@ engines_or() {
     list="io-uring-before $list"
   fi
   if [[ " $list " == *" monoio "* ]]; then build_monoio >&2; fi
+  if [[ " $list " == *" fastwebsockets "* || " $list " == *" tokio-tungstenite "* ]]; then
+    cargo build --release --quiet --example peer_tungstenite --example peer_fastwebsockets >&2
+  fi
+  if [[ " $list " == *" bun "* || " $list " == *" node-ws "* ]] && [ ! -d peers/node_modules/ws ]; then
+    (cd peers && npm install --no-audit --no-fund --silent) >&2 || echo "engines.sh: npm install failed; bun and node-ws are skipped" >&2
+  fi
   echo "$list"
 }
 
@@ -44,15 +54,25 @@ start_engine() {
       target/release/ringecho --listen 127.0.0.1:0 --backend "$name" --threads 1 >"$log" 2>&1 & ;;
     io-uring-before)
       "$OLD_ENGINE" --listen 127.0.0.1:0 --backend io-uring --threads 1 >"$log" 2>&1 & ;;
-    monoio)
-      [ -x "$monoio_peer" ] || { rm -f "$log"; return 1; }
+    monoio|fastwebsockets|tokio-tungstenite|bun|node-ws)
+      local command
+      case $name in
+        monoio) command=$monoio_peer ;;
+        fastwebsockets) command=target/release/examples/peer_fastwebsockets ;;
+        tokio-tungstenite) command=target/release/examples/peer_tungstenite ;;
+        bun) command="peers/node_modules/.bin/bun peers/bun-echo.js" ;;
+        node-ws) command="node peers/ws-echo.js" ;;
+      esac
+      [ -e "${command%% *}" ] || [ "$name" = node-ws ] || { rm -f "$log"; return 1; }
+      [ "$name" != node-ws ] || [ -d peers/node_modules/ws ] || { rm -f "$log"; return 1; }
       engine_port=$((engine_port + 1))
-      taskset -c 0 "$monoio_peer" "127.0.0.1:$engine_port" >"$log" 2>&1 & ;;
+      # shellcheck disable=SC2086
+      taskset -c 0 $command "127.0.0.1:$engine_port" >"$log" 2>&1 & ;;
     *) echo "engines.sh: unknown engine $name" >&2; rm -f "$log"; return 1 ;;
   esac
   pid=$!
-  for _ in $(seq 100); do grep -q "listening on" "$log" && break; sleep 0.05; done
-  addr=$(sed -n 's/.*listening on \([^ ]*\).*/\1/p' "$log" | head -n 1)
+  for _ in $(seq 100); do grep -qi "listening on" "$log" && break; sleep 0.05; done
+  addr=$(sed -n 's/.*[Ll]istening on:\{0,1\} \([^ ]*\).*/\1/p' "$log" | head -n 1)
   rm -f "$log"
   [ -n "$addr" ] || { echo "engines.sh: $name did not start" >&2; stop_engine; return 1; }
 }
