@@ -172,7 +172,8 @@ impl Default for Encoder {
 }
 
 impl Encoder {
-    fn next_mask(&mut self) -> [u8; 4] {
+    /// A fresh mask key.
+    pub fn next_mask(&mut self) -> [u8; 4] {
         self.state ^= self.state << 13;
         self.state ^= self.state >> 7;
         self.state ^= self.state << 17;

@@ -60,9 +60,29 @@ impl Pattern {
     }
 
     fn body(&self, seq: u64) -> &[u8] {
+        &self.block[self.body_range(seq)]
+    }
+
+    /// Where message `seq`'s body lies in [`Pattern::block`]. It starts at a
+    /// multiple of 4 bytes, so the block masked once with a connection's key
+    /// (byte i with key[i % 4]) holds every message's masked body: the body
+    /// starts at payload byte 8 (a multiple of 4 too) and masking repeats
+    /// every 4 bytes.
+    pub fn body_range(&self, seq: u64) -> std::ops::Range<usize> {
         let header = HEADER.min(self.size);
-        let offset = (seq.wrapping_mul(2_654_435_761) as usize) % SPREAD;
-        &self.block[offset..offset + self.size - header]
+        let offset = (seq.wrapping_mul(2_654_435_761) as usize) % (SPREAD / 4) * 4;
+        offset..offset + self.size - header
+    }
+
+    /// The bytes bodies are cut from.
+    pub fn block(&self) -> &[u8] {
+        &self.block
+    }
+
+    /// The first bytes of message `seq` (its sequence number): at most 8,
+    /// fewer for smaller messages.
+    pub fn head(&self, seq: u64) -> ([u8; HEADER], usize) {
+        (self.header(seq), HEADER.min(self.size))
     }
 
     /// Writes the payload of message `seq` into `out` (cleared first).
@@ -103,6 +123,37 @@ mod tests {
                         assert!(std::str::from_utf8(&buf).is_ok());
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_cut_from_a_block_masked_once_are_the_masked_bodies() {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        for size in [8, 9, 20, 1024, 16384] {
+            let pattern = Pattern::new(size, MessageType::Binary);
+            let masked: Vec<u8> = pattern
+                .block()
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
+            let mut payload = Vec::new();
+            for seq in [0u64, 1, 7, 1000, 1 << 33] {
+                pattern.write(seq, &mut payload);
+                let expected: Vec<u8> = payload
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key[i % 4])
+                    .collect();
+                let (head, n) = pattern.head(seq);
+                assert_eq!(n, 8);
+                assert_eq!(payload[..8], head);
+                assert_eq!(
+                    expected[8..],
+                    masked[pattern.body_range(seq)],
+                    "{size} B, seq {seq}"
+                );
             }
         }
     }

@@ -37,8 +37,13 @@ const OP_RECV: u8 = 1;
 const OP_SEND: u8 = 2;
 const OP_CANCEL: u8 = 3;
 const BUF_GROUP: u16 = 0;
-const BUF_SIZE: usize = 16 * 1024;
-const BUF_COUNT: u16 = 512;
+/// Receive buffers: each holds a whole echo (a frame of up to 64 KiB), so
+/// that echoes are checked where the kernel put them; about 8 MiB a thread.
+fn pool_shape(size: usize) -> (u16, usize) {
+    let buffer = (size + 14).next_power_of_two().clamp(4096, 64 * 1024);
+    let count = ((8 << 20) / buffer).clamp(256, 2048) as u16;
+    (count, buffer)
+}
 
 /// Whether this kernel lets loadgen run its connections on io_uring (the
 /// same ring setup the load threads use).
@@ -76,10 +81,66 @@ struct Conn {
     in_flight: VecDeque<(u64, Instant)>,
     seq: u64,
     encoder: Encoder,
+    /// This connection's messages, precomputed under its own mask key: the
+    /// frame head, and the pattern's block masked once (every message's
+    /// masked body is a slice of it). Sending a message copies the head, the
+    /// sequence number masked with the key, and the body slice: one pass
+    /// over the payload, no masking per message.
+    frames: Option<Frames>,
     /// We sent our close.
     closing: bool,
     /// Nothing more will come: the server closed, reset or broke protocol.
     done: bool,
+}
+
+struct Frames {
+    key: [u8; 4],
+    head: [u8; 14],
+    head_len: usize,
+    masked_block: Vec<u8>,
+}
+
+impl Frames {
+    /// For messages of at least 8 bytes (their sequence number whole);
+    /// smaller ones are encoded per message, which costs next to nothing.
+    fn new(pattern: &Pattern, opcode: OpCode, encoder: &mut Encoder) -> Option<Frames> {
+        if pattern.size() < 8 {
+            return None;
+        }
+        let key = encoder.next_mask();
+        let mut head = [0u8; 14];
+        let payload = vec![0u8; pattern.size()];
+        let mut frame = fastwebsockets::Frame::new(
+            true,
+            opcode,
+            Some(key),
+            fastwebsockets::Payload::Borrowed(&payload),
+        );
+        let head_len = frame.fmt_head(&mut head);
+        let masked_block = pattern
+            .block()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
+        Some(Frames {
+            key,
+            head,
+            head_len,
+            masked_block,
+        })
+    }
+
+    /// Appends message `seq`, masked, to `out`.
+    fn write(&self, pattern: &Pattern, seq: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.head[..self.head_len]);
+        let (mut seq_bytes, n) = pattern.head(seq);
+        for (i, b) in seq_bytes[..n].iter_mut().enumerate() {
+            *b ^= self.key[i % 4];
+        }
+        out.extend_from_slice(&seq_bytes[..n]);
+        out.extend_from_slice(&self.masked_block[pattern.body_range(seq)]);
+    }
 }
 
 struct Thread<'a> {
@@ -88,6 +149,8 @@ struct Thread<'a> {
     conns: Vec<Conn>,
     /// Connections with frames queued and no send in flight.
     to_send: Vec<usize>,
+    /// The buffers of the completion being handled (kept: no allocation).
+    pieces: Vec<(u16, usize)>,
     pattern: Pattern,
     opcode: OpCode,
     payload: Vec<u8>,
@@ -111,12 +174,20 @@ pub(crate) fn load_thread(
     to_main: mpsc::Sender<Report>,
 ) -> anyhow::Result<()> {
     let ring = Ring::new(1024)?;
-    let pool = BufRing::new(&ring, BUF_GROUP, BUF_COUNT, BUF_SIZE)?;
+    let (count, buffer) = pool_shape(load.size);
+    let pool = BufRing::new(&ring, BUF_GROUP, count, buffer)?;
     let mut conns = Vec::with_capacity(streams.len());
     let mut ids = Vec::with_capacity(streams.len());
+    let pattern = Pattern::new(load.size, load.message_type);
+    let opcode = match load.message_type {
+        MessageType::Binary => OpCode::Binary,
+        MessageType::Text => OpCode::Text,
+    };
     for (id, stream, leftover) in streams {
+        let mut encoder = Encoder::default();
+        let frames = Frames::new(&pattern, opcode, &mut encoder);
         let fd = stream.into_std()?.into_raw_fd();
-        let mut rx = Vec::with_capacity(BUF_SIZE.max(load.size + 16) * 2);
+        let mut rx = Vec::with_capacity(leftover.len().max(64));
         rx.extend_from_slice(&leftover);
         conns.push(Conn {
             fd,
@@ -130,7 +201,8 @@ pub(crate) fn load_thread(
             listed: false,
             in_flight: VecDeque::with_capacity(load.in_flight.max(16) as usize),
             seq: 0,
-            encoder: Encoder::default(),
+            encoder,
+            frames,
             closing: false,
             done: false,
         });
@@ -144,11 +216,9 @@ pub(crate) fn load_thread(
         pool,
         conns,
         to_send: Vec::new(),
-        pattern: Pattern::new(load.size, load.message_type),
-        opcode: match load.message_type {
-            MessageType::Binary => OpCode::Binary,
-            MessageType::Text => OpCode::Text,
-        },
+        pieces: Vec::with_capacity(count as usize),
+        pattern,
+        opcode,
         payload: Vec::with_capacity(load.size),
         load,
         stage: Stage::Running,
@@ -326,16 +396,23 @@ impl Thread<'_> {
         }
         if cqe.result > 0 {
             if let Some(first) = cqe.buffer() {
-                let pool = &self.pool;
-                pool.take(first, cqe.result as usize, |bid, len| {
-                    // SAFETY: the completion handed bid over; it is recycled
-                    // right after this copy.
-                    conn.rx
-                        .extend_from_slice(unsafe { &pool.slice(bid)[..len] });
-                    pool.recycle(bid);
+                let mut pieces = std::mem::take(&mut self.pieces);
+                self.pool.take(first, cqe.result as usize, |bid, len| {
+                    pieces.push((bid, len))
                 });
+                for &(bid, len) in &pieces {
+                    // SAFETY: the completion handed `bid` over and it is
+                    // recycled only below, after the slice's last use; the
+                    // kernel writes no buffer it does not own, and nothing
+                    // of ours writes the pool, so the shared slice is sound
+                    // while `self` is borrowed mutably.
+                    let piece = unsafe { std::slice::from_raw_parts(self.pool.ptr(bid), len) };
+                    self.feed(key, piece, now);
+                    self.pool.recycle(bid);
+                }
+                pieces.clear();
+                self.pieces = pieces;
             }
-            self.parse(key, now);
             if !self.conns[key].recv_armed {
                 self.arm_recv(key);
             }
@@ -351,45 +428,68 @@ impl Thread<'_> {
         }
     }
 
-    /// Handles every complete frame in the connection's buffer.
-    fn parse(&mut self, key: usize, now: Instant) {
+    /// Handles the frames in one received piece. Frames that lie whole in
+    /// the piece are checked where the kernel put them; only the bytes of a
+    /// frame that continues in a later piece are copied, into the
+    /// connection's own buffer, and handled once it is complete.
+    fn feed(&mut self, key: usize, piece: &[u8], now: Instant) {
+        if self.conns[key].done {
+            return;
+        }
+        if self.conns[key].rx.is_empty() {
+            let used = self.frames_in(key, piece, now);
+            let conn = &mut self.conns[key];
+            if !conn.done {
+                conn.rx.extend_from_slice(&piece[used..]);
+            }
+            return;
+        }
+        let mut rx = std::mem::take(&mut self.conns[key].rx);
+        rx.extend_from_slice(piece);
+        let used = self.frames_in(key, &rx, now);
+        rx.drain(..used);
+        let conn = &mut self.conns[key];
+        if conn.done {
+            rx.clear();
+        }
+        conn.rx = rx;
+    }
+
+    /// Handles every complete frame at the front of `bytes`; returns how
+    /// many bytes they took (all of them once the connection is done).
+    fn frames_in(&mut self, key: usize, bytes: &[u8], now: Instant) -> usize {
         let mut at = 0;
         loop {
-            let conn = &self.conns[key];
-            let Some((fin, op, payload)) = frame_at(&conn.rx[at..]) else {
-                break;
+            let Some((fin, op, payload)) = frame_at(&bytes[at..]) else {
+                return at;
             };
             let (head, len) = payload;
             let range = at + head..at + head + len;
             at += head + len;
             let Some(opcode) = op else {
                 self.violation(key);
-                return;
+                return bytes.len();
             };
             match opcode {
                 OpCode::Text | OpCode::Binary if fin => {
-                    let conn = &mut self.conns[key];
-                    if conn.fragments.is_some() {
+                    if self.conns[key].fragments.is_some() {
                         self.violation(key);
-                        return;
+                        return bytes.len();
                     }
-                    let conn = &self.conns[key];
-                    let ok = self.check(conn, opcode, &conn.rx[range]);
+                    let ok = self.check(&self.conns[key], opcode, &bytes[range]);
                     self.echoed(key, ok, now);
                 }
                 OpCode::Text | OpCode::Binary => {
-                    let conn = &mut self.conns[key];
                     let mut assembled = Vec::with_capacity(self.load.size);
-                    assembled.extend_from_slice(&conn.rx[range]);
-                    conn.fragments = Some((opcode, assembled));
+                    assembled.extend_from_slice(&bytes[range]);
+                    self.conns[key].fragments = Some((opcode, assembled));
                 }
                 OpCode::Continuation => {
-                    let conn = &mut self.conns[key];
-                    let Some((first, mut assembled)) = conn.fragments.take() else {
+                    let Some((first, mut assembled)) = self.conns[key].fragments.take() else {
                         self.violation(key);
-                        return;
+                        return bytes.len();
                     };
-                    assembled.extend_from_slice(&conn.rx[range]);
+                    assembled.extend_from_slice(&bytes[range]);
                     if fin {
                         let ok = self.check(&self.conns[key], first, &assembled);
                         self.echoed(key, ok, now);
@@ -400,7 +500,7 @@ impl Thread<'_> {
                 OpCode::Ping => {
                     let conn = &mut self.conns[key];
                     conn.encoder
-                        .encode(OpCode::Pong, &conn.rx[range], &mut conn.queued);
+                        .encode(OpCode::Pong, &bytes[range], &mut conn.queued);
                     self.mark_to_send(key);
                 }
                 OpCode::Pong => {}
@@ -410,13 +510,10 @@ impl Thread<'_> {
                         self.errors.unexpected_closes += 1;
                     }
                     conn.done = true;
-                    conn.rx.clear();
-                    return;
+                    return bytes.len();
                 }
             }
         }
-        let conn = &mut self.conns[key];
-        conn.rx.drain(..at);
     }
 
     /// Whether an echo is exactly the message it answers.
@@ -448,9 +545,7 @@ impl Thread<'_> {
 
     fn violation(&mut self, key: usize) {
         self.errors.unexpected_frames += 1;
-        let conn = &mut self.conns[key];
-        conn.done = true;
-        conn.rx.clear();
+        self.conns[key].done = true;
     }
 
     /// Queues the connection's next message, due at `due` (latency counts
@@ -460,9 +555,14 @@ impl Thread<'_> {
         if conn.done || conn.closing {
             return;
         }
-        self.pattern.write(conn.seq, &mut self.payload);
-        conn.encoder
-            .encode(self.opcode, &self.payload, &mut conn.queued);
+        match &conn.frames {
+            Some(frames) => frames.write(&self.pattern, conn.seq, &mut conn.queued),
+            None => {
+                self.pattern.write(conn.seq, &mut self.payload);
+                conn.encoder
+                    .encode(self.opcode, &self.payload, &mut conn.queued);
+            }
+        }
         conn.in_flight.push_back((conn.seq, due));
         conn.seq += 1;
         if self.load.rate.is_some() && now >= self.measure_from && now <= self.end {
