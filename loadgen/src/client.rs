@@ -64,31 +64,48 @@ pub async fn connect(
     }
     let mut stream = socket.connect(target.addr).await?;
     stream.set_nodelay(true)?;
+    let (request, key) = upgrade_request(target);
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::with_capacity(512);
+    let end = loop {
+        if let Some(end) = upgrade_response(&response, &key)? {
+            break end;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "server closed during the handshake");
+        response.extend_from_slice(&chunk[..n]);
+    };
+    Ok((stream, response[end..].to_vec()))
+}
+
+/// The opening handshake's request for `target`, and its key.
+pub fn upgrade_request(target: &Target) -> (String, String) {
     let key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<16>());
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
         target.path, target.host
     );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::with_capacity(512);
-    let end = loop {
-        if let Some(at) = find(&response, b"\r\n\r\n") {
-            break at + 4;
-        }
+    (request, key)
+}
+
+/// Checks the server's answer to [`upgrade_request`] as far as it has
+/// arrived: `Ok(None)` while its head is incomplete, `Ok(Some(end))` once it
+/// is a valid 101 for `key` (`end`: where the WebSocket's bytes begin).
+pub fn upgrade_response(response: &[u8], key: &str) -> anyhow::Result<Option<usize>> {
+    let Some(at) = find(response, b"\r\n\r\n") else {
         anyhow::ensure!(response.len() < 16 * 1024, "handshake response too long");
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await?;
-        anyhow::ensure!(n > 0, "server closed during the handshake");
-        response.extend_from_slice(&chunk[..n]);
+        return Ok(None);
     };
+    let end = at + 4;
     let head = String::from_utf8_lossy(&response[..end]);
     let status = head.lines().next().unwrap_or_default();
     anyhow::ensure!(
         status.split_whitespace().nth(1) == Some("101"),
         "handshake refused: {status}"
     );
-    let expected = accept_key(&key);
+    let expected = accept_key(key);
     let accepted = head.lines().any(|line| {
         line.split_once(':').is_some_and(|(name, value)| {
             name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == expected
@@ -98,7 +115,7 @@ pub async fn connect(
         accepted,
         "handshake answer has no valid Sec-WebSocket-Accept"
     );
-    Ok((stream, response[end..].to_vec()))
+    Ok(Some(end))
 }
 
 /// The hub handshake over an open WebSocket: JSON protocol version 1,

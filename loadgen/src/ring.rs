@@ -12,12 +12,13 @@
 //! ring's wait ends at the next due send (microsecond precision), nothing
 //! spins, and how late each send left is recorded (send lag).
 //!
-//! Connections are opened, and upgraded, by the tokio client before the load
-//! starts (`run::connect_share`); the streams are then handed to the ring.
+//! Connections are opened through the ring too, a few hundred at a time:
+//! the TCP connect, the upgrade request, the 101 checked (`client`'s
+//! `upgrade_request` and `upgrade_response`, shared with the tokio client).
 //! The SignalR hub protocol runs on the tokio client only.
 
 use std::collections::VecDeque;
-use std::os::fd::{IntoRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use hdrhistogram::Histogram;
 use io_uring::{opcode, types::Fd};
 use uring_loop::{BufRing, Cqe, InFlight, Ring, UserData};
 
-use crate::client::Encoder;
+use crate::client::{self, Encoder, Target};
 use crate::options::{LoadConfig, MessageType};
 use crate::payload::Pattern;
 use crate::result::{self, Errors};
@@ -36,6 +37,12 @@ use crate::schedule::Schedule;
 const OP_RECV: u8 = 1;
 const OP_SEND: u8 = 2;
 const OP_CANCEL: u8 = 3;
+const OP_CONNECT: u8 = 4;
+/// Connections opening at once per thread: enough to open thousands in a
+/// second, few enough not to overflow a listen backlog.
+const OPENING_AT_ONCE: usize = 256;
+/// A connection not open and upgraded by then has failed.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const BUF_GROUP: u16 = 0;
 /// Receive buffers: each holds a whole echo (a frame of up to 64 KiB), so
 /// that echoes are checked where the kernel put them; about 8 MiB a thread.
@@ -66,6 +73,9 @@ struct Conn {
     fd: RawFd,
     ops: InFlight,
     recv_armed: bool,
+    /// While the connection opens: its address (the kernel reads it during
+    /// the connect), the handshake's key and when the attempt began.
+    opening: Option<Box<Opening>>,
     /// Bytes received and not yet parsed into frames.
     rx: Vec<u8>,
     /// A fragmented echo being put together: (opcode, payload so far).
@@ -91,6 +101,13 @@ struct Conn {
     closing: bool,
     /// Nothing more will come: the server closed, reset or broke protocol.
     done: bool,
+}
+
+struct Opening {
+    addr: libc::sockaddr_storage,
+    addr_len: libc::socklen_t,
+    key: String,
+    began: Instant,
 }
 
 struct Frames {
@@ -144,6 +161,7 @@ impl Frames {
 }
 
 struct Thread<'a> {
+    target: &'a Target,
     ring: Ring,
     pool: BufRing,
     conns: Vec<Conn>,
@@ -162,57 +180,72 @@ struct Thread<'a> {
     send_lag: Histogram<u64>,
     second: Histogram<u64>,
     errors: Errors,
+    /// Connections whose opening just ended: (key, how long, or why not).
+    opened: Vec<(usize, Result<Duration, String>)>,
 }
 
-/// One load thread on the ring: takes over `streams`, waits for the common
-/// start, runs the load and reports to the main thread as the tokio threads
-/// do.
+/// One load thread on the ring: opens its share of the connections (ids
+/// `thread`, `thread + threads`, …) through the ring, reports them, waits for
+/// the common start, runs the load and reports as the tokio threads do.
 pub(crate) fn load_thread(
-    streams: Vec<(u32, tokio::net::TcpStream, Vec<u8>)>,
+    thread_index: u32,
     load: &LoadConfig,
+    target: &Target,
     start: mpsc::Receiver<std::time::Instant>,
     to_main: mpsc::Sender<Report>,
 ) -> anyhow::Result<()> {
-    let ring = Ring::new(1024)?;
+    let ids: Vec<u32> = (thread_index..load.connections)
+        .step_by(load.threads as usize)
+        .collect();
     let (count, buffer) = pool_shape(load.size);
-    let pool = BufRing::new(&ring, BUF_GROUP, count, buffer)?;
-    let mut conns = Vec::with_capacity(streams.len());
-    let mut ids = Vec::with_capacity(streams.len());
+    let set_up = Ring::new(1024).and_then(|ring| {
+        let pool = BufRing::new(&ring, BUF_GROUP, count, buffer)?;
+        Ok((ring, pool))
+    });
+    let (ring, pool) = match set_up {
+        Ok(both) => both,
+        Err(e) => {
+            // The main thread waits for every thread's connections: these
+            // all failed.
+            let _ = to_main.send(Report::Connected {
+                histogram: result::new_histogram(),
+                failures: ids.len() as u64,
+            });
+            return Err(e.into());
+        }
+    };
     let pattern = Pattern::new(load.size, load.message_type);
     let opcode = match load.message_type {
         MessageType::Binary => OpCode::Binary,
         MessageType::Text => OpCode::Text,
     };
-    for (id, stream, leftover) in streams {
-        let mut encoder = Encoder::default();
-        let frames = Frames::new(&pattern, opcode, &mut encoder);
-        let fd = stream.into_std()?.into_raw_fd();
-        let mut rx = Vec::with_capacity(leftover.len().max(64));
-        rx.extend_from_slice(&leftover);
-        conns.push(Conn {
-            fd,
-            ops: InFlight::default(),
-            recv_armed: false,
-            rx,
-            fragments: None,
-            sending: Vec::with_capacity(load.size + 64),
-            sent: 0,
-            queued: Vec::with_capacity(load.size + 64),
-            listed: false,
-            in_flight: VecDeque::with_capacity(load.in_flight.max(16) as usize),
-            seq: 0,
-            encoder,
-            frames,
-            closing: false,
-            done: false,
-        });
-        ids.push(id);
-    }
-    let Ok(start) = start.recv() else {
-        return Ok(());
-    };
-    // The main thread's clock is this thread's: std Instants throughout.
+    let conns = ids
+        .iter()
+        .map(|_| {
+            let mut encoder = Encoder::default();
+            let frames = Frames::new(&pattern, opcode, &mut encoder);
+            Conn {
+                fd: -1,
+                ops: InFlight::default(),
+                recv_armed: false,
+                opening: None,
+                rx: Vec::with_capacity(512),
+                fragments: None,
+                sending: Vec::with_capacity(load.size + 64),
+                sent: 0,
+                queued: Vec::with_capacity(load.size + 64),
+                listed: false,
+                in_flight: VecDeque::with_capacity(load.in_flight.max(16) as usize),
+                seq: 0,
+                encoder,
+                frames,
+                closing: false,
+                done: false,
+            }
+        })
+        .collect();
     let mut thread = Thread {
+        target,
         pool,
         conns,
         to_send: Vec::new(),
@@ -222,19 +255,27 @@ pub(crate) fn load_thread(
         payload: Vec::with_capacity(load.size),
         load,
         stage: Stage::Running,
-        measure_from: start + Duration::from_secs_f64(load.warmup),
-        end: start + Duration::from_secs_f64(load.warmup + load.duration),
+        measure_from: Instant::now(),
+        end: Instant::now(),
         latency: result::new_histogram(),
         send_lag: result::new_histogram(),
         second: result::new_histogram(),
         errors: Errors::default(),
+        opened: Vec::new(),
         ring,
     };
-    // Receives are armed before the start, so that anything the server
-    // sends early is handled from the first turn.
-    for key in 0..thread.conns.len() {
-        thread.arm_recv(key);
-    }
+    let (histogram, failures) = thread.open_all(&ids);
+    let _ = to_main.send(Report::Connected {
+        histogram,
+        failures,
+    });
+    let Ok(start) = start.recv() else {
+        thread.close_all();
+        return Ok(());
+    };
+    // The main thread's clock is this thread's: std Instants throughout.
+    thread.measure_from = start + Duration::from_secs_f64(load.warmup);
+    thread.end = start + Duration::from_secs_f64(load.warmup + load.duration);
     std::thread::sleep(start.saturating_duration_since(Instant::now()));
     thread.run(start, &ids, &to_main);
 
@@ -365,7 +406,179 @@ impl Thread<'_> {
         match ud.op {
             OP_RECV => self.on_recv(key, cqe, now),
             OP_SEND => self.on_send(key, cqe),
+            OP_CONNECT => self.on_connect(key, cqe),
             _ => {}
+        }
+    }
+
+    /// Opens every connection of the thread through the ring, a few hundred
+    /// at a time: connect, send the upgrade request, check the 101. Returns
+    /// the open-and-upgrade times and the number that failed.
+    fn open_all(&mut self, ids: &[u32]) -> (Histogram<u64>, u64) {
+        let mut times = result::new_histogram();
+        let mut failures = 0u64;
+        let mut fail = |why: &str, key: usize| {
+            if failures == 0 {
+                eprintln!("loadgen: connection {} failed: {why}", ids[key]);
+            }
+            failures += 1;
+        };
+        let (mut next, mut active) = (0, 0);
+        let mut batch = [Cqe::default(); 256];
+        let mut next_check = Instant::now();
+        while next < self.conns.len() || active > 0 {
+            while active < OPENING_AT_ONCE && next < self.conns.len() {
+                let source = (!self.load.source_addr.is_empty()).then(|| {
+                    self.load.source_addr[ids[next] as usize % self.load.source_addr.len()]
+                });
+                match self.start_connect(next, source) {
+                    Ok(()) => active += 1,
+                    Err(e) => {
+                        self.conns[next].done = true;
+                        fail(&e.to_string(), next);
+                    }
+                }
+                next += 1;
+            }
+            let now = Instant::now();
+            if now >= next_check {
+                next_check = now + Duration::from_millis(100);
+                for key in 0..next {
+                    let late = self.conns[key]
+                        .opening
+                        .as_ref()
+                        .is_some_and(|o| now >= o.began + OPEN_TIMEOUT);
+                    if late {
+                        self.finish_open(key, Err("no answer within 10 s".into()));
+                    }
+                }
+            }
+            for key in std::mem::take(&mut self.to_send) {
+                self.start_send(key);
+            }
+            if self.ring.wait(Some(Duration::from_millis(10))).is_err() {
+                break;
+            }
+            let n = self.ring.reap(&mut batch);
+            let now = Instant::now();
+            for cqe in &batch[..n] {
+                self.complete(*cqe, now);
+            }
+            for (key, outcome) in std::mem::take(&mut self.opened) {
+                active -= 1;
+                match outcome {
+                    Ok(took) => {
+                        let _ = times.record(took.as_micros().max(1) as u64);
+                    }
+                    Err(why) => {
+                        let conn = &mut self.conns[key];
+                        conn.done = true;
+                        self.cancel_all(key);
+                        fail(&why, key);
+                    }
+                }
+            }
+        }
+        (times, failures)
+    }
+
+    /// Starts connection `key`'s TCP connect, from `source` if given.
+    fn start_connect(
+        &mut self,
+        key: usize,
+        source: Option<std::net::IpAddr>,
+    ) -> std::io::Result<()> {
+        let addr = self.target.addr;
+        let domain = if addr.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        // SAFETY: plain syscalls on a descriptor this function creates; the
+        // option and address values outlive the calls.
+        let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.conns[key].fd = fd;
+        let one: libc::c_int = 1;
+        // SAFETY: as above.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        if let Some(ip) = source {
+            let (local, len) = sockaddr(std::net::SocketAddr::new(ip, 0));
+            // SAFETY: as above.
+            if unsafe { libc::bind(fd, (&local as *const libc::sockaddr_storage).cast(), len) } < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        let (addr, addr_len) = sockaddr(addr);
+        let opening = Box::new(Opening {
+            addr,
+            addr_len,
+            key: String::new(),
+            began: Instant::now(),
+        });
+        let entry = opcode::Connect::new(
+            Fd(fd),
+            (&opening.addr as *const libc::sockaddr_storage).cast(),
+            opening.addr_len,
+        )
+        .build()
+        .user_data(UserData::new(key, OP_CONNECT).encode());
+        let conn = &mut self.conns[key];
+        // Boxed and kept in the connection until the connect completes: the
+        // kernel reads the address from that memory.
+        conn.opening = Some(opening);
+        // SAFETY: the address lives in `opening`, which is dropped only in
+        // finish_open, after the connect's completion (or with the thread's
+        // state, after close_all has waited for every operation).
+        unsafe { self.ring.push(&entry) }?;
+        conn.ops.started();
+        Ok(())
+    }
+
+    fn on_connect(&mut self, key: usize, cqe: Cqe) {
+        let conn = &mut self.conns[key];
+        conn.ops.finished();
+        if cqe.result < 0 {
+            let why = std::io::Error::from_raw_os_error(-cqe.result).to_string();
+            self.finish_open(key, Err(why));
+            return;
+        }
+        let (request, handshake_key) = client::upgrade_request(self.target);
+        if let Some(opening) = conn.opening.as_mut() {
+            opening.key = handshake_key;
+        }
+        conn.queued.extend_from_slice(request.as_bytes());
+        self.mark_to_send(key);
+        self.arm_recv(key);
+    }
+
+    /// The end of connection `key`'s opening, once: Ok with how long it took.
+    fn finish_open(&mut self, key: usize, outcome: Result<Duration, String>) {
+        if self.conns[key].opening.take().is_some() {
+            self.opened.push((key, outcome));
+        }
+    }
+
+    /// Cancels whatever names connection `key`'s descriptor.
+    fn cancel_all(&mut self, key: usize) {
+        for op in [OP_RECV, OP_CONNECT] {
+            let target = UserData::new(key, op).encode();
+            let cancel = self
+                .ring
+                .cancel(target, UserData::new(key, OP_CANCEL).encode());
+            // SAFETY: a cancel names no memory.
+            let _ = unsafe { self.ring.push(&cancel) };
         }
     }
 
@@ -420,6 +633,10 @@ impl Thread<'_> {
             self.arm_recv(key);
         } else if !cqe.more() {
             // EOF, a reset, or the cancel at the end.
+            if self.conns[key].opening.is_some() {
+                self.finish_open(key, Err("the server closed during the handshake".into()));
+                return;
+            }
             let conn = &mut self.conns[key];
             if !conn.closing && !conn.done {
                 self.errors.unexpected_closes += 1;
@@ -434,6 +651,22 @@ impl Thread<'_> {
     /// connection's own buffer, and handled once it is complete.
     fn feed(&mut self, key: usize, piece: &[u8], now: Instant) {
         if self.conns[key].done {
+            return;
+        }
+        if let Some(opening) = &self.conns[key].opening {
+            // The upgrade's answer; any WebSocket bytes after it stay in rx.
+            let began = opening.began;
+            let conn = &mut self.conns[key];
+            conn.rx.extend_from_slice(piece);
+            let key_text = &conn.opening.as_ref().expect("opening").key;
+            match client::upgrade_response(&conn.rx, key_text) {
+                Ok(None) => {}
+                Ok(Some(end)) => {
+                    conn.rx.drain(..end);
+                    self.finish_open(key, Ok(now.saturating_duration_since(began)));
+                }
+                Err(e) => self.finish_open(key, Err(format!("{e:#}"))),
+            }
             return;
         }
         if self.conns[key].rx.is_empty() {
@@ -624,6 +857,12 @@ impl Thread<'_> {
     fn on_send(&mut self, key: usize, cqe: Cqe) {
         let conn = &mut self.conns[key];
         conn.ops.finished();
+        if cqe.result < 0 && conn.opening.is_some() {
+            conn.sending.clear();
+            let why = std::io::Error::from_raw_os_error(-cqe.result).to_string();
+            self.finish_open(key, Err(why));
+            return;
+        }
         if cqe.result < 0 {
             if !conn.closing && !conn.done {
                 self.errors.unexpected_closes += 1;
@@ -645,16 +884,9 @@ impl Thread<'_> {
     /// every descriptor once nothing names it.
     fn close_all(&mut self) {
         for key in 0..self.conns.len() {
-            let conn = &self.conns[key];
-            if conn.ops.none() {
-                continue;
+            if !self.conns[key].ops.none() {
+                self.cancel_all(key);
             }
-            let target = UserData::new(key, OP_RECV).encode();
-            let cancel = self
-                .ring
-                .cancel(target, UserData::new(key, OP_CANCEL).encode());
-            // SAFETY: a cancel names no memory.
-            let _ = unsafe { self.ring.push(&cancel) };
         }
         let deadline = Instant::now() + Duration::from_millis(500);
         let mut batch = [Cqe::default(); 256];
@@ -672,7 +904,7 @@ impl Thread<'_> {
                         conn.ops.finished();
                     }
                     OP_RECV => {}
-                    OP_SEND => conn.ops.finished(),
+                    OP_SEND | OP_CONNECT => conn.ops.finished(),
                     _ => continue,
                 }
                 if let Some(first) = cqe.buffer() {
@@ -684,7 +916,7 @@ impl Thread<'_> {
             }
         }
         for conn in &self.conns {
-            if conn.ops.none() {
+            if conn.fd >= 0 && conn.ops.none() {
                 // SAFETY: no operation names the descriptor any more.
                 unsafe { libc::close(conn.fd) };
             }
@@ -693,6 +925,42 @@ impl Thread<'_> {
         }
         self.pool.unregister(&self.ring);
     }
+}
+
+/// `addr` as the kernel's socket address.
+fn sockaddr(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than, and aligned for, sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than, and aligned for, sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
 }
 
 /// Where the first frame in `bytes` lies, once it is all there: whether it

@@ -60,25 +60,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
                 if let Some(id) = core {
                     core_affinity::set_for_current(core_affinity::CoreId { id });
                 }
+                if load.io == Io::IoUring {
+                    if let Err(e) =
+                        crate::ring::load_thread(thread, &load, &target, start_rx, to_main)
+                    {
+                        eprintln!("loadgen: thread {thread}: {e:#}");
+                    }
+                    return;
+                }
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .expect("a tokio runtime");
                 let local = tokio::task::LocalSet::new();
-                if load.io == Io::IoUring {
-                    // Connected by tokio, then driven by the ring.
-                    let (streams, histogram, failures) =
-                        local.block_on(&runtime, connect_share(thread, &load, &target));
-                    let _ = to_main.send(Report::Connected {
-                        histogram,
-                        failures,
-                    });
-                    drop(local);
-                    if let Err(e) = crate::ring::load_thread(streams, &load, start_rx, to_main) {
-                        eprintln!("loadgen: thread {thread}: {e:#}");
-                    }
-                    return;
-                }
                 local.block_on(
                     &runtime,
                     load_thread(thread, load, target, start_rx, to_main),
