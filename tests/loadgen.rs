@@ -57,7 +57,7 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
     let dir = std::env::temp_dir().join(format!("ringecho-loadgen-{}", std::process::id()));
     let engine = Engine::start("tokio-uring", &["--receive-buffer-size", "8192"]);
     let mut results = Vec::new();
-    // auto: the io_uring loop for raw WebSockets, tokio for the hub.
+    // auto: the io_uring loop, for raw WebSockets and the hub alike.
     let runs = [
         ("closed", Protocol::Raw, None, Io::Auto),
         ("rate", Protocol::Raw, Some(2000.0), Io::Auto),
@@ -65,6 +65,7 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
         ("rate-tokio", Protocol::Raw, Some(2000.0), Io::Epoll),
         ("hub-closed", Protocol::Hub, None, Io::Auto),
         ("hub-rate", Protocol::Hub, Some(2000.0), Io::Auto),
+        ("hub-closed-tokio", Protocol::Hub, None, Io::Epoll),
     ];
     for (name, protocol, rate, io) in runs {
         let path = dir.join(format!("{name}.json"));
@@ -81,10 +82,9 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
         let mut expected_load = run.load.clone();
         expected_load.normalize();
         // The result names the client that ran, never auto.
-        expected_load.io = match (io, protocol) {
-            (Io::Auto, Protocol::Raw) => Io::IoUring,
-            (Io::Auto, Protocol::Hub) => Io::Epoll,
-            (io, _) => io,
+        expected_load.io = match io {
+            Io::Auto => Io::IoUring,
+            io => io,
         };
         assert_eq!(back.load, expected_load);
         assert!(
@@ -125,7 +125,7 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
     }
     // The engine saw every connection close cleanly, on both clients.
     let stats = engine.wait_for_no_connections();
-    assert_eq!(stats["totals"]["closes"]["1000"], 120);
+    assert_eq!(stats["totals"]["closes"]["1000"], 140);
     // Hub invocations were counted as messages by the engine.
     assert!(stats["totals"]["messages_in"].as_u64().unwrap() >= results[4].summary.messages);
 

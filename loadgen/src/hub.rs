@@ -15,9 +15,22 @@ pub fn invocation(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"type\":1,\"target\":\"Echo\",\"arguments\":[\"");
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\"],\"invocationId\":\"");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    out.extend_from_slice(decimal(seq, &mut [0; 20]));
     out.extend_from_slice(b"\"}");
     out.push(RECORD_SEPARATOR);
+}
+
+/// `n` in decimal digits, written into `buf` (no allocation).
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 /// The fields of server messages that loadgen reads.
@@ -72,6 +85,13 @@ mod tests {
         assert_eq!(value["target"], "Echo");
         assert_eq!(value["arguments"][0], "abc123");
         assert_eq!(value["invocationId"], "12");
+    }
+
+    #[test]
+    fn decimals_are_written_without_allocating() {
+        for n in [0u64, 7, 10, 12345, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -142,9 +142,9 @@ pub struct LoadConfig {
     pub in_flight: u32,
 
     /// How the connections do their I/O: io-uring (one completion-driven
-    /// io_uring loop per thread, raw protocol), epoll (tokio), or auto:
-    /// io-uring where the kernel allows it and the protocol is raw, else
-    /// epoll. A result file records the one that ran.
+    /// io_uring loop per thread), epoll (tokio, two tasks per connection), or
+    /// auto: io-uring where the kernel allows it, else epoll. A result file
+    /// records the one that ran.
     #[arg(long, value_enum, default_value_t = Io::Auto)]
     #[serde(default = "Io::before_the_loop")]
     pub io: Io,

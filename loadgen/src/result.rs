@@ -111,26 +111,31 @@ impl Summary {
             .server_process
             .as_ref()
             .map(|p| utilisation(p, self.duration_secs));
-        let lagging = self.send_lag_us.as_ref().is_some_and(|lag| lag.p99 > 1000);
-        let saturated = own >= 0.90 || lagging;
+        let cores = format!("{threads} core{}", if threads == 1 { "" } else { "s" });
+        // Closed loop: loadgen's cores full. Constant rate: sends late.
+        let why = match &self.send_lag_us {
+            Some(lag) if lag.p99 > 1000 => format!(
+                "loadgen's sends were late (send lag p99 {} µs; loadgen at {:.0} % of its {cores})",
+                lag.p99,
+                own * 100.0
+            ),
+            None if closed_loop && own >= 0.90 => {
+                format!(
+                    "loadgen was saturated ({:.0} % of its {cores})",
+                    own * 100.0
+                )
+            }
+            _ => return None,
+        };
         match server {
-            Some(server) if saturated && server < 0.95 && (closed_loop || lagging) => Some(format!(
-                "loadgen was saturated ({:.0} % of its {} core{}{}) while the server used {:.0} % of a core: \
-                 this run measured the load generator, not the server",
-                own * 100.0,
-                threads,
-                if threads == 1 { "" } else { "s" },
-                if lagging { ", sends late" } else { "" },
+            Some(server) if server < 0.95 => Some(format!(
+                "{why} while the server used {:.0} % of a core: this run measured the load generator, not the server",
                 server * 100.0
             )),
-            None if saturated && (closed_loop || lagging) => Some(format!(
-                "loadgen was saturated ({:.0} % of its {} core{}{}); without --server-pid it cannot tell whether the server was",
-                own * 100.0,
-                threads,
-                if threads == 1 { "" } else { "s" },
-                if lagging { ", sends late" } else { "" },
+            Some(_) => None,
+            None => Some(format!(
+                "{why}; without --server-pid it cannot tell whether the server was the limit"
             )),
-            _ => None,
         }
     }
 
@@ -394,7 +399,7 @@ mod tests {
         assert!(s
             .bottleneck_warning(1, false)
             .unwrap()
-            .contains("sends late"));
+            .contains("sends were late"));
         // Without --server-pid a saturated loadgen still says so.
         s.server_process = None;
         assert!(s

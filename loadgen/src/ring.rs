@@ -15,7 +15,9 @@
 //! Connections are opened through the ring too, a few hundred at a time:
 //! the TCP connect, the upgrade request, the 101 checked (`client`'s
 //! `upgrade_request` and `upgrade_response`, shared with the tokio client).
-//! The SignalR hub protocol runs on the tokio client only.
+//! With `--protocol hub` the connection then sends the hub handshake and
+//! waits for its `{}` before it counts as open; messages are `Echo`
+//! invocations and their completions are checked as the tokio client does.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -28,6 +30,8 @@ use io_uring::{opcode, types::Fd};
 use uring_loop::{BufRing, Cqe, InFlight, Ring, UserData};
 
 use crate::client::{self, Encoder, Target};
+use crate::hub::{self, Reply};
+use crate::options::Protocol;
 use crate::options::{LoadConfig, MessageType};
 use crate::payload::Pattern;
 use crate::result::{self, Errors};
@@ -78,6 +82,8 @@ struct Conn {
     opening: Option<Box<Opening>>,
     /// Bytes received and not yet parsed into frames.
     rx: Vec<u8>,
+    /// Hub records split across text frames.
+    records: hub::Records,
     /// A fragmented echo being put together: (opcode, payload so far).
     fragments: Option<(OpCode, Vec<u8>)>,
     /// The bytes of the send in flight (never touched while it is).
@@ -104,6 +110,8 @@ struct Conn {
 }
 
 struct Opening {
+    /// The 101 arrived (hub: the hub handshake's answer is awaited).
+    upgraded: bool,
     addr: libc::sockaddr_storage,
     addr_len: libc::socklen_t,
     key: String,
@@ -172,6 +180,9 @@ struct Thread<'a> {
     pattern: Pattern,
     opcode: OpCode,
     payload: Vec<u8>,
+    /// Hub: the invocation being written.
+    record: Vec<u8>,
+    hub: bool,
     load: &'a LoadConfig,
     stage: Stage,
     measure_from: Instant,
@@ -223,13 +234,16 @@ pub(crate) fn load_thread(
         .iter()
         .map(|_| {
             let mut encoder = Encoder::default();
-            let frames = Frames::new(&pattern, opcode, &mut encoder);
+            let frames = (load.protocol == Protocol::Raw)
+                .then(|| Frames::new(&pattern, opcode, &mut encoder))
+                .flatten();
             Conn {
                 fd: -1,
                 ops: InFlight::default(),
                 recv_armed: false,
                 opening: None,
                 rx: Vec::with_capacity(512),
+                records: hub::Records::default(),
                 fragments: None,
                 sending: Vec::with_capacity(load.size + 64),
                 sent: 0,
@@ -253,6 +267,8 @@ pub(crate) fn load_thread(
         pattern,
         opcode,
         payload: Vec::with_capacity(load.size),
+        record: Vec::with_capacity(load.size + 96),
+        hub: load.protocol == Protocol::Hub,
         load,
         stage: Stage::Running,
         measure_from: Instant::now(),
@@ -522,6 +538,7 @@ impl Thread<'_> {
         }
         let (addr, addr_len) = sockaddr(addr);
         let opening = Box::new(Opening {
+            upgraded: false,
             addr,
             addr_len,
             key: String::new(),
@@ -653,20 +670,8 @@ impl Thread<'_> {
         if self.conns[key].done {
             return;
         }
-        if let Some(opening) = &self.conns[key].opening {
-            // The upgrade's answer; any WebSocket bytes after it stay in rx.
-            let began = opening.began;
-            let conn = &mut self.conns[key];
-            conn.rx.extend_from_slice(piece);
-            let key_text = &conn.opening.as_ref().expect("opening").key;
-            match client::upgrade_response(&conn.rx, key_text) {
-                Ok(None) => {}
-                Ok(Some(end)) => {
-                    conn.rx.drain(..end);
-                    self.finish_open(key, Ok(now.saturating_duration_since(began)));
-                }
-                Err(e) => self.finish_open(key, Err(format!("{e:#}"))),
-            }
+        if self.conns[key].opening.is_some() {
+            self.opening_bytes(key, piece, now);
             return;
         }
         if self.conns[key].rx.is_empty() {
@@ -688,6 +693,85 @@ impl Thread<'_> {
         conn.rx = rx;
     }
 
+    /// Bytes that arrive while the connection opens: the 101, then (hub)
+    /// the hub handshake's answer. What follows stays in `rx`.
+    fn opening_bytes(&mut self, key: usize, piece: &[u8], now: Instant) {
+        let hub = self.hub;
+        let conn = &mut self.conns[key];
+        conn.rx.extend_from_slice(piece);
+        let opening = conn.opening.as_mut().expect("opening");
+        let began = opening.began;
+        if !opening.upgraded {
+            match client::upgrade_response(&conn.rx, &opening.key) {
+                Ok(None) => return,
+                Ok(Some(end)) => {
+                    conn.rx.drain(..end);
+                    if !hub {
+                        self.finish_open(key, Ok(now.saturating_duration_since(began)));
+                        return;
+                    }
+                    opening.upgraded = true;
+                    conn.encoder
+                        .encode(OpCode::Text, hub::HANDSHAKE, &mut conn.queued);
+                    self.mark_to_send(key);
+                }
+                Err(e) => {
+                    self.finish_open(key, Err(format!("{e:#}")));
+                    return;
+                }
+            }
+        }
+        // The hub handshake's answer: a text frame whose first record is {}.
+        let conn = &mut self.conns[key];
+        let Some((_, opcode, (head, len))) = frame_at(&conn.rx) else {
+            return;
+        };
+        let answer = &conn.rx[head..head + len];
+        let first = answer.split(|&b| b == hub::RECORD_SEPARATOR).next();
+        let outcome = match (opcode, first) {
+            (Some(OpCode::Text), Some(b"{}")) => Ok(now.saturating_duration_since(began)),
+            _ => Err(format!(
+                "hub handshake refused: {}",
+                String::from_utf8_lossy(answer)
+            )),
+        };
+        conn.rx.drain(..head + len);
+        self.finish_open(key, outcome);
+    }
+
+    /// A text frame of hub records: completions are checked against the
+    /// invocations in flight, in order.
+    fn hub_records(&mut self, key: usize, text: &[u8], now: Instant) {
+        let mut records = std::mem::take(&mut self.conns[key].records);
+        records.feed(text, |record| {
+            match serde_json::from_slice::<Reply>(record) {
+                Ok(reply) if reply.kind == 3 => {
+                    let conn = &self.conns[key];
+                    let ok = conn.in_flight.front().is_some_and(|&(seq, _)| {
+                        reply.id.as_deref().map(str::as_bytes)
+                            == Some(hub::decimal(seq, &mut [0; 20]))
+                            && reply
+                                .result
+                                .as_deref()
+                                .is_some_and(|r| self.pattern.matches(seq, r.as_bytes()))
+                            && reply.error.is_none()
+                    });
+                    self.echoed(key, ok, now);
+                }
+                Ok(reply) if reply.kind == 6 => {} // the server's keep-alive
+                Ok(reply) if reply.kind == 7 => {
+                    let conn = &mut self.conns[key];
+                    if !conn.closing && !conn.done {
+                        self.errors.unexpected_closes += 1;
+                    }
+                    conn.done = true;
+                }
+                _ => self.errors.unexpected_frames += 1,
+            }
+        });
+        self.conns[key].records = records;
+    }
+
     /// Handles every complete frame at the front of `bytes`; returns how
     /// many bytes they took (all of them once the connection is done).
     fn frames_in(&mut self, key: usize, bytes: &[u8], now: Instant) -> usize {
@@ -704,6 +788,15 @@ impl Thread<'_> {
                 return bytes.len();
             };
             match opcode {
+                OpCode::Text if fin && self.hub => {
+                    self.hub_records(key, &bytes[range], now);
+                    if self.conns[key].done {
+                        return bytes.len();
+                    }
+                }
+                OpCode::Binary if self.hub => {
+                    self.errors.unexpected_frames += 1;
+                }
                 OpCode::Text | OpCode::Binary if fin => {
                     if self.conns[key].fragments.is_some() {
                         self.violation(key);
@@ -790,6 +883,13 @@ impl Thread<'_> {
         }
         match &conn.frames {
             Some(frames) => frames.write(&self.pattern, conn.seq, &mut conn.queued),
+            None if self.hub => {
+                self.pattern.write(conn.seq, &mut self.payload);
+                self.record.clear();
+                hub::invocation(conn.seq, &self.payload, &mut self.record);
+                conn.encoder
+                    .encode(OpCode::Text, &self.record, &mut conn.queued);
+            }
             None => {
                 self.pattern.write(conn.seq, &mut self.payload);
                 conn.encoder

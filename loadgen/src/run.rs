@@ -223,15 +223,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
 
 /// Which client runs the load: the ring where it can, tokio otherwise.
 fn resolve_io(load: &LoadConfig) -> anyhow::Result<Io> {
-    let raw = load.protocol == Protocol::Raw;
     match load.io {
-        Io::Auto if raw && crate::ring::available() => Ok(Io::IoUring),
+        Io::Auto if crate::ring::available() => Ok(Io::IoUring),
         Io::Auto | Io::Epoll => Ok(Io::Epoll),
         Io::IoUring => {
-            anyhow::ensure!(
-                raw,
-                "--io io-uring runs the raw protocol only; use --io epoll (or auto) with --protocol hub"
-            );
             anyhow::ensure!(
                 crate::ring::available(),
                 "--io io-uring: this kernel does not allow io_uring here; use --io epoll (or auto)"
