@@ -144,6 +144,45 @@ pub async fn hub_handshake(stream: &mut TcpStream, leftover: Vec<u8>) -> anyhow:
     Ok(decoder.buffered().to_vec())
 }
 
+/// The head of the frame at the front of `buf`, once all of it has arrived
+/// (`Ok(None)` until then); an unknown opcode, or a payload longer than
+/// `max_message`, is an error. Shared by both clients' decoders.
+pub(crate) fn frame_head(buf: &[u8], max_message: usize) -> io::Result<Option<Head>> {
+    let [b0, b1, ..] = *buf else { return Ok(None) };
+    let opcode = OpCode::try_from(b0 & 0x0F)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "unknown opcode from server"))?;
+    let (extra, payload_len) = match b1 & 0x7F {
+        126 => match buf.get(2..4) {
+            Some(b) => (2, u16::from_be_bytes([b[0], b[1]]) as usize),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => (8, u64::from_be_bytes(b.try_into().unwrap()) as usize),
+            None => return Ok(None),
+        },
+        n => (0, n as usize),
+    };
+    if payload_len > max_message {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame larger than expected",
+        ));
+    }
+    let masked = b1 & 0x80 != 0;
+    let len = 2 + extra + if masked { 4 } else { 0 };
+    if buf.len() < len {
+        return Ok(None);
+    }
+    let mask = masked.then(|| buf[len - 4..len].try_into().unwrap());
+    Ok(Some(Head {
+        fin: b0 & 0x80 != 0,
+        opcode,
+        mask,
+        len,
+        payload_len,
+    }))
+}
+
 fn accept_key(key: &str) -> String {
     let mut sha1 = Sha1::new();
     sha1.update(key.as_bytes());
@@ -242,12 +281,14 @@ enum Found {
     Close(Option<u16>),
 }
 
-struct Head {
-    fin: bool,
-    opcode: OpCode,
-    mask: Option<[u8; 4]>,
-    len: usize,
-    payload_len: usize,
+/// A frame's head, as [`frame_head`] reads it.
+pub(crate) struct Head {
+    pub(crate) fin: bool,
+    pub(crate) opcode: OpCode,
+    pub(crate) mask: Option<[u8; 4]>,
+    /// Bytes of the head itself.
+    pub(crate) len: usize,
+    pub(crate) payload_len: usize,
 }
 
 impl<R: AsyncRead + Unpin> Decoder<R> {
@@ -349,41 +390,7 @@ impl<R: AsyncRead + Unpin> Decoder<R> {
     }
 
     fn parse_head(&self) -> io::Result<Option<Head>> {
-        let buf = &self.buf[self.start..self.end];
-        let [b0, b1, ..] = *buf else { return Ok(None) };
-        let opcode = OpCode::try_from(b0 & 0x0F).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, "unknown opcode from server")
-        })?;
-        let (extra, payload_len) = match b1 & 0x7F {
-            126 => match buf.get(2..4) {
-                Some(b) => (2, u16::from_be_bytes([b[0], b[1]]) as usize),
-                None => return Ok(None),
-            },
-            127 => match buf.get(2..10) {
-                Some(b) => (8, u64::from_be_bytes(b.try_into().unwrap()) as usize),
-                None => return Ok(None),
-            },
-            n => (0, n as usize),
-        };
-        if payload_len > self.max_message {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "frame larger than expected",
-            ));
-        }
-        let masked = b1 & 0x80 != 0;
-        let len = 2 + extra + if masked { 4 } else { 0 };
-        if buf.len() < len {
-            return Ok(None);
-        }
-        let mask = masked.then(|| buf[len - 4..len].try_into().unwrap());
-        Ok(Some(Head {
-            fin: b0 & 0x80 != 0,
-            opcode,
-            mask,
-            len,
-            payload_len,
-        }))
+        frame_head(&self.buf[self.start..self.end], self.max_message)
     }
 
     /// Bytes read from the stream and not decoded yet.

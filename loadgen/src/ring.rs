@@ -1064,48 +1064,21 @@ fn sockaddr(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::sockle
 }
 
 /// Where the first frame in `bytes` lies, once it is all there: whether it
-/// is final, its opcode (None: one the protocol does not define, or a masked
-/// server frame), and (header length, payload length).
+/// is final, its opcode (None: one the protocol does not define, reserved
+/// bits set, or a masked server frame), and (header length, payload length).
+/// The head is read by the same code as the tokio client's
+/// (`client::frame_head`); the checks for masks and reserved bits are this
+/// client's own.
 #[allow(clippy::type_complexity)]
 fn frame_at(bytes: &[u8]) -> Option<(bool, Option<OpCode>, (usize, usize))> {
-    if bytes.len() < 2 {
-        return None;
+    let violation = |fin| Some((fin, None, (0, 0)));
+    match client::frame_head(bytes, usize::MAX) {
+        Ok(None) => None,
+        Err(_) => violation(false),
+        Ok(Some(head)) if head.mask.is_some() || bytes[0] & 0x70 != 0 => violation(head.fin),
+        Ok(Some(head)) if bytes.len() - head.len < head.payload_len => None,
+        Ok(Some(head)) => Some((head.fin, Some(head.opcode), (head.len, head.payload_len))),
     }
-    let fin = bytes[0] & 0x80 != 0;
-    let masked = bytes[1] & 0x80 != 0;
-    let (head, len) = match bytes[1] & 0x7f {
-        126 => {
-            if bytes.len() < 4 {
-                return None;
-            }
-            (4, u16::from_be_bytes([bytes[2], bytes[3]]) as usize)
-        }
-        127 => {
-            if bytes.len() < 10 {
-                return None;
-            }
-            let len = u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
-            (10, usize::try_from(len).unwrap_or(usize::MAX))
-        }
-        n => (2, n as usize),
-    };
-    let opcode = match bytes[0] & 0x0f {
-        0 => Some(OpCode::Continuation),
-        1 => Some(OpCode::Text),
-        2 => Some(OpCode::Binary),
-        8 => Some(OpCode::Close),
-        9 => Some(OpCode::Ping),
-        10 => Some(OpCode::Pong),
-        _ => None,
-    };
-    let opcode = opcode.filter(|_| !masked && bytes[0] & 0x70 == 0);
-    if opcode.is_none() {
-        return Some((fin, None, (0, 0)));
-    }
-    if bytes.len() - head < len {
-        return None;
-    }
-    Some((fin, opcode, (head, len)))
 }
 
 #[cfg(test)]

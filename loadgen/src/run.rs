@@ -551,7 +551,7 @@ async fn pace(
     }
 }
 
-fn source_for(sources: &[IpAddr], id: u32) -> Option<IpAddr> {
+pub(crate) fn source_for(sources: &[IpAddr], id: u32) -> Option<IpAddr> {
     (!sources.is_empty()).then(|| sources[id as usize % sources.len()])
 }
 
