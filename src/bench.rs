@@ -276,6 +276,7 @@ fn measure(
             in_flight: 1,
             io: loadgen::options::Io::Auto,
             rate: job.rate,
+            send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
         },
         out: Some(out_dir.join(format!("{file}.json"))),
         hgrm: Some(out_dir.join(format!("{file}.hgrm"))),

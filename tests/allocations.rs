@@ -109,6 +109,7 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
                 in_flight: 1,
                 io: loadgen::options::Io::Auto,
                 rate: None,
+                send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
             },
             out: None,
             hgrm: None,

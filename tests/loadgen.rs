@@ -42,6 +42,7 @@ fn args(
             in_flight: 2,
             io,
             rate,
+            send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
         },
         out: Some(out),
         hgrm: None,

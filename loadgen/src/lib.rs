@@ -52,6 +52,7 @@ pub(crate) fn test_load() -> LoadConfig {
         in_flight: 1,
         io: crate::options::Io::Auto,
         rate: None,
+        send_slack_us: options::DEFAULT_SEND_SLACK_US,
     }
 }
 

@@ -91,8 +91,14 @@ pub fn summary(result: &RunResult) -> String {
     }
     if let Some(lag) = &s.send_lag_us {
         out.push_str(&format!(
-            "send lag (how late sends left their schedule): p50 {} µs, p99 {} µs, max {} µs\n",
-            lag.p50, lag.p99, lag.max
+            "send lag (how late sends left their schedule{}): p50 {} µs, p99 {} µs, max {} µs\n",
+            match load.io {
+                crate::options::Io::IoUring => format!("; slack {} µs", load.send_slack_us),
+                _ => String::new(),
+            },
+            lag.p50,
+            lag.p99,
+            lag.max
         ));
     }
     if let Some(warning) = &s.bottleneck {

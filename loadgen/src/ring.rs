@@ -8,9 +8,11 @@
 //! (the bytes are copied out at once into the connection's own buffer, where
 //! frames are parsed and echoes compared byte for byte with what was sent),
 //! and at most one send in flight; frames queued meanwhile go out together
-//! with the next send. The constant-rate schedule is the thread's timer: the
-//! ring's wait ends at the next due send (microsecond precision), nothing
-//! spins, and how late each send left is recorded (send lag).
+//! with the next send. The constant-rate schedule is the thread's timer: one
+//! timeout operation in the ring (uring_loop's alarm) wakes the loop at the
+//! next due send, microsecond precise, or up to `--send-slack-us` later when
+//! a reply on its way will wake it anyway; nothing spins, and how late each
+//! send left is recorded (send lag).
 //!
 //! Connections are opened through the ring too, a few hundred at a time:
 //! the TCP connect, the upgrade request, the 101 checked (`client`'s
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use fastwebsockets::OpCode;
 use hdrhistogram::Histogram;
 use io_uring::{opcode, types::Fd};
-use uring_loop::{BufRing, Cqe, InFlight, Ring, UserData};
+use uring_loop::{Alarm, BufRing, Cqe, InFlight, Ring, UserData};
 
 use crate::client::{self, Encoder, Target};
 use crate::hub::{self, Reply};
@@ -42,6 +44,8 @@ const OP_RECV: u8 = 1;
 const OP_SEND: u8 = 2;
 const OP_CANCEL: u8 = 3;
 const OP_CONNECT: u8 = 4;
+/// The thread's alarm (and, as `OP_ALARM + 1`, its updates).
+const OP_ALARM: u8 = 5;
 /// Connections opening at once per thread: enough to open thousands in a
 /// second, few enough not to overflow a listen backlog.
 const OPENING_AT_ONCE: usize = 256;
@@ -193,6 +197,11 @@ struct Thread<'a> {
     errors: Errors,
     /// Connections whose opening just ended: (key, how long, or why not).
     opened: Vec<(usize, Result<Duration, String>)>,
+    /// Messages sent (or queued) and not yet answered: whether a completion
+    /// is still to come. A connection that fails keeps its unanswered ones
+    /// counted; its errors are reported, and the thread's later sends may
+    /// then leave up to the slack late, which their send lag shows.
+    awaited: usize,
 }
 
 /// One load thread on the ring: opens its share of the connections (ids
@@ -278,6 +287,7 @@ pub(crate) fn load_thread(
         second: result::new_histogram(),
         errors: Errors::default(),
         opened: Vec::new(),
+        awaited: 0,
         ring,
     };
     let (histogram, failures) = thread.open_all(&ids);
@@ -334,6 +344,8 @@ impl Thread<'_> {
         let mut second_index = 0;
         let mut closing_deadline = None;
         let mut batch = [Cqe::default(); 256];
+        let mut alarm = Alarm::new(UserData::new(0, OP_ALARM).encode());
+        let slack = Duration::from_micros(load.send_slack_us.into());
         let mut sending_now = Vec::with_capacity(self.conns.len());
         self.to_send.reserve(self.conns.len());
         loop {
@@ -391,8 +403,15 @@ impl Thread<'_> {
             let mut wake = next_second;
             if self.stage == Stage::Running {
                 wake = wake.min(self.end);
+                // With a reply on its way, its wake-up can carry the send
+                // (up to `slack` late) and no timer of ours is needed.
                 if let Some(t) = due.timeout(now) {
-                    wake = wake.min(now + t);
+                    let slack = if self.awaited > 0 {
+                        slack
+                    } else {
+                        Duration::ZERO
+                    };
+                    wake = wake.min(now + t + slack);
                 }
             }
             if self.stage == Stage::Draining {
@@ -401,17 +420,19 @@ impl Thread<'_> {
             if let Some(deadline) = closing_deadline {
                 wake = wake.min(deadline);
             }
-            if self
-                .ring
-                .wait(Some(wake.saturating_duration_since(Instant::now())))
-                .is_err()
+            // The deadline is a timeout operation in the ring, not the
+            // wait's own: the wait then arms no timer (see uring_loop::alarm).
+            if alarm.set(&mut self.ring, wake, Instant::now()).is_err()
+                || self.ring.wait(None).is_err()
             {
                 return;
             }
             let n = self.ring.reap(&mut batch);
             let now = Instant::now();
             for cqe in &batch[..n] {
-                self.complete(*cqe, now);
+                if !alarm.completed(cqe) {
+                    self.complete(*cqe, now);
+                }
             }
         }
     }
@@ -856,6 +877,7 @@ impl Thread<'_> {
             self.errors.unexpected_frames += 1;
             return;
         };
+        self.awaited -= 1;
         if !ok {
             self.errors.mismatches += 1;
         }
@@ -897,6 +919,7 @@ impl Thread<'_> {
             }
         }
         conn.in_flight.push_back((conn.seq, due));
+        self.awaited += 1;
         conn.seq += 1;
         if self.load.rate.is_some() && now >= self.measure_from && now <= self.end {
             let lag = now.saturating_duration_since(due).as_micros() as u64;
