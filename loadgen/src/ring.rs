@@ -32,7 +32,7 @@ use io_uring::{opcode, types::Fd};
 use uring_loop::{Alarm, BufRing, Cqe, InFlight, Ring, UserData};
 
 use crate::client::{self, Encoder, Target};
-use crate::hub::{self, Reply};
+use crate::hub::{self, Said};
 use crate::options::Protocol;
 use crate::options::{LoadConfig, MessageType};
 use crate::payload::Pattern;
@@ -122,53 +122,107 @@ struct Opening {
     began: Instant,
 }
 
+/// A connection's messages, masked once with the connection's key: each
+/// message is then its head, a few bytes masked per message (the sequence
+/// number; for the hub also the invocation id) and a slice of the premasked
+/// block, copied. A hub message is an `Echo` invocation around the payload.
 struct Frames {
     key: [u8; 4],
-    head: [u8; 14],
-    head_len: usize,
+    /// Frame heads, by the number of digits of the invocation id less one
+    /// (hub: the frame's length depends on it), or the one head (raw).
+    heads: Vec<([u8; 14], usize)>,
+    /// The invocation's opening, masked (hub), or nothing.
+    prefix: Vec<u8>,
+    /// The pattern's block, masked at the phase bodies start at.
     masked_block: Vec<u8>,
+    hub: bool,
 }
 
 impl Frames {
     /// For messages of at least 8 bytes (their sequence number whole);
     /// smaller ones are encoded per message, which costs next to nothing.
-    fn new(pattern: &Pattern, opcode: OpCode, encoder: &mut Encoder) -> Option<Frames> {
+    fn new(pattern: &Pattern, opcode: OpCode, hub: bool, encoder: &mut Encoder) -> Option<Frames> {
         if pattern.size() < 8 {
             return None;
         }
         let key = encoder.next_mask();
-        let mut head = [0u8; 14];
-        let payload = vec![0u8; pattern.size()];
-        let mut frame = fastwebsockets::Frame::new(
-            true,
-            opcode,
-            Some(key),
-            fastwebsockets::Payload::Borrowed(&payload),
-        );
-        let head_len = frame.fmt_head(&mut head);
-        let masked_block = pattern
-            .block()
+        let prefix: Vec<u8> = if hub { hub::INVOCATION_HEAD } else { &[] }
             .iter()
             .enumerate()
             .map(|(i, b)| b ^ key[i % 4])
             .collect();
+        let heads = (1..=if hub { 20 } else { 1 })
+            .map(|digits| {
+                let len = if hub {
+                    prefix.len()
+                        + pattern.size()
+                        + hub::INVOCATION_ID.len()
+                        + digits
+                        + hub::INVOCATION_END.len()
+                } else {
+                    pattern.size()
+                };
+                let payload = vec![0u8; len];
+                let mut head = [0u8; 14];
+                let mut frame = fastwebsockets::Frame::new(
+                    true,
+                    opcode,
+                    Some(key),
+                    fastwebsockets::Payload::Borrowed(&payload),
+                );
+                let head_len = frame.fmt_head(&mut head);
+                (head, head_len)
+            })
+            .collect();
+        // Bodies start at 4-byte offsets of the block, right after the
+        // prefix and the 8-byte sequence number: mask at that phase.
+        let phase = prefix.len() + 8;
+        let masked_block = pattern
+            .block()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[(phase + i) % 4])
+            .collect();
         Some(Frames {
             key,
-            head,
-            head_len,
+            heads,
+            prefix,
             masked_block,
+            hub,
         })
     }
 
     /// Appends message `seq`, masked, to `out`.
     fn write(&self, pattern: &Pattern, seq: u64, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.head[..self.head_len]);
-        let (mut seq_bytes, n) = pattern.head(seq);
-        for (i, b) in seq_bytes[..n].iter_mut().enumerate() {
-            *b ^= self.key[i % 4];
-        }
-        out.extend_from_slice(&seq_bytes[..n]);
+        let mut digits = [0u8; 20];
+        let id = hub::decimal(seq, &mut digits);
+        let (head, head_len) = self.heads[if self.hub { id.len() - 1 } else { 0 }];
+        out.extend_from_slice(&head[..head_len]);
+        out.extend_from_slice(&self.prefix);
+        let (seq_bytes, n) = pattern.head(seq);
+        self.masked(&seq_bytes[..n], self.prefix.len(), out);
         out.extend_from_slice(&self.masked_block[pattern.body_range(seq)]);
+        if self.hub {
+            let phase = self.prefix.len() + pattern.size();
+            let mut end = [0u8; 64];
+            let pieces = [hub::INVOCATION_ID, id, hub::INVOCATION_END];
+            let mut len = 0;
+            for piece in pieces {
+                end[len..len + piece.len()].copy_from_slice(piece);
+                len += piece.len();
+            }
+            self.masked(&end[..len], phase, out);
+        }
+    }
+
+    /// Appends `bytes`, masked as the payload bytes from offset `phase` on.
+    fn masked(&self, bytes: &[u8], phase: usize, out: &mut Vec<u8>) {
+        out.extend(
+            bytes
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ self.key[(phase + i) % 4]),
+        );
     }
 }
 
@@ -243,9 +297,12 @@ pub(crate) fn load_thread(
         .iter()
         .map(|_| {
             let mut encoder = Encoder::default();
-            let frames = (load.protocol == Protocol::Raw)
-                .then(|| Frames::new(&pattern, opcode, &mut encoder))
-                .flatten();
+            let frames = Frames::new(
+                &pattern,
+                opcode,
+                load.protocol == Protocol::Hub,
+                &mut encoder,
+            );
             Conn {
                 fd: -1,
                 ops: InFlight::default(),
@@ -765,29 +822,18 @@ impl Thread<'_> {
     fn hub_records(&mut self, key: usize, text: &[u8], now: Instant) {
         let mut records = std::mem::take(&mut self.conns[key].records);
         records.feed(text, |record| {
-            match serde_json::from_slice::<Reply>(record) {
-                Ok(reply) if reply.kind == 3 => {
-                    let conn = &self.conns[key];
-                    let ok = conn.in_flight.front().is_some_and(|&(seq, _)| {
-                        reply.id.as_deref().map(str::as_bytes)
-                            == Some(hub::decimal(seq, &mut [0; 20]))
-                            && reply
-                                .result
-                                .as_deref()
-                                .is_some_and(|r| self.pattern.matches(seq, r.as_bytes()))
-                            && reply.error.is_none()
-                    });
-                    self.echoed(key, ok, now);
-                }
-                Ok(reply) if reply.kind == 6 => {} // the server's keep-alive
-                Ok(reply) if reply.kind == 7 => {
+            let expected = self.conns[key].in_flight.front().map(|&(seq, _)| seq);
+            match hub::read_record(record, expected, &self.pattern) {
+                Said::Completion { ok } => self.echoed(key, ok, now),
+                Said::Ping => {}
+                Said::Close => {
                     let conn = &mut self.conns[key];
                     if !conn.closing && !conn.done {
                         self.errors.unexpected_closes += 1;
                     }
                     conn.done = true;
                 }
-                _ => self.errors.unexpected_frames += 1,
+                Said::Unexpected => self.errors.unexpected_frames += 1,
             }
         });
         self.conns[key].records = records;
@@ -1107,6 +1153,62 @@ fn frame_at(bytes: &[u8]) -> Option<(bool, Option<OpCode>, (usize, usize))> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Unmasks one client frame: (first byte, payload).
+    fn unmask(frame: &[u8]) -> (u8, Vec<u8>) {
+        assert!(frame[1] & 0x80 != 0, "client frames are masked");
+        let (len, at) = match frame[1] & 0x7f {
+            126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        let key = &frame[at..at + 4];
+        let payload = &frame[at + 4..];
+        assert_eq!(payload.len(), len, "the head's length is the payload's");
+        let payload = payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
+        (frame[0], payload)
+    }
+
+    #[test]
+    fn premasked_frames_carry_exactly_the_message() {
+        for (size, hub) in [
+            (8, false),
+            (20, false),
+            (200, true),
+            (16384, false),
+            (16384, true),
+        ] {
+            let message_type = if hub {
+                MessageType::Text
+            } else {
+                MessageType::Binary
+            };
+            let pattern = Pattern::new(size, message_type);
+            let opcode = if hub { OpCode::Text } else { OpCode::Binary };
+            let frames = Frames::new(&pattern, opcode, hub, &mut Encoder::default()).unwrap();
+            for seq in [0, 1, 9, 10, 12_345, 99_999_999, u64::MAX] {
+                let mut out = Vec::new();
+                frames.write(&pattern, seq, &mut out);
+                let (first, payload) = unmask(&out);
+                assert_eq!(first, 0x80 | opcode as u8);
+                let mut expected = Vec::new();
+                pattern.write(seq, &mut expected);
+                if hub {
+                    let mut record = Vec::new();
+                    hub::invocation(seq, &expected, &mut record);
+                    expected = record;
+                }
+                assert_eq!(payload, expected, "size {size}, hub {hub}, seq {seq}");
+            }
+        }
+    }
 
     #[test]
     fn frames_are_found_only_when_complete() {

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::client::{self, Decoder, Encoder, Incoming, Target};
-use crate::hub::{self, Records, Reply};
+use crate::hub::{self, Records, Said};
 use crate::options::{Io, LoadConfig, MessageType, Protocol, RunArgs};
 use crate::payload::Pattern;
 use crate::result::{self, Errors, Histograms, Percentiles, RunResult, Summary};
@@ -713,26 +713,22 @@ async fn read_loop(
             Ok(Incoming::Text(text)) if state.protocol == Protocol::Hub => {
                 let mut server_closed = false;
                 records.feed(text, |record| {
-                    match serde_json::from_slice::<Reply>(record) {
-                        Ok(reply) if reply.kind == 3 => {
-                            let Some((seq, due)) = talk.in_flight.borrow_mut().pop_front() else {
+                    let expected = talk.in_flight.borrow().front().map(|&(seq, _)| seq);
+                    match hub::read_record(record, expected, &state.pattern) {
+                        Said::Completion { ok } => {
+                            let Some((_, due)) = talk.in_flight.borrow_mut().pop_front() else {
                                 bump(&state.unexpected_frames);
                                 return;
                             };
-                            let expected_id = reply.id.as_deref() == Some(seq.to_string().as_str());
-                            let echoed = reply
-                                .result
-                                .as_deref()
-                                .is_some_and(|r| state.pattern.matches(seq, r.as_bytes()));
-                            if !expected_id || !echoed || reply.error.is_some() {
+                            if !ok {
                                 bump(&state.mismatches);
                             }
                             record_latency(&state, due, now);
                             talk.wake.notify_one();
                         }
-                        Ok(reply) if reply.kind == 6 => {} // the server's keep-alive
-                        Ok(reply) if reply.kind == 7 => server_closed = true,
-                        _ => bump(&state.unexpected_frames),
+                        Said::Ping => {}
+                        Said::Close => server_closed = true,
+                        Said::Unexpected => bump(&state.unexpected_frames),
                     }
                 });
                 if server_closed {
