@@ -58,6 +58,15 @@ def cpu(result):
     return p["user_secs"] * per, p["system_secs"] * per, (p["user_secs"] + p["system_secs"]) * per
 
 
+def busy(result, field):
+    """Percent of one core that a process used over the measured window."""
+    s = result["summary"]
+    p = s.get(field)
+    if not p or not s["duration_secs"]:
+        return None
+    return (p["user_secs"] + p["system_secs"]) / s["duration_secs"] * 100
+
+
 def spread(values):
     if not values:
         return "—"
@@ -81,6 +90,9 @@ lines = [
     f"- closed loop: {rounds} rounds, servers interleaved round by round; binary messages, one in flight per connection,"
     " every echo checked; 1 s warm-up, then the measured window",
     "- CPU: the server process's user + system seconds (from /proc/PID/stat) over the measured window, per million messages",
+    "- busy: the server's and loadgen's CPU over the window, in % of one core (median of the rounds). A server's"
+    " maximum is a maximum only where the server was at 95 % or more; `flagged` counts the rounds loadgen itself"
+    " reported as the bottleneck",
     "- ratios: against the io-uring backend of the same round (median, min–max); msgs/s above 1 is faster than io-uring,"
     " CPU above 1 costs more than io-uring",
     "- reproduce: `scripts/peers.sh` (installs the peers; every run's JSON is in results/peers/)",
@@ -90,8 +102,8 @@ for case in CASES:
     if not any((s, case) in runs for s in servers):
         continue
     lines += [f"## {case}: {SHAPES[case]}", "",
-              "| server | msgs/s (median) | vs io-uring | CPU s / M msgs (user + system) | CPU vs io-uring | p50 / p99 / p99.9 µs at half max | errors |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| server | msgs/s (median) | vs io-uring | server / loadgen busy | flagged | CPU s / M msgs (user + system) | CPU vs io-uring | p50 / p99 / p99.9 µs at half max | errors |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = runs.get((BASE, case), {})
     for server in servers:
         rs = runs.get((server, case))
@@ -112,7 +124,12 @@ for case in CASES:
             lat = rate["summary"]["latency_us"]
             rate_text = f"{lat['p50']} / {lat['p99']} / {lat['p999']} at {rate['load']['rate']:.0f}/s"
         errors = sum(sum(v for v in r["summary"]["errors"].values()) for r in rs.values())
-        lines.append(f"| {server} | {statistics.median(msgs):.0f} | {spread(ratio)} | {cpu_text} | {spread(cpu_ratio)} | {rate_text} | {errors} |")
+        srv = [b for b in (busy(r, "server_process") for r in rs.values()) if b is not None]
+        own = [b for b in (busy(r, "loadgen_process") for r in rs.values()) if b is not None]
+        busy_text = (f"{statistics.median(srv):.0f} % / {statistics.median(own):.0f} %" if srv and own else "—")
+        flagged = sum(1 for r in rs.values() if r["summary"].get("bottleneck"))
+        lines.append(f"| {server} | {statistics.median(msgs):.0f} | {spread(ratio)} | {busy_text} | {flagged} of {len(rs)} | "
+                     f"{cpu_text} | {spread(cpu_ratio)} | {rate_text} | {errors} |")
     lines += ["", f"![latency at a constant rate, {case}](peers-{case}.svg)", ""]
 
 if idle:

@@ -386,8 +386,8 @@ fn write_raw_vs_hub(
     default_place: bool,
 ) -> anyhow::Result<Option<String>> {
     let mut table = String::from(
-        "| engine | size | connections | raw msgs/s | hub msgs/s | hub/raw throughput | hub/raw p50 | hub/raw p99 | pairs |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| engine | size | connections | raw msgs/s | hub msgs/s | hub/raw throughput | hub/raw engine CPU per message | hub/raw p50 | hub/raw p99 | server / loadgen busy, raw; hub | flagged | pairs |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut curves = Vec::new();
     let config_of = |m: &Measured| {
@@ -447,16 +447,51 @@ fn write_raw_vs_hub(
                 values[values.len() / 2]
             };
             let throughput = |r: &RunResult| r.summary.msgs_per_sec;
+            let cpu = |r: &RunResult| r.summary.cpu_per_million().map_or(f64::NAN, |c| c.2);
+            // Busy: % of one core for the server, of its threads' cores for loadgen.
+            let busy = |r: &RunResult| {
+                let s = &r.summary;
+                let of = |p: &Option<loadgen::result::ServerProcess>, cores: f64| {
+                    p.as_ref().map_or(f64::NAN, |p| {
+                        loadgen::result::utilisation(p, s.duration_secs) / cores * 100.0
+                    })
+                };
+                (
+                    of(&s.server_process, 1.0),
+                    of(&s.loadgen_process, r.load.threads as f64),
+                )
+            };
+            let busy_text = |hub: bool| {
+                let pick = |&(raw, hub_run): &(&RunResult, &RunResult)| {
+                    if hub {
+                        busy(hub_run)
+                    } else {
+                        busy(raw)
+                    }
+                };
+                let server = median_of(&|pair| pick(pair).0);
+                let own = median_of(&|pair| pick(pair).1);
+                format!("{server:.0} % / {own:.0} %")
+            };
+            let flagged = pairs
+                .iter()
+                .flat_map(|(raw, hub)| [raw, hub])
+                .filter(|r| r.summary.bottleneck.is_some())
+                .count();
             let load = &first_raw.result.load;
             table.push_str(&format!(
-                "| {config} | {} B | {} | {:.0} | {:.0} | **{}** | {} | {} | {} |\n",
+                "| {config} | {} B | {} | {:.0} | {:.0} | **{}** | {} | {} | {} | {}; {} | {flagged} of {} | {} |\n",
                 load.size,
                 load.connections,
                 median_of(&|(raw, _)| raw.summary.msgs_per_sec),
                 median_of(&|(_, hub)| hub.summary.msgs_per_sec),
                 spread(&throughput),
+                spread(&cpu),
                 spread(&|r| r.summary.latency_us.p50 as f64),
                 spread(&|r| r.summary.latency_us.p99 as f64),
+                busy_text(false),
+                busy_text(true),
+                2 * pairs.len(),
                 pairs.len(),
             ));
             let (raw, hub) = pairs[0];
@@ -485,7 +520,10 @@ fn write_raw_vs_hub(
              connection. Raw: a binary message echoed. Hub: an `Echo(payload)` invocation (the \
              payload as a JSON string) answered by its Completion, over the JSON hub protocol. \
              Each pair is a raw run and a hub run back to back; ratios are hub/raw per pair, \
-             as the median with (min–max) over the pairs. The plot shows the first pair.\n\n\
+             as the median with (min–max) over the pairs. Busy is the CPU the engine and loadgen \
+             used over the window (% of one core for the engine, of loadgen's cores for \
+             loadgen); a run loadgen flagged as its own bottleneck measured loadgen, not the \
+             engine. The plot shows the first pair.\n\n\
              - date: {}\n- machine: {} ({} cores), kernel {}\n- commit: {}\n\
              - engine pinned to the first cores, loadgen to the others; {} s measured after {} s warm-up\n\n\
              {table}\n![latency by percentile and throughput, raw and hub]({plot})\n",
