@@ -52,12 +52,22 @@ const OPENING_AT_ONCE: usize = 256;
 /// A connection not open and upgraded by then has failed.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const BUF_GROUP: u16 = 0;
-/// Receive buffers: each holds a whole echo (a frame of up to 64 KiB), so
-/// that echoes are checked where the kernel put them; about 8 MiB a thread.
-fn pool_shape(size: usize) -> (u16, usize) {
-    let buffer = (size + 14).next_power_of_two().clamp(4096, 64 * 1024);
-    let count = ((8 << 20) / buffer).clamp(256, 2048) as u16;
-    (count, buffer)
+/// Receive buffers: each holds a whole echo (its frame head and, for the
+/// hub, the completion's JSON around the payload; up to 64 KiB), so that
+/// echoes are checked where the kernel put them. The ring hands buffers out
+/// in turn, so receives go round the whole pool and every buffer of it is
+/// in the working set: the pool is as small as the thread's connections
+/// allow (two buffers each, at least 64; a power of two, as the ring needs)
+/// and at most 8 MiB. 256 buffers of 32 KiB for 10 connections of 16 KiB
+/// messages made every receive copy land in memory no cache held.
+fn pool_shape(size: usize, connections: usize) -> (u16, usize) {
+    let buffer = (size + 128).next_multiple_of(64).clamp(4096, 64 * 1024);
+    let fit = (8 << 20) / buffer;
+    let most = 1usize << (usize::BITS - 1 - fit.leading_zeros());
+    let count = (2 * connections)
+        .next_power_of_two()
+        .clamp(64, most.max(64));
+    (count as u16, buffer)
 }
 
 /// Whether this kernel lets loadgen run its connections on io_uring (the
@@ -229,7 +239,7 @@ pub(crate) fn load_thread(
     let ids: Vec<u32> = (thread_index..load.connections)
         .step_by(load.threads as usize)
         .collect();
-    let (count, buffer) = pool_shape(load.size);
+    let (count, buffer) = pool_shape(load.size, ids.len());
     let set_up = Ring::new(1024).and_then(|ring| {
         let pool = BufRing::new(&ring, BUF_GROUP, count, buffer)?;
         Ok((ring, pool))
@@ -1121,6 +1131,26 @@ mod tests {
             .map(|(i, b)| b ^ key[i % 4])
             .collect();
         (frame[0], payload)
+    }
+
+    #[test]
+    fn the_receive_pool_holds_whole_echoes_in_at_most_8_mib() {
+        for size in [0, 20, 1024, 16384, 65536, 1 << 20] {
+            for connections in [1, 10, 100, 500, 10_000] {
+                let (count, buffer) = pool_shape(size, connections);
+                assert!(
+                    count.is_power_of_two() && count >= 64,
+                    "{size} B, {connections}: {count}"
+                );
+                assert!(count as usize * buffer <= 8 << 20 || count == 64);
+                if size + 128 <= 64 * 1024 {
+                    assert!(buffer >= size + 128, "{size} B in {buffer} B");
+                }
+            }
+        }
+        // Few connections, few buffers: 10 of 16 KiB use 64 of 16.5 KiB.
+        assert_eq!(pool_shape(16384, 10), (64, 16512));
+        assert_eq!(pool_shape(20, 100), (256, 4096));
     }
 
     #[test]
