@@ -35,6 +35,7 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
         "p99": s["latency_us"]["p99"],
         "errors": sum(s["errors"].values()),
         "warning": s.get("bottleneck"),
+        "asked": doc["load"].get("rate"),
     }
     if name.endswith("-rate"):
         engine, case = name[: -len("-io-uring-rate")].rsplit("-", 1)
@@ -86,5 +87,5 @@ if rate:
             r = rate.get((engine, case))
             if not r:
                 continue
-            asked = closed[(engine, case, "io-uring")][0]["rate"] / 2  # round 1's, as the script
+            asked = r["asked"] or float("nan")
             print(f"| {case} | {engine} | {asked:.0f} | {r['rate']:.0f} | {r['loadgen_busy']:.0f} % | {r['lag_p99']} | {r['p99']} | {r['errors']} |")

@@ -49,8 +49,7 @@ done
 
 for case in small fanin; do
   for engine in $engines; do
-    max=$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['summary']['msgs_per_sec']/2))" \
-      "$out/$engine-$case-io-uring-round1.json" 2>/dev/null) || continue
+    max=$(python3 scripts/lib/half-max.py "$out/$engine-$case-io-uring"-round*.json) || continue
     start_engine "$engine" || continue
     echo "loadgen-saturation.sh: $case, $engine at $max msgs/s (half its maximum), loadgen --io io-uring"
     load "$engine" "$case" io-uring "$engine-$case-io-uring-rate" --rate "$max" --duration "$duration"

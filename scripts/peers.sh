@@ -10,7 +10,7 @@
 # round: the closed-loop standard cases (small 100 × 20 B, medium 10 × 1 KiB,
 # large 10 × 16 KiB, fanin 500 × 16 KiB), servers interleaved round by round;
 # then, once, a constant-rate run per case at half that server's closed-loop
-# maximum, and 10 000 idle connections for resident memory. loadgen reads each
+# maximum (the median of its rounds), and 10 000 idle connections for resident memory. loadgen reads each
 # server's CPU time from /proc (--server-pid).
 #
 # Writes results/peers/*.json (every run, with its configuration),
@@ -120,8 +120,7 @@ for server in $servers; do
   start_server "$server" || continue
   for case in $cases; do
     has rate || break
-    max=$(python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['summary']['msgs_per_sec']/2))" \
-      "$out/$server-$case-round1.json" 2>/dev/null) || continue
+    max=$(python3 scripts/lib/half-max.py "$out/$server-$case"-round*.json) || continue
     echo "peers.sh: $server · $case at $max msgs/s (half its closed-loop maximum), $rate_duration s"
     load "$server" "$case" "$server-$case-rate" --rate "$max" --duration "$rate_duration" || echo "peers.sh: $server $case rate failed"
   done
