@@ -171,9 +171,14 @@ impl Frames {
 
     /// Appends message `seq`, masked with `key`, to `out`.
     fn write(&self, pattern: &Pattern, seq: u64, key: [u8; 4], out: &mut Vec<u8>) {
+        // The invocation id, for the hub only: raw frames have one head.
         let mut digits = [0u8; 20];
-        let id = hub::decimal(seq, &mut digits);
-        let (head, head_len) = self.heads[if self.hub { id.len() - 1 } else { 0 }];
+        let id: &[u8] = if self.hub {
+            hub::decimal(seq, &mut digits)
+        } else {
+            &[]
+        };
+        let (head, head_len) = self.heads[id.len().saturating_sub(1)];
         // The key is the head's last four bytes.
         out.extend_from_slice(&head[..head_len - 4]);
         out.extend_from_slice(&key);
