@@ -135,6 +135,118 @@ pub fn parse_header(buf: &[u8], max_payload: u64) -> Result<Option<Header>, Viol
     }))
 }
 
+/// Where a frame ends, read from its first bytes without judging them: after
+/// the engine failed a connection it skips whatever the client still sends,
+/// reserved bits, unknown opcodes and oversized control frames included,
+/// until the client's close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub fin: bool,
+    /// The 4-bit opcode as sent, reserved values included.
+    pub opcode: u8,
+    /// All zeros for an unmasked frame (which the engine does not accept,
+    /// but still skips).
+    pub mask: [u8; 4],
+    pub len: usize,
+    pub payload_len: u64,
+}
+
+/// Reads the extent of the frame at the start of `buf`: `Ok(None)` until its
+/// header is complete; an error when its length has the top bit set (no such
+/// frame can be skipped).
+pub fn frame_extent(buf: &[u8]) -> Result<Option<Extent>, Violation> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    let (extra, payload_len) = match b1 & 0x7F {
+        126 => match buf.get(2..4) {
+            Some(b) => (2, u16::from_be_bytes([b[0], b[1]]) as u64),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(b) => {
+                let n = u64::from_be_bytes(b.try_into().expect("8 bytes"));
+                if n >> 63 != 0 {
+                    return Err(Violation::Protocol("frame length has its top bit set"));
+                }
+                (8, n)
+            }
+            None => return Ok(None),
+        },
+        n => (0, n as u64),
+    };
+    let masked = b1 & 0x80 != 0;
+    let len = 2 + extra + if masked { 4 } else { 0 };
+    if buf.len() < len {
+        return Ok(None);
+    }
+    let mask = if masked {
+        buf[len - 4..len].try_into().expect("4 bytes")
+    } else {
+        [0; 4]
+    };
+    Ok(Some(Extent {
+        fin: b0 & 0x80 != 0,
+        opcode: b0 & 0x0F,
+        mask,
+        len,
+        payload_len,
+    }))
+}
+
+/// UTF-8 checked as it arrives, in pieces cut anywhere: fails at the first
+/// byte after which no continuation could make the text valid (RFC 6455
+/// §8.1: fail as soon as the sequence cannot be valid), not when the message
+/// ends. Holds at most the three bytes of a character cut between pieces.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Utf8Check {
+    cut: [u8; 4],
+    cut_len: u8,
+}
+
+impl Utf8Check {
+    /// Checks the next piece of the text.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), Violation> {
+        if self.cut_len > 0 {
+            // Complete the character cut at the end of the last piece; its
+            // first byte was valid, so it says how long the character is.
+            let width = match self.cut[0] {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let have = self.cut_len as usize;
+            let take = (width - have).min(bytes.len());
+            self.cut[have..have + take].copy_from_slice(&bytes[..take]);
+            self.cut_len += take as u8;
+            bytes = &bytes[take..];
+            match simdutf8::compat::from_utf8(&self.cut[..self.cut_len as usize]) {
+                Ok(_) => self.cut_len = 0,
+                Err(e) if e.error_len().is_none() => return Ok(()), // still cut; bytes is empty
+                Err(_) => return Err(Violation::InvalidUtf8),
+            }
+        }
+        match simdutf8::compat::from_utf8(bytes) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                let tail = &bytes[e.valid_up_to()..];
+                self.cut[..tail.len()].copy_from_slice(tail);
+                self.cut_len = tail.len() as u8;
+                Ok(())
+            }
+            Err(_) => Err(Violation::InvalidUtf8),
+        }
+    }
+
+    /// Checks that the text does not end inside a character.
+    pub fn finish(&self) -> Result<(), Violation> {
+        match self.cut_len {
+            0 => Ok(()),
+            _ => Err(Violation::InvalidUtf8),
+        }
+    }
+}
+
 fn is_control(opcode: OpCode) -> bool {
     matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong)
 }
@@ -391,5 +503,53 @@ mod tests {
         let mut bad_reason = 1000u16.to_be_bytes().to_vec();
         bad_reason.extend_from_slice(&[0xff, 0xfe]);
         assert_eq!(parse_close(&bad_reason), Err(Violation::InvalidUtf8));
+    }
+
+    #[test]
+    fn utf8_checked_in_pieces_agrees_with_checking_whole() {
+        let samples: [&[u8]; 8] = [
+            "κόσμε €𝄞".as_bytes(),
+            &[
+                0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80,
+            ],
+            &[0xf4, 0x90, 0x80, 0x80],
+            &[0xe0, 0x80, 0xaf],
+            &[0xc0, 0xaf],
+            &[0xf0, 0x9d, 0x84],
+            &[0x80],
+            b"plain ascii",
+        ];
+        for text in samples {
+            let whole = std::str::from_utf8(text).is_ok();
+            for piece in 1..=text.len().max(1) {
+                let mut check = Utf8Check::default();
+                let fed = text
+                    .chunks(piece)
+                    .try_for_each(|p| check.feed(p))
+                    .and_then(|()| check.finish());
+                assert_eq!(fed.is_ok(), whole, "{text:?} in pieces of {piece}");
+            }
+        }
+        // The verdict comes at the first byte that cannot lead anywhere.
+        let mut check = Utf8Check::default();
+        assert!(check.feed(&[0xf4]).is_ok());
+        assert!(check.feed(&[0x90]).is_err());
+    }
+
+    #[test]
+    fn extents_are_read_from_any_header() {
+        let mut rsv = client_frame(true, 3, &[0; 300], [1, 2, 3, 4]);
+        rsv[0] |= 0x70;
+        let extent = frame_extent(&rsv).unwrap().unwrap();
+        assert_eq!((extent.opcode, extent.len, extent.payload_len), (3, 8, 300));
+        assert_eq!(frame_extent(&rsv[..7]), Ok(None));
+        let unmasked = encode(OpCode::Ping, b"abc");
+        let extent = frame_extent(&unmasked).unwrap().unwrap();
+        assert_eq!(
+            (extent.len, extent.payload_len, extent.mask),
+            (2, 3, [0; 4])
+        );
+        let top_bit = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1];
+        assert!(frame_extent(&top_bit).is_err());
     }
 }

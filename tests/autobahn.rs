@@ -2,7 +2,9 @@
 //! kosoku (a Python 3 runner of Autobahn's own cases), against every backend.
 //! `scripts/test.sh` installs kosoku when it is missing; the runner is taken
 //! from $KOSOKU, else from PATH. The digest of each run is written to
-//! results/autobahn/BACKEND.json, which is committed.
+//! target/autobahn/BACKEND.json, so that running the tests changes no
+//! tracked file; RINGECHO_AUTOBAHN=results/autobahn refreshes the committed
+//! digests.
 
 mod common;
 
@@ -21,7 +23,8 @@ const SECTIONS: [&str; 9] = [
 /// What kosoku runs of those sections; a different count means the runner
 /// changed, and the digest must be looked at again.
 const EXPECTED_CASES: usize = 301;
-const BEHAVIORS_ACCEPTED: [&str; 3] = ["OK", "NON-STRICT", "INFORMATIONAL"];
+/// NON-STRICT is refused too: a text frame sent in chops fails at the bad chop.
+const BEHAVIORS_ACCEPTED: [&str; 2] = ["OK", "INFORMATIONAL"];
 const CLOSE_BEHAVIORS_ACCEPTED: [&str; 2] = ["OK", "INFORMATIONAL"];
 
 /// Timing-sensitive cases should not share two cores with another run.
@@ -103,7 +106,9 @@ fn conformance(backend: &str) {
         "behaviors": counts,
         "not_ok": not_ok,
     });
-    let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/autobahn");
+    let results = std::env::var_os("RINGECHO_AUTOBAHN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/autobahn"));
     std::fs::create_dir_all(&results).unwrap();
     std::fs::write(
         results.join(format!("{backend}.json")),

@@ -155,6 +155,9 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
             "tokio-uring,epoll",
             "--cases",
             "small",
+            // Named below as -t1-: bench's default is half the cores.
+            "--threads",
+            "1",
         ])
         .args([
             "--duration",

@@ -104,6 +104,12 @@ pub fn summary(result: &RunResult) -> String {
     if let Some(warning) = &s.bottleneck {
         out.push_str(&format!("WARNING: {warning}\n"));
     }
+    if s.unpinned_threads > 0 {
+        out.push_str(&format!(
+            "WARNING: {} load thread(s) could not be pinned to their cores and ran unpinned\n",
+            s.unpinned_threads
+        ));
+    }
     let e = &s.errors;
     if e.total() > 0 || s.unanswered > 0 {
         out.push_str(&format!(

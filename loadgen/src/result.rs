@@ -82,6 +82,14 @@ pub struct Summary {
     /// measured the load generator, not the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bottleneck: Option<String>,
+    /// Load threads that asked for a core and could not be pinned to it:
+    /// they ran where the scheduler put them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unpinned_threads: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What the server process spent during the measured window.
@@ -279,6 +287,7 @@ impl RunResult {
             s.connections += o.connections;
             s.unanswered += o.unanswered;
             s.merged_from += o.merged_from;
+            s.unpinned_threads += o.unpinned_threads;
             s.errors.add(&o.errors);
             // Several load generators against one server all watched the
             // same process over the same window: one of them is the figure.

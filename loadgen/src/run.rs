@@ -7,7 +7,8 @@ use std::collections::VecDeque;
 use std::io::IsTerminal as _;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -45,6 +46,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     let target = Target::parse(&load.url)?;
     let server = crate::server_info::fetch(&target);
     let cores = pick_cores(load);
+    let unpinned = Arc::new(AtomicU32::new(0));
 
     let (to_main, from_threads) = mpsc::channel::<Report>();
     let mut starts = Vec::new();
@@ -54,11 +56,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         starts.push(start_tx);
         let (load, target, to_main) = (load.clone(), target.clone(), to_main.clone());
         let core = cores.get(thread as usize).copied();
+        let unpinned = unpinned.clone();
         let handle = std::thread::Builder::new()
             .name(format!("loadgen-{thread}"))
             .spawn(move || {
                 if let Some(id) = core {
-                    core_affinity::set_for_current(core_affinity::CoreId { id });
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                        eprintln!(
+                            "loadgen: thread {thread} could not be pinned to core {id}; it runs \
+                             unpinned (is core {id} in this process's CPU set? --cores picks others)"
+                        );
+                        unpinned.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 if load.io == Io::IoUring {
                     if let Err(e) =
@@ -193,6 +202,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         loadgen_process: loadgen_process.join().ok().flatten(),
         send_lag_us: load.rate.map(|_| Percentiles::of(&send_lag)),
         bottleneck: None,
+        unpinned_threads: unpinned.load(Ordering::Relaxed),
     };
     summary.bottleneck = summary.bottleneck_warning(load.threads, load.rate.is_none());
     Ok(RunResult {

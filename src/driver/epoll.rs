@@ -50,6 +50,10 @@ impl Io for TcpStream {
     fn shutdown(&self) {
         let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both);
     }
+
+    fn half_close(&self) {
+        let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
+    }
 }
 
 async fn write_all_vectored(stream: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {

@@ -46,6 +46,10 @@ pub trait Io {
     /// Shuts both directions down, so that the peer sees FIN at once even
     /// with a read still in flight.
     fn shutdown(&self);
+
+    /// Shuts the sending side down (FIN after what was sent), and keeps
+    /// reading: see `session::Phase::Draining`.
+    fn half_close(&self);
 }
 
 /// The receive buffer of a driver whose connections own theirs: `capacity`

@@ -49,6 +49,7 @@ pub async fn run<S: Io, H: Handler>(
     let mut timers = Timers::new(options, handler.keep_alive_interval());
     let sleep = tokio::time::sleep_until(at(timers.next().unwrap_or_else(Instant::now)));
     tokio::pin!(sleep);
+    let mut half_closed = false;
 
     'session: loop {
         if filled > 0 {
@@ -101,13 +102,19 @@ pub async fn run<S: Io, H: Handler>(
         }
         match session.phase() {
             Phase::Done => break,
-            Phase::Closing if timers.close_deadline().is_none() => {
-                timers.closing(CLOSE_WAIT);
-                sleep
-                    .as_mut()
-                    .reset(at(timers.next().expect("a close deadline")));
+            Phase::Closing | Phase::Draining => {
+                if session.phase() == Phase::Draining && !half_closed {
+                    io.half_close(); // after our close, written above
+                    half_closed = true;
+                }
+                if timers.close_deadline().is_none() {
+                    timers.closing(CLOSE_WAIT);
+                    sleep
+                        .as_mut()
+                        .reset(at(timers.next().expect("a close deadline")));
+                }
             }
-            _ => {}
+            Phase::Open => {}
         }
 
         let read = io.read(buf, filled);

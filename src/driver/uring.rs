@@ -86,6 +86,10 @@ impl Io for UringStream {
     fn shutdown(&self) {
         let _ = self.0.shutdown(std::net::Shutdown::Both);
     }
+
+    fn half_close(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Write);
+    }
 }
 
 enum Memory {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use fastwebsockets::OpCode;
 
-use crate::codec::{self, Header, Violation};
+use crate::codec::{self, Header, Utf8Check, Violation};
 use crate::stats::WorkerStats;
 
 pub use out::Out;
@@ -38,6 +38,12 @@ pub enum Phase {
     Open,
     /// The server sent a close and waits for the client's.
     Closing,
+    /// The server failed the connection in the middle of a frame, so where
+    /// the client's next frame starts is unknown (a client answers a close
+    /// at once, without finishing the frame it was sending). After our
+    /// close the driver shuts down its side, so that the client sees EOF at
+    /// once, and reads to the client's EOF, discarding, to spare it a reset.
+    Draining,
     /// The close handshake is over (or cannot happen): close the socket.
     Done,
 }
@@ -48,9 +54,22 @@ struct Message {
     /// `MAX_SERVER_HEADER` reserved bytes, then the unmasked payload so far.
     data: Vec<u8>,
     /// Text is checked as it arrives, so that invalid UTF-8 fails the
-    /// connection at once rather than when the message ends: `data` is valid
-    /// up to here, and what follows is at most an incomplete character.
-    valid_up_to: usize,
+    /// connection at once rather than when the message ends.
+    utf8: Utf8Check,
+}
+
+/// The text checked so far of an incomplete frame at the front of the
+/// receive buffer, one that will be handled in place once the rest arrives.
+/// Its bytes are checked as each read brings them, so that a frame sent in
+/// chops fails at the chop that made it invalid.
+struct Peek {
+    /// Identifies the frame, so that a stale peek is never applied to the
+    /// next one.
+    mask: [u8; 4],
+    payload_len: u64,
+    /// Payload bytes checked so far.
+    checked: usize,
+    utf8: Utf8Check,
 }
 
 /// A data frame too large for the receive buffer, whose payload continues in
@@ -207,6 +226,7 @@ pub struct Session<H> {
     phase: Phase,
     message: Option<Message>,
     spanning: Option<Spanning>,
+    peek: Option<Peek>,
     /// The code that ended the conversation, for `/stats`.
     close_code: Option<u16>,
 }
@@ -220,6 +240,7 @@ impl<H: Handler> Session<H> {
             phase: Phase::Open,
             message: None,
             spanning: None,
+            peek: None,
             close_code: None,
         }
     }
@@ -241,10 +262,22 @@ impl<H: Handler> Session<H> {
     /// start of a frame that needs more bytes.
     pub fn on_bytes(&mut self, buf: &mut [u8], out: &mut Vec<Out>) -> usize {
         let mut pos = 0;
-        while pos < buf.len() && self.phase != Phase::Done {
+        if self.phase == Phase::Draining {
+            return buf.len();
+        }
+        while pos < buf.len() && !matches!(self.phase, Phase::Done | Phase::Draining) {
             if self.spanning.is_some() {
                 pos += self.continue_spanning(&mut buf[pos..], out);
                 continue;
+            }
+            if self.phase == Phase::Closing {
+                match self.skip_while_closing(buf, pos, out) {
+                    Some(n) => {
+                        pos += n;
+                        continue;
+                    }
+                    None => break,
+                }
             }
             let assembled = self.message.as_ref().map_or(0, |m| payload_len(&m.data));
             let limit = self.max_message.saturating_sub(assembled);
@@ -253,28 +286,46 @@ impl<H: Handler> Session<H> {
                 Ok(None) => break,
                 Err(violation) => {
                     self.fail(violation, out);
-                    break;
+                    let whole = codec::frame_extent(&buf[pos..]).is_ok_and(|extent| {
+                        extent.is_some_and(|e| {
+                            e.len as u64 + e.payload_len <= (buf.len() - pos) as u64
+                        })
+                    });
+                    if !whole {
+                        self.drain();
+                    }
+                    continue;
                 }
             };
             let available = (buf.len() - pos) as u64;
             let step = if header.frame_len() <= available {
+                self.peek = None;
                 let payload = pos + header.len..pos + header.frame_len() as usize;
                 self.on_frame(&header, buf, payload, out)
                     .map(|()| header.frame_len() as usize)
             } else if header.frame_len() <= self.capacity as u64 {
-                break; // fits once the rest arrives
+                // Handled in place once the rest arrives; text is checked now.
+                match self.peek_text(&header, &buf[pos + header.len..]) {
+                    Ok(()) => break,
+                    Err(violation) => Err(violation),
+                }
             } else {
+                self.peek = None;
                 self.begin_spanning(&header).map(|()| header.len)
             };
             match step {
                 Ok(n) => pos += n,
                 Err(violation) => {
                     self.fail(violation, out);
-                    break;
+                    // A whole frame is looked at again, now as one to skip;
+                    // a frame whose rest is still to come cannot be.
+                    if header.frame_len() > available {
+                        self.drain();
+                    }
                 }
             }
         }
-        if self.phase == Phase::Done {
+        if matches!(self.phase, Phase::Done | Phase::Draining) {
             buf.len()
         } else {
             pos
@@ -288,13 +339,13 @@ impl<H: Handler> Session<H> {
         payload: Range<usize>,
         out: &mut Vec<Out>,
     ) -> Result<(), Violation> {
-        let closing = self.phase == Phase::Closing;
+        // Only while open, and for the client's close after ours: everything
+        // else is skipped while closing (`skip_while_closing`).
         // Payloads used where they are are unmasked in place; fragments of
         // a message are unmasked as they are copied into it; ignored ones
         // are left as they came.
         let unmask = |buf: &mut [u8]| codec::unmask_at(&mut buf[payload.clone()], h.mask, 0);
         match h.opcode {
-            OpCode::Text | OpCode::Binary if closing => Ok(()),
             OpCode::Text | OpCode::Binary => {
                 if self.message.is_some() {
                     return Err(Violation::Protocol("new message before the last one ended"));
@@ -311,7 +362,6 @@ impl<H: Handler> Session<H> {
                 }
                 self.handler.on_message(h.opcode, buf, payload, out)
             }
-            OpCode::Continuation if closing => Ok(()),
             OpCode::Continuation => {
                 let message = self
                     .message
@@ -323,7 +373,6 @@ impl<H: Handler> Session<H> {
                 }
                 Ok(())
             }
-            OpCode::Ping if closing => Ok(()),
             OpCode::Ping => {
                 unmask(buf);
                 out.push(Out::Recv(codec::write_header_before(
@@ -360,26 +409,104 @@ impl<H: Handler> Session<H> {
         }
     }
 
-    fn begin_spanning(&mut self, h: &Header) -> Result<(), Violation> {
-        let discard = self.phase == Phase::Closing;
-        if !discard {
-            match (h.opcode, &self.message) {
-                (OpCode::Continuation, None) => {
-                    return Err(Violation::Protocol("continuation frame without a message"))
-                }
-                (OpCode::Continuation, Some(_)) => {}
-                (_, Some(_)) => {
-                    return Err(Violation::Protocol("new message before the last one ended"))
-                }
-                (opcode, None) => self.message = Some(Message::start(opcode, h.payload_len)),
+    /// Checks the text of an incomplete frame as far as it has arrived.
+    fn peek_text(&mut self, h: &Header, arrived: &[u8]) -> Result<(), Violation> {
+        let utf8 = match (h.opcode, &self.message) {
+            (OpCode::Text, None) => Utf8Check::default(),
+            (OpCode::Continuation, Some(m)) if m.opcode == OpCode::Text => m.utf8,
+            _ => return Ok(()), // binary, or an error found once it is whole
+        };
+        let peek = match &mut self.peek {
+            Some(p) if p.mask == h.mask && p.payload_len == h.payload_len => p,
+            stale => stale.insert(Peek {
+                mask: h.mask,
+                payload_len: h.payload_len,
+                checked: 0,
+                utf8,
+            }),
+        };
+        let mut chunk = [0u8; 256];
+        for piece in arrived[peek.checked..].chunks(chunk.len()) {
+            let chunk = &mut chunk[..piece.len()];
+            chunk.copy_from_slice(piece);
+            codec::unmask_at(chunk, h.mask, peek.checked as u64);
+            peek.utf8.feed(chunk)?;
+            peek.checked += piece.len();
+        }
+        Ok(())
+    }
+
+    /// After the engine sent its close: skips the frame at `pos` unread,
+    /// unless it is the client's close. Returns the bytes consumed, or `None`
+    /// when more are needed.
+    fn skip_while_closing(
+        &mut self,
+        buf: &mut [u8],
+        pos: usize,
+        out: &mut Vec<Out>,
+    ) -> Option<usize> {
+        let extent = match codec::frame_extent(&buf[pos..]) {
+            Ok(Some(extent)) => extent,
+            Ok(None) => return None,
+            Err(_) => {
+                // Nothing can be skipped past this.
+                self.phase = Phase::Draining;
+                return None;
             }
+        };
+        let available = (buf.len() - pos) as u64;
+        let frame_len = extent.len as u64 + extent.payload_len;
+        if extent.opcode == OpCode::Close as u8 {
+            if frame_len > available {
+                if frame_len > self.capacity as u64 {
+                    // No valid close is that long.
+                    self.phase = Phase::Draining;
+                }
+                return None;
+            }
+            let header = Header {
+                fin: extent.fin,
+                opcode: OpCode::Close,
+                mask: extent.mask,
+                len: extent.len,
+                payload_len: extent.payload_len,
+            };
+            let payload = pos + extent.len..pos + frame_len as usize;
+            // Any answer to a close after ours is only recorded.
+            let _ = self.on_frame(&header, buf, payload, out);
+            self.phase = Phase::Done;
+            return Some(frame_len as usize);
+        }
+        if frame_len <= available {
+            return Some(frame_len as usize);
+        }
+        self.spanning = Some(Spanning {
+            fin: extent.fin,
+            mask: extent.mask,
+            offset: 0,
+            remaining: extent.payload_len,
+            discard: true,
+        });
+        Some(extent.len)
+    }
+
+    fn begin_spanning(&mut self, h: &Header) -> Result<(), Violation> {
+        match (h.opcode, &self.message) {
+            (OpCode::Continuation, None) => {
+                return Err(Violation::Protocol("continuation frame without a message"))
+            }
+            (OpCode::Continuation, Some(_)) => {}
+            (_, Some(_)) => {
+                return Err(Violation::Protocol("new message before the last one ended"))
+            }
+            (opcode, None) => self.message = Some(Message::start(opcode, h.payload_len)),
         }
         self.spanning = Some(Spanning {
             fin: h.fin,
             mask: h.mask,
             offset: 0,
             remaining: h.payload_len,
-            discard,
+            discard: false,
         });
         Ok(())
     }
@@ -394,8 +521,12 @@ impl<H: Handler> Session<H> {
                 .as_mut()
                 .expect("spanning frames belong to a message");
             if let Err(violation) = message.append(&buf[..take], span.mask, span.offset) {
+                let cut_short = span.remaining > take as u64;
                 self.fail(violation, out);
-                return take;
+                if cut_short {
+                    self.drain();
+                    return buf.len();
+                }
             }
         }
         let span = self.spanning.as_mut().expect("a spanning frame");
@@ -415,8 +546,8 @@ impl<H: Handler> Session<H> {
 
     fn finish_message(&mut self, out: &mut Vec<Out>) -> Result<(), Violation> {
         let message = self.message.take().expect("a message");
-        if message.opcode == OpCode::Text && message.valid_up_to != message.data.len() {
-            return Err(Violation::InvalidUtf8); // ends inside a character
+        if message.opcode == OpCode::Text {
+            message.utf8.finish()?; // ends inside a character
         }
         self.handler.on_assembled(message.opcode, message.data, out)
     }
@@ -435,9 +566,17 @@ impl<H: Handler> Session<H> {
             self.close_code = Some(code);
         }
         self.message = None;
+        self.peek = None;
         self.spanning = None;
         if self.phase == Phase::Open {
             self.phase = Phase::Closing;
+        }
+    }
+
+    /// After [`Session::fail`] in the middle of a frame: see [`Phase::Draining`].
+    fn drain(&mut self) {
+        if self.phase == Phase::Closing {
+            self.phase = Phase::Draining;
         }
     }
 
@@ -458,25 +597,17 @@ impl Message {
         Message {
             opcode,
             data,
-            valid_up_to: codec::MAX_SERVER_HEADER,
+            utf8: Utf8Check::default(),
         }
     }
 
     /// Appends a piece of a frame's payload, still masked, that starts at
     /// `offset` of that payload.
     fn append(&mut self, masked: &[u8], mask: [u8; 4], offset: u64) -> Result<(), Violation> {
+        let start = self.data.len();
         codec::unmask_into(&mut self.data, masked, mask, offset);
-        self.check_utf8()
-    }
-
-    fn check_utf8(&mut self) -> Result<(), Violation> {
-        if self.opcode != OpCode::Text {
-            return Ok(());
-        }
-        match simdutf8::compat::from_utf8(&self.data[self.valid_up_to..]) {
-            Ok(_) => self.valid_up_to = self.data.len(),
-            Err(e) if e.error_len().is_none() => self.valid_up_to += e.valid_up_to(),
-            Err(_) => return Err(Violation::InvalidUtf8),
+        if self.opcode == OpCode::Text {
+            self.utf8.feed(&self.data[start..])?;
         }
         Ok(())
     }
@@ -497,6 +628,16 @@ mod tests {
     /// Feeds `input` through a session in reads of at most `capacity` bytes,
     /// the way the driver loop does, and returns everything it would send.
     fn converse(input: &[u8], capacity: usize) -> (Vec<u8>, Phase, Option<u16>) {
+        converse_in_reads_of(input, capacity, capacity)
+    }
+
+    /// As [`converse`], with reads of at most `read` bytes, as a client that
+    /// sends its frames in chops makes them.
+    fn converse_in_reads_of(
+        input: &[u8],
+        capacity: usize,
+        read: usize,
+    ) -> (Vec<u8>, Phase, Option<u16>) {
         let stats = WorkerStats::default();
         let handler = RawEcho {
             stats: &stats,
@@ -509,7 +650,7 @@ mod tests {
         let mut out = Vec::new();
         let mut input = input;
         while echo.phase() != Phase::Done {
-            let n = (capacity - filled).min(input.len());
+            let n = (capacity - filled).min(input.len()).min(read);
             if n == 0 && filled == 0 {
                 break;
             }
@@ -625,5 +766,118 @@ mod tests {
         let (sent, phase, code) = converse(&input, 4096);
         assert_eq!(sent, codec::encode_close(1007, "invalid UTF-8"));
         assert_eq!((phase, code), (Phase::Done, Some(1007)));
+    }
+
+    fn close_frame(code: u16, reason: &[u8]) -> Vec<u8> {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason);
+        client_frame(true, 8, &payload)
+    }
+
+    /// RFC 6455 §5.5.1, §7.1.1: once the engine has sent and received a
+    /// close, the conversation is over, whatever the failed frame was; the
+    /// driver closes the TCP connection at once. Frames the engine failed on
+    /// are skipped by their length, so the client's close behind them is read.
+    #[test]
+    fn after_any_violation_the_clients_close_ends_the_conversation() {
+        let mut rsv = client_frame(true, 2, b"abc");
+        rsv[0] |= 0x40;
+        let mut unmasked = codec::encode(OpCode::Binary, b"abc");
+        unmasked[0] = 0x82;
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            (
+                "ping over 125 bytes",
+                client_frame(true, 9, &[7; 126]),
+                1002,
+            ),
+            ("reserved bits", rsv, 1002),
+            ("reserved data opcode", client_frame(true, 3, b"abc"), 1002),
+            (
+                "reserved control opcode",
+                client_frame(true, 0xB, b"abc"),
+                1002,
+            ),
+            ("fragmented ping", client_frame(false, 9, b"abc"), 1002),
+            (
+                "close reason over 123 bytes",
+                close_frame(1000, &[b'a'; 124]),
+                1002,
+            ),
+            ("unmasked frame", unmasked, 1002),
+            (
+                "message too big",
+                client_frame(true, 2, &vec![0; (1 << 20) + 1]),
+                1009,
+            ),
+            (
+                "invalid UTF-8",
+                client_frame(true, 1, &[0xce, 0xba, 0xff]),
+                1007,
+            ),
+        ];
+        for (class, bad, code) in cases {
+            for capacity in [256, 4096] {
+                let mut input = bad.clone();
+                input.extend(client_frame(true, 2, b"after the violation"));
+                input.extend(close_frame(code, b""));
+                let (sent, phase, recorded) = converse(&input, capacity);
+                // A frame whose rest was still to come leaves the stream
+                // without frame boundaries: the driver half-closes instead.
+                let cut_short = bad.len() > capacity;
+                let expected = if cut_short {
+                    Phase::Draining
+                } else {
+                    Phase::Done
+                };
+                assert_eq!(phase, expected, "{class}, capacity {capacity}");
+                assert_eq!(recorded, Some(code), "{class}");
+                let reason = match code {
+                    1007 => "invalid UTF-8".to_string(),
+                    1009 => "message too big".to_string(),
+                    _ => String::from_utf8_lossy(&sent[4..]).to_string(),
+                };
+                assert_eq!(sent, codec::encode_close(code, &reason), "{class}");
+            }
+        }
+    }
+
+    #[test]
+    fn after_a_length_with_its_top_bit_set_only_draining_is_left() {
+        let mut input = vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4];
+        input.extend(close_frame(1002, b""));
+        let (sent, phase, code) = converse(&input, 4096);
+        assert_eq!((phase, code), (Phase::Draining, Some(1002)));
+        assert_eq!((sent[0], &sent[2..4]), (0x88, &1002u16.to_be_bytes()[..]));
+    }
+
+    /// Autobahn 6.4.3 and 6.4.4: one text frame, sent in chops; the verdict
+    /// comes at the chop with the bad byte, not when the frame is whole.
+    #[test]
+    fn invalid_utf8_in_a_frame_sent_in_chops_fails_at_the_bad_chop() {
+        // κόσμε, then a byte that no UTF-8 text can contain, then more.
+        let mut text = "κόσμε".as_bytes().to_vec();
+        let bad_at = text.len();
+        text.extend_from_slice(&[0xf4, 0x90, 0x80, 0x80]);
+        text.extend_from_slice("edited".as_bytes());
+        let frame = client_frame(true, 1, &text);
+        let header = frame.len() - text.len();
+        // Everything up to the byte that makes the text invalid (0x90 after
+        // 0xf4: above U+10FFFF), in 1-byte reads: no verdict yet.
+        let (sent, phase, _) = converse_in_reads_of(&frame[..header + bad_at + 1], 4096, 1);
+        assert!(sent.is_empty());
+        assert_eq!(phase, Phase::Open);
+        // One byte more, and the connection fails, the rest still to come.
+        let (sent, _, code) = converse_in_reads_of(&frame[..header + bad_at + 2], 4096, 1);
+        assert_eq!(code, Some(1007));
+        assert_eq!(sent, codec::encode_close(1007, "invalid UTF-8"));
+        // The same in a continuation frame, after a valid first fragment.
+        let mut input = client_frame(false, 1, "ab".as_bytes());
+        let cont = client_frame(true, 0, &text);
+        input.extend_from_slice(&cont[..cont.len() - text.len() + bad_at + 2]);
+        assert_eq!(converse_in_reads_of(&input, 4096, 1).2, Some(1007));
+        // Valid text in 1-byte reads still comes back whole.
+        let fine = "κόσμε €".as_bytes();
+        let (sent, _, code) = converse_in_reads_of(&client_frame(true, 1, fine), 4096, 1);
+        assert_eq!((sent, code), (codec::encode(OpCode::Text, fine), None));
     }
 }

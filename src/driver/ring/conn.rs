@@ -144,6 +144,8 @@ pub struct Ws<S: ?Sized> {
     pub write_deadline: Option<Instant>,
     /// End the connection once everything queued is sent.
     pub finish: bool,
+    /// Our side is shut down (`session::Phase::Draining`).
+    pub half_closed: bool,
     pub session: S,
 }
 

@@ -449,6 +449,7 @@ impl<'w> Core<'w> {
                 return;
             }
             let mut try_answer = false;
+            let fd = conn.fd;
             if let Some(ws) = conn.ws() {
                 if ws.later.is_empty() && ws.session.phase() == Phase::Open {
                     // Broadcasts go out one at a time: the rest wait in the
@@ -475,6 +476,12 @@ impl<'w> Core<'w> {
                 if ws.finish || ws.session.phase() == Phase::Done {
                     self.end(key);
                     return;
+                }
+                if ws.session.phase() == Phase::Draining && !ws.half_closed {
+                    // Our close is sent (no write is in flight here).
+                    // SAFETY: plain syscall on a descriptor this connection owns.
+                    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+                    ws.half_closed = true;
                 }
             } else if let Some(http) = conn.http() {
                 try_answer = !http.head.is_empty() && http.upgrade.is_none();
@@ -558,7 +565,9 @@ impl<'w> Core<'w> {
             Stage::Http(_) => return,
         };
         conn.consumed = ws.session.on_bytes(&mut view[..filled], &mut self.scratch);
-        if ws.session.phase() == Phase::Closing && ws.timers.close_deadline().is_none() {
+        if matches!(ws.session.phase(), Phase::Closing | Phase::Draining)
+            && ws.timers.close_deadline().is_none()
+        {
             ws.timers.closing(CLOSE_WAIT);
         }
         if self.scratch.is_empty() {
@@ -1166,6 +1175,7 @@ fn ws<H: crate::session::Handler>(handler: H, options: &crate::options::Options)
         later: Vec::new(),
         write_deadline: None,
         finish: false,
+        half_closed: false,
         session: Session::new(
             handler,
             options.receive_buffer_size,
