@@ -3,7 +3,8 @@
 # keep-alive pings flowing and a small echo load on a tenth of them, churned
 # (1 000 closed and reopened per second) for another minute, then closed.
 # Checks that the engine's open-connection count returns to zero and that its
-# resident memory returns close to where it started; writes results/soak-BACKEND.json.
+# resident memory returns close to where it started; writes
+# target/soak/soak-BACKEND.json (SOAK_OUT=results refreshes the committed one).
 # Bounded: about 2.5 minutes. Usage: scripts/soak.sh [BACKEND] (default auto)
 # Shorter, by hand: SOAK_CONNECTIONS=2000 SOAK_HOLD=10 SOAK_CHURN=10 scripts/soak.sh
 set -euo pipefail
@@ -12,24 +13,27 @@ backend=${1:-auto}
 connections=${SOAK_CONNECTIONS:-10000}
 hold=${SOAK_HOLD:-60}
 churn=${SOAK_CHURN:-60}
+dir=${SOAK_OUT:-target/soak}
 
 cargo build --release --quiet --workspace --bins
 out=$(mktemp)
-./target/release/ringecho --listen 127.0.0.1:0 --backend "$backend" --keep-alive-interval 5 >"$out" 2>/dev/null &
+./target/release/ringecho --listen 127.0.0.1:0 --backend "$backend" --keep-alive-interval 5 \
+  --startup-line json >"$out" 2>/dev/null &
 engine=$!
 trap 'kill -TERM $engine 2>/dev/null || true; rm -f "$out"' EXIT
-for _ in $(seq 50); do grep -q "listening on" "$out" && break; sleep 0.1; done
-addr=$(sed -n 's/.*listening on \([^ ]*\) .*/\1/p' "$out")
-threads=$(sed -n 's/.*, \([0-9]*\) threads\{0,1\} .*/\1/p' "$out")
-echo "soak.sh: engine (pid $engine) on $addr, backend $backend, ${threads:-?} worker(s)"
+for _ in $(seq 50); do [ -s "$out" ] && break; sleep 0.1; done
+startup() { python3 -c 'import json, sys; print(json.loads(sys.stdin.readline())[sys.argv[1]])' "$1" <"$out"; }
+addr=$(startup listen)
+threads=$(startup threads)
+echo "soak.sh: engine (pid $engine) on $addr, backend $backend, $threads worker(s)"
 
-mkdir -p results
+mkdir -p "$dir"
 ./target/release/loadgen soak --url "ws://$addr/ws" --connections "$connections" \
   --hold "$hold" --churn "$churn" --churn-rate 1000 \
   --source-addr 127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7 \
-  --server-pid "$engine" --out "results/soak-$backend.json"
+  --server-pid "$engine" --out "$dir/soak-$backend.json"
 
-SOAK_RESULT="results/soak-$backend.json" SOAK_THREADS="${threads:-1}" python3 - <<'PY'
+SOAK_RESULT="$dir/soak-$backend.json" SOAK_THREADS="$threads" python3 - <<'PY'
 import json, sys
 import os; r = json.load(open(os.environ["SOAK_RESULT"]))
 start = r["stages"][0]["server_rss_kib"]

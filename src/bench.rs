@@ -14,6 +14,7 @@ use loadgen::report::{self, Style};
 use loadgen::RunResult;
 
 use crate::options::{BackendChoice, BenchOptions, Case};
+use crate::startup::Startup;
 
 /// One engine configuration of the sweep.
 #[derive(Debug, Clone)]
@@ -585,20 +586,14 @@ impl EngineProcess {
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next());
-        let Some(addr) = addr else {
-            let _ = child.kill();
-            bail!("the engine did not start (it printed {line:?})");
+        let startup = match Startup::parse(&line) {
+            Ok(startup) => startup,
+            Err(e) => {
+                let _ = child.kill();
+                bail!("the engine did not start: {e}");
+            }
         };
-        let backend = line
-            .split("backend ")
-            .nth(1)
-            .and_then(|rest| rest.split(',').next())
-            .unwrap_or("?")
-            .to_string();
+        let (addr, backend) = (startup.listen, startup.backend);
         Ok(EngineProcess {
             file_stem: format!(
                 "{backend}-buf{}-t{}",

@@ -17,4 +17,5 @@ pub mod routes;
 pub mod runtime;
 pub mod session;
 pub mod shutdown;
+pub mod startup;
 pub mod stats;

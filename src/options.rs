@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use crate::startup;
+
 /// The smallest receive buffer we accept: a control frame (14-byte header and
 /// up to 125 bytes of payload) must always fit in one buffer, so that control
 /// frames are answered in place without an assembly buffer.
@@ -157,6 +159,12 @@ pub struct Options {
     /// bound is printed on the first line of output.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Form of that first line: `text` for people (ringecho listening on
+    /// ADDR …) or `json`, one object with listen, ws_path, backend, threads,
+    /// cores and receive_buffer_size, for scripts.
+    #[arg(long, value_enum, value_name = "FORM", default_value_t = startup::Format::Text)]
+    pub startup_line: startup::Format,
 
     /// Worker threads, each with its own reactor and listener.
     /// [default: the number of cores this process may run on]

@@ -21,6 +21,7 @@ use crate::driver::ring;
 use crate::hub::{self, HubWorker, Inbox};
 use crate::options::{Backend, BackendChoice, Options};
 use crate::shutdown::Shutdown;
+use crate::startup::Startup;
 use crate::stats::{EngineStats, WorkerStats};
 
 /// Submission queue entries per io_uring. In-flight operations are not
@@ -109,27 +110,27 @@ impl Engine {
         .expect("stats serialize")
     }
 
-    pub fn startup_line(&self) -> String {
-        let cores = if self.cores.iter().all(Option::is_some) {
-            let ids: Vec<String> = self.cores.iter().flatten().map(|c| c.to_string()).collect();
-            format!("pinned to cores {}", ids.join(","))
-        } else {
-            "not pinned".to_string()
-        };
-        format!(
-            "ringecho listening on {listen} (ws://{listen}{path}): backend {backend}, {n} thread{s} {cores}, receive buffer {buf} B",
-            listen = self.listen,
-            path = self.options.ws_path,
-            backend = self.backend.name(),
-            n = self.cores.len(),
-            s = if self.cores.len() == 1 { "" } else { "s" },
-            buf = self.options.receive_buffer_size,
-        )
+    pub fn startup(&self) -> Startup {
+        Startup {
+            listen: self.listen,
+            ws_path: self.options.ws_path.clone(),
+            backend: self.backend.name().to_string(),
+            threads: self.cores.len(),
+            cores: self.cores.iter().copied().collect(),
+            receive_buffer_size: self.options.receive_buffer_size,
+        }
     }
 }
 
 /// Runs the engine until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(options: Options) -> anyhow::Result<()> {
+    run_with(options, |_| {})
+}
+
+/// [`run`], handing the engine's counters to `started` once every worker
+/// serves: a test running the engine in its own process watches them without
+/// asking /stats (which the workers would serve, and count).
+pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> anyhow::Result<()> {
     // Registered first, so that a signal sent as soon as the start-up line
     // appears is never lost to the default action.
     let signals = Signals::register()?;
@@ -246,8 +247,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             Err(_) => bail!("a worker thread died while starting"),
         }
     }
-    println!("{}", engine.startup_line());
+    println!("{}", engine.startup().line(engine.options.startup_line));
     let _ = std::io::stdout().flush();
+    started(engine.stats.clone());
 
     let signal = signals.wait();
     tracing::info!(

@@ -561,6 +561,24 @@ fn startup_line_names_address_backend_threads_and_buffer() {
         "{line}"
     );
     assert!(line.contains("receive buffer 8192 B"), "{line}");
+    // Scripts ask for the same facts as one JSON object.
+    let json = Engine::start(
+        "io-uring",
+        &[
+            "--threads",
+            "2",
+            "--startup-line",
+            "json",
+            "--ws-path",
+            "/echo",
+        ],
+    );
+    let startup: serde_json::Value = serde_json::from_str(&json.startup_line).unwrap();
+    assert_eq!(startup["listen"], json.addr.to_string());
+    assert_eq!(startup["backend"], "io-uring");
+    assert_eq!(startup["threads"], 2);
+    assert_eq!(startup["ws_path"], "/echo");
+    assert_eq!(startup["receive_buffer_size"], 4096);
 }
 
 #[test]

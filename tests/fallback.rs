@@ -76,16 +76,10 @@ fn auto_falls_back_to_epoll_with_one_warning() {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert!(line.contains("backend epoll"), "{line}");
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
+    let addr = common::startup_address(&line);
 
     // It serves: a WebSocket echo through a plain HTTP upgrade.
-    let mut stream = common::raw_websocket_at(addr.parse().unwrap(), common::UPGRADE);
+    let mut stream = common::raw_websocket_at(addr, common::UPGRADE);
     // A masked binary frame "hi" (mask 1,2,3,4) comes back unmasked.
     stream
         .write_all(&[0x82, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])

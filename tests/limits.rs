@@ -220,7 +220,7 @@ fn running_out_of_descriptors_never_stops_accepting() {
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         unsafe {
             command.pre_exec(|| {
                 let limit = libc::rlimit {
@@ -240,20 +240,26 @@ fn running_out_of_descriptors_never_stops_accepting() {
             &mut line,
         )
         .unwrap();
-        let addr: std::net::SocketAddr = line
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let addr = common::startup_address(&line);
+        // The engine logs its first failed accept: that is the moment.
+        let (failed, accept_failed) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                if line.is_ok_and(|l| l.contains("accept failed")) {
+                    let _ = failed.send(());
+                }
+            }
+        });
         // More clients than descriptors: the kernel queues them; accept fails.
         let crowd: Vec<TcpStream> = (0..200)
             .map(|_| TcpStream::connect(addr).unwrap())
             .collect();
-        std::thread::sleep(Duration::from_millis(500));
+        accept_failed
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| {
+                panic!("{backend}: no accept failed with 200 clients and 128 descriptors")
+            });
         drop(crowd);
         // Once they are gone the engine serves again.
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -51,7 +51,8 @@ start_engine() {
   log=$(mktemp)
   case $name in
     io-uring|tokio-uring|epoll)
-      target/release/ringecho --listen 127.0.0.1:0 --backend "$name" --threads 1 >"$log" 2>&1 & ;;
+      target/release/ringecho --listen 127.0.0.1:0 --backend "$name" --threads 1 \
+        --startup-line json >"$log" 2>&1 & ;;
     io-uring-before)
       "$OLD_ENGINE" --listen 127.0.0.1:0 --backend io-uring --threads 1 >"$log" 2>&1 & ;;
     monoio|fastwebsockets|tokio-tungstenite|bun|node-ws)
@@ -71,8 +72,14 @@ start_engine() {
     *) echo "engines.sh: unknown engine $name" >&2; rm -f "$log"; return 1 ;;
   esac
   pid=$!
-  for _ in $(seq 100); do grep -qi "listening on" "$log" && break; sleep 0.05; done
-  addr=$(sed -n 's/.*[Ll]istening on:\{0,1\} \([^ ]*\).*/\1/p' "$log" | head -n 1)
+  for _ in $(seq 100); do grep -qi '^{\|listening on' "$log" && break; sleep 0.05; done
+  if grep -q '^{' "$log"; then
+    # This build's ringecho: its start-up line as JSON.
+    addr=$(python3 -c 'import json, sys; print(json.loads(sys.stdin.readline())["listen"])' <"$log")
+  else
+    # The peers (and an older ringecho) say "listening on ADDR" their own way.
+    addr=$(sed -n 's/.*[Ll]istening on:\{0,1\} \([^ ]*\).*/\1/p' "$log" | head -n 1)
+  fi
   rm -f "$log"
   [ -n "$addr" ] || { echo "engines.sh: $name did not start" >&2; stop_engine; return 1; }
 }

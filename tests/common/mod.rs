@@ -35,13 +35,7 @@ impl Engine {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read the start-up line");
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in start-up line {line:?}"))
-            .parse()
-            .expect("a socket address");
+        let addr = startup_address(&line);
         Engine {
             child,
             addr,
@@ -173,4 +167,11 @@ pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The address in an engine's start-up line (read by the engine's own parser).
+pub fn startup_address(line: &str) -> SocketAddr {
+    ringecho::startup::Startup::parse(line)
+        .unwrap_or_else(|e| panic!("the engine did not start: {e}"))
+        .listen
 }
