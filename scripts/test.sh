@@ -30,6 +30,10 @@ if [ ! -d tests/signalr/node_modules/@microsoft/signalr ]; then
   echo "test.sh: installing @microsoft/signalr into tests/signalr"
   (cd tests/signalr && npm ci --no-audit --no-fund --silent)
 fi
+if [ ! -d tests/deflate/node_modules/ws ]; then
+  echo "test.sh: installing Node's ws (the permessage-deflate peer) into tests/deflate"
+  (cd tests/deflate && npm ci --no-audit --no-fund --silent)
+fi
 
 # A real browser for the page tests: Debian's Chromium, driven by playwright-core.
 if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then

@@ -13,6 +13,7 @@ use loadgen::options::{LoadConfig, MessageType, Protocol, RunArgs};
 use loadgen::report::{self, Style};
 use loadgen::RunResult;
 
+use crate::deflate;
 use crate::options::{BackendChoice, BenchOptions, Case};
 use crate::startup::Startup;
 
@@ -22,6 +23,7 @@ struct EngineConfig {
     backend: BackendChoice,
     receive_buffer_size: usize,
     threads: u16,
+    deflate: deflate::Mode,
 }
 
 /// A run's place in the tables: which case, under which configuration.
@@ -53,10 +55,13 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
                 .receive_buffer_size
                 .iter()
                 .flat_map(move |&receive_buffer_size| {
-                    threads.iter().map(move |&threads| EngineConfig {
-                        backend,
-                        receive_buffer_size,
-                        threads,
+                    threads.iter().flat_map(move |&threads| {
+                        options.deflate.iter().map(move |&deflate| EngineConfig {
+                            backend,
+                            receive_buffer_size,
+                            threads,
+                            deflate,
+                        })
                     })
                 })
         })
@@ -100,13 +105,16 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
     let mut index = 0;
     for config in &configs {
         let engine = EngineProcess::start(config)?;
-        let name = format!(
+        let mut name = format!(
             "{}, {} B buffers, {} thread{}",
             engine.backend,
             config.receive_buffer_size,
             config.threads,
             if config.threads == 1 { "" } else { "s" }
         );
+        if config.deflate != deflate::Mode::Off {
+            name.push_str(&format!(", deflate {}", config.deflate.name()));
+        }
         println!("\nengine: {}", engine.startup_line.trim());
         // The engine pins its threads to the first cores; loadgen takes the rest.
         let spare: Vec<usize> = cores
@@ -278,6 +286,8 @@ fn measure(
             io: loadgen::options::Io::Auto,
             rate: job.rate,
             send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
+            deflate: engine.deflate != deflate::Mode::Off,
+            payload: options.payload,
         },
         out: Some(out_dir.join(format!("{file}.json"))),
         hgrm: Some(out_dir.join(format!("{file}.hgrm"))),
@@ -557,8 +567,10 @@ struct EngineProcess {
     child: Child,
     addr: String,
     backend: String,
-    /// Names this configuration's result files: BACKEND-bufSIZE-tTHREADS.
+    /// Names this configuration's result files:
+    /// BACKEND-bufSIZE-tTHREADS[-deflate-MODE].
     file_stem: String,
+    deflate: deflate::Mode,
     startup_line: String,
     _stdout: BufReader<ChildStdout>,
 }
@@ -578,6 +590,7 @@ impl EngineProcess {
                 &config.receive_buffer_size.to_string(),
             ])
             .args(["--threads", &config.threads.to_string()])
+            .args(["--deflate", config.deflate.name()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -594,13 +607,18 @@ impl EngineProcess {
             }
         };
         let (addr, backend) = (startup.listen, startup.backend);
+        let mut file_stem = format!(
+            "{backend}-buf{}-t{}",
+            config.receive_buffer_size, config.threads
+        );
+        if config.deflate != deflate::Mode::Off {
+            file_stem.push_str(&format!("-deflate-{}", config.deflate.name()));
+        }
         Ok(EngineProcess {
-            file_stem: format!(
-                "{backend}-buf{}-t{}",
-                config.receive_buffer_size, config.threads
-            ),
+            file_stem,
             addr: addr.to_string(),
             backend,
+            deflate: config.deflate,
             startup_line: line.clone(),
             child,
             _stdout: stdout,

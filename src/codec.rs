@@ -28,6 +28,8 @@ pub struct Header {
     /// Bytes of header, mask included: where the payload starts.
     pub len: usize,
     pub payload_len: u64,
+    /// RSV1: the first frame of a compressed message (permessage-deflate).
+    pub compressed: bool,
 }
 
 impl Header {
@@ -38,6 +40,10 @@ impl Header {
     pub fn is_control(&self) -> bool {
         is_control(self.opcode)
     }
+
+    pub fn is_control_opcode(opcode: OpCode) -> bool {
+        is_control(opcode)
+    }
 }
 
 /// Why a connection must be failed, and with which close code.
@@ -47,6 +53,8 @@ pub enum Violation {
     Protocol(&'static str),
     /// 1007: a text message or close reason that is not UTF-8.
     InvalidUtf8,
+    /// 1007: a compressed message that does not inflate.
+    BadData(&'static str),
     /// 1009: a message over --max-message-size.
     TooBig,
     /// 1008: the client broke a policy (it let too much output pile up).
@@ -60,7 +68,7 @@ impl Violation {
     pub fn close_code(self) -> u16 {
         match self {
             Violation::Protocol(_) => 1002,
-            Violation::InvalidUtf8 => 1007,
+            Violation::InvalidUtf8 | Violation::BadData(_) => 1007,
             Violation::TooBig => 1009,
             Violation::Policy(_) => 1008,
             Violation::Ended(_) => 1000,
@@ -69,7 +77,10 @@ impl Violation {
 
     pub fn reason(self) -> &'static str {
         match self {
-            Violation::Protocol(why) | Violation::Ended(why) | Violation::Policy(why) => why,
+            Violation::Protocol(why)
+            | Violation::Ended(why)
+            | Violation::Policy(why)
+            | Violation::BadData(why) => why,
             Violation::InvalidUtf8 => "invalid UTF-8",
             Violation::TooBig => "message too big",
         }
@@ -80,11 +91,18 @@ impl Violation {
 ///
 /// Returns `Ok(None)` when more bytes are needed. `max_payload` is checked as
 /// soon as the length is known, before anything of that size is allocated.
-pub fn parse_header(buf: &[u8], max_payload: u64) -> Result<Option<Header>, Violation> {
+/// `deflate`: permessage-deflate was agreed, so RSV1 may mark a message's
+/// first frame as compressed (RFC 7692 §6).
+pub fn parse_header(
+    buf: &[u8],
+    max_payload: u64,
+    deflate: bool,
+) -> Result<Option<Header>, Violation> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let reserved = if deflate { 0x30 } else { 0x70 };
+    if b0 & reserved != 0 {
         return Err(Violation::Protocol(
             "reserved bits set without an extension",
         ));
@@ -96,6 +114,12 @@ pub fn parse_header(buf: &[u8], max_payload: u64) -> Result<Option<Header>, Viol
     }
     let short = (b1 & 0x7F) as u64;
     let control = is_control(opcode);
+    let compressed = b0 & 0x40 != 0;
+    if compressed && (control || opcode == OpCode::Continuation) {
+        return Err(Violation::Protocol(
+            "RSV1 on a control frame or a continuation",
+        ));
+    }
     if control && !fin {
         return Err(Violation::Protocol("fragmented control frame"));
     }
@@ -132,6 +156,7 @@ pub fn parse_header(buf: &[u8], max_payload: u64) -> Result<Option<Header>, Viol
         mask: mask.try_into().expect("4 bytes"),
         len,
         payload_len,
+        compressed,
     }))
 }
 
@@ -395,7 +420,7 @@ mod tests {
         for len in [0usize, 1, 125, 126, 65535, 65536, 70000] {
             let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut buf = client_frame(true, 2, &payload, [1, 2, 3, 4]);
-            let h = parse_header(&buf, u64::MAX).unwrap().unwrap();
+            let h = parse_header(&buf, u64::MAX, false).unwrap().unwrap();
             assert_eq!(h.payload_len as usize, len);
             let body = h.len..h.len + len;
             unmask_at(&mut buf[body.clone()], h.mask, 0);
@@ -414,12 +439,12 @@ mod tests {
         let buf = client_frame(true, 1, &[b'x'; 300], [9, 8, 7, 6]);
         for cut in 0..8 {
             assert_eq!(
-                parse_header(&buf[..cut], u64::MAX),
+                parse_header(&buf[..cut], u64::MAX, false),
                 Ok(None),
                 "cut at {cut}"
             );
         }
-        assert!(parse_header(&buf[..8], u64::MAX).unwrap().is_some());
+        assert!(parse_header(&buf[..8], u64::MAX, false).unwrap().is_some());
     }
 
     #[test]
@@ -467,28 +492,41 @@ mod tests {
         let m = [1, 2, 3, 4];
         let mut rsv = client_frame(true, 2, b"a", m);
         rsv[0] |= 0x40;
-        assert_eq!(parse_header(&rsv, 100).unwrap_err().close_code(), 1002);
+        assert_eq!(
+            parse_header(&rsv, 100, false).unwrap_err().close_code(),
+            1002
+        );
         let unknown = client_frame(true, 3, b"a", m);
-        assert_eq!(parse_header(&unknown, 100).unwrap_err().close_code(), 1002);
+        assert_eq!(
+            parse_header(&unknown, 100, false).unwrap_err().close_code(),
+            1002
+        );
         let mut unmasked = client_frame(true, 2, b"a", m);
         unmasked[1] &= 0x7F;
-        assert_eq!(parse_header(&unmasked, 100).unwrap_err().close_code(), 1002);
+        assert_eq!(
+            parse_header(&unmasked, 100, false)
+                .unwrap_err()
+                .close_code(),
+            1002
+        );
         let fragmented_ping = client_frame(false, 9, b"a", m);
         assert_eq!(
-            parse_header(&fragmented_ping, 100)
+            parse_header(&fragmented_ping, 100, false)
                 .unwrap_err()
                 .close_code(),
             1002
         );
         let big_ping = client_frame(true, 9, &[0; 126], m);
         assert_eq!(
-            parse_header(&big_ping, 1000).unwrap_err().close_code(),
+            parse_header(&big_ping, 1000, false)
+                .unwrap_err()
+                .close_code(),
             1002
         );
         let big = client_frame(true, 2, &[0; 101], m);
-        assert_eq!(parse_header(&big, 100), Err(Violation::TooBig));
+        assert_eq!(parse_header(&big, 100, false), Err(Violation::TooBig));
         // The size check needs only the length bytes, not the payload.
-        assert_eq!(parse_header(&big[..2], 100), Err(Violation::TooBig));
+        assert_eq!(parse_header(&big[..2], 100, false), Err(Violation::TooBig));
     }
 
     #[test]

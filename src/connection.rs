@@ -18,11 +18,12 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::deflate::Agreed;
 use crate::driver::uring::UringStream;
 use crate::driver::Io;
 use crate::hub::HubSession;
 use crate::options::Backend;
-use crate::routes::{self, Endpoint, MAX_HEADER_BYTES};
+use crate::routes::{self, Endpoint, Upgrade, MAX_HEADER_BYTES};
 use crate::runtime::{Admission, Worker};
 use crate::session::RawEcho;
 use crate::shutdown::Listener;
@@ -45,9 +46,9 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
         let upgraded = upgraded.clone();
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let (parts, _body) = request.into_parts();
-            let (reply, endpoint) = routes::respond(&worker, &parts);
-            if endpoint.is_some() {
-                upgraded.set(endpoint);
+            let (reply, upgrade) = routes::respond(&worker, &parts);
+            if upgrade.is_some() {
+                upgraded.set(upgrade);
             }
             ready(Ok::<_, Infallible>(reply.map(Full::new)))
         })
@@ -64,7 +65,7 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
         parts = http => parts.ok(),
         () = &mut shutdown => None,
     };
-    if let (Some(parts), Some(endpoint)) = (parts, upgraded.get()) {
+    if let (Some(parts), Some(upgrade)) = (parts, upgraded.get()) {
         let stream = parts.io.into_inner();
         // What the client sent past the upgrade request (usually nothing),
         // copied out so that hyper's read buffer is freed now rather than
@@ -84,10 +85,10 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
         // 1.7 KiB for one future covering all six).
         let backend = phase.worker.backend;
         match backend {
-            Backend::Epoll => phase.spawn(endpoint, stream),
+            Backend::Epoll => phase.spawn(upgrade, stream),
             Backend::IoUring => unreachable!("the io-uring backend serves HTTP on its own loop"),
             Backend::TokioUring => match UringStream::from_tokio(stream) {
-                Ok(stream) => phase.spawn(endpoint, stream),
+                Ok(stream) => phase.spawn(upgrade, stream),
                 Err(e) => phase.abandon(e),
             },
         }
@@ -107,10 +108,10 @@ struct Phase {
 impl Phase {
     /// Runs the WebSocket phase on `stream` as a task of its own, until the
     /// connection closes.
-    fn spawn<S: Io + 'static>(self, endpoint: Endpoint, stream: S) {
-        match endpoint {
-            Endpoint::Echo => tokio::task::spawn_local(self.echo(stream)),
-            Endpoint::Hub => tokio::task::spawn_local(self.hub(stream)),
+    fn spawn<S: Io + 'static>(self, upgrade: Upgrade, stream: S) {
+        match upgrade.endpoint {
+            Endpoint::Echo => tokio::task::spawn_local(self.echo(stream, upgrade.deflate)),
+            Endpoint::Hub => tokio::task::spawn_local(self.hub(stream, upgrade.deflate)),
         };
     }
 
@@ -120,17 +121,18 @@ impl Phase {
         self.worker.stats().open_connections.sub(1);
     }
 
-    async fn echo<S: Io>(self, stream: S) {
+    async fn echo<S: Io>(self, stream: S, deflate: Option<Agreed>) {
         let (options, stats) = (&self.worker.options, self.worker.stats());
         let echo = RawEcho {
             stats,
             keep_alive: options.keep_alive(),
         };
-        crate::driver::task::run(stream, &self.initial, &echo, options, stats, self.shutdown).await;
+        let (initial, shutdown) = (&self.initial, self.shutdown);
+        crate::driver::task::run(stream, initial, &echo, deflate, options, stats, shutdown).await;
         stats.open_connections.sub(1);
     }
 
-    async fn hub<S: Io>(self, stream: S) {
+    async fn hub<S: Io>(self, stream: S, deflate: Option<Agreed>) {
         let (options, stats) = (&self.worker.options, self.worker.stats());
         let hub = HubSession::new(
             self.worker.hub.clone(),
@@ -139,7 +141,8 @@ impl Phase {
             options.max_message_size,
             options.max_pending_bytes,
         );
-        crate::driver::task::run(stream, &self.initial, &hub, options, stats, self.shutdown).await;
+        let (initial, shutdown) = (&self.initial, self.shutdown);
+        crate::driver::task::run(stream, initial, &hub, deflate, options, stats, shutdown).await;
         stats.open_connections.sub(1);
     }
 }

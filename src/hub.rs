@@ -390,6 +390,10 @@ impl Handler for HubSession<'_> {
         self.keep_alive
     }
 
+    fn stats(&self) -> &WorkerStats {
+        self.stats
+    }
+
     fn keep_alive_frame(&self) -> Vec<u8> {
         codec::encode(OpCode::Text, b"{\"type\":6}\x1e")
     }

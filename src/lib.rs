@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod codec;
 pub mod connection;
+pub mod deflate;
 pub mod driver;
 pub mod hub;
 pub mod options;

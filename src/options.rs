@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use crate::deflate;
 use crate::startup;
 
 /// The smallest receive buffer we accept: a control frame (14-byte header and
@@ -61,6 +62,24 @@ pub struct BenchOptions {
     /// cores and loadgen the rest. [default: half the cores, at least 1]
     #[arg(long, value_name = "N,…", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Vec<u16>,
+
+    /// permessage-deflate modes to measure, comma-separated (off, shared,
+    /// dedicated; see the engine's --deflate). With a mode other than off,
+    /// loadgen offers deflate and compresses every message (--payload says
+    /// what there is to compress).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE,…",
+        value_delimiter = ',',
+        default_value = "off"
+    )]
+    pub deflate: Vec<deflate::Mode>,
+
+    /// What the payloads are made of: random (incompressible) or words
+    /// (text that DEFLATE shrinks about four times).
+    #[arg(long, value_enum, value_name = "KIND", default_value_t = loadgen::options::PayloadKind::Random)]
+    pub payload: loadgen::options::PayloadKind,
 
     /// Cases to run, comma-separated (the standard cases, README "The standard cases").
     #[arg(
@@ -224,8 +243,17 @@ pub struct Options {
     pub client_timeout: u64,
 
     /// Largest message accepted, in bytes; larger ones are refused with close 1009.
+    /// A compressed message is measured inflated.
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = parse_max_message_size)]
     pub max_message_size: usize,
+
+    /// permessage-deflate (RFC 7692): `off` declines every offer; `shared`
+    /// accepts without context takeover, one compressor per worker and no
+    /// compression memory per connection; `dedicated` keeps each
+    /// connection's windows (about 290 KiB of contexts per connection at 15
+    /// window bits, shown in /stats as deflate_context_bytes).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = deflate::Mode::Off)]
+    pub deflate: deflate::Mode,
 
     /// Seconds to wait on SIGINT/SIGTERM for clients to answer close 1001
     /// before exiting.

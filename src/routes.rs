@@ -12,6 +12,7 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode, Version};
 use sha1::{Digest, Sha1};
 
+use crate::deflate::{self, Agreed};
 use crate::options::Options;
 use crate::runtime::Worker;
 
@@ -23,6 +24,14 @@ pub type Reply = Response<Bytes>;
 pub enum Endpoint {
     Echo,
     Hub,
+}
+
+/// A connection that becomes a WebSocket once its 101 is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upgrade {
+    pub endpoint: Endpoint,
+    /// permessage-deflate, if an offer was accepted.
+    pub deflate: Option<Agreed>,
 }
 
 /// The sample echo page and the live view, built into the binary.
@@ -45,13 +54,13 @@ pub fn refusal() -> Reply {
 
 /// The routing table of every backend: the answer to one request head,
 /// and the endpoint the connection switches to if it is a valid upgrade.
-pub fn respond(worker: &Worker, request: &Parts) -> (Reply, Option<Endpoint>) {
+pub fn respond(worker: &Worker, request: &Parts) -> (Reply, Option<Upgrade>) {
     let upgraded = Cell::new(None);
     let reply = route(worker, &upgraded, request);
     (reply, upgraded.get())
 }
 
-fn route(worker: &Worker, upgraded: &Cell<Option<Endpoint>>, request: &Parts) -> Reply {
+fn route(worker: &Worker, upgraded: &Cell<Option<Upgrade>>, request: &Parts) -> Reply {
     let path = request.uri.path();
     let wants_websocket = header_has_token(&request.headers, header::UPGRADE, "websocket");
     let options = &worker.options;
@@ -118,7 +127,7 @@ fn route(worker: &Worker, upgraded: &Cell<Option<Endpoint>>, request: &Parts) ->
 /// Checks an upgrade request as RFC 6455 §4.2.1 asks, then the Origin.
 fn handshake(
     worker: &Worker,
-    upgraded: &Cell<Option<Endpoint>>,
+    upgraded: &Cell<Option<Upgrade>>,
     request: &Parts,
     endpoint: Endpoint,
 ) -> Reply {
@@ -130,16 +139,23 @@ fn handshake(
         &worker.options,
     ) {
         Ok(accept) => {
-            upgraded.set(Some(endpoint));
-            // No Sec-WebSocket-Extensions in the answer: permessage-deflate
-            // offers (every Chromium makes one) are declined by leaving it out.
-            Response::builder()
+            // With --deflate off, or no acceptable offer, the answer has no
+            // Sec-WebSocket-Extensions: the offers (every Chromium makes
+            // one) are declined by leaving it out.
+            let deflate = deflate::negotiate(&request.headers, worker.options.deflate);
+            upgraded.set(Some(Upgrade {
+                endpoint,
+                deflate: deflate.as_ref().map(|(agreed, _)| *agreed),
+            }));
+            let mut reply = Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
                 .header(header::CONNECTION, "Upgrade")
                 .header(header::UPGRADE, "websocket")
-                .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-                .body(Bytes::new())
-                .expect("a valid response")
+                .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+            if let Some((_, answer)) = deflate {
+                reply = reply.header(header::SEC_WEBSOCKET_EXTENSIONS, answer);
+            }
+            reply.body(Bytes::new()).expect("a valid response")
         }
         Err(Refusal::Origin) => {
             stats.origins_refused.add(1);

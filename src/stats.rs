@@ -85,6 +85,11 @@ counters! {
     open_connections,
     /// WebSocket sessions open now.
     open_websockets,
+    /// WebSocket sessions open now with permessage-deflate agreed.
+    deflate_sessions,
+    /// Memory of the compression contexts those sessions hold of their own
+    /// (--deflate dedicated), by zlib's formula; shared contexts not counted.
+    deflate_context_bytes,
     /// TCP connections accepted since start.
     accepted,
     /// Connections upgraded to WebSocket since start.

@@ -121,6 +121,8 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
                 io: loadgen::options::Io::Auto,
                 rate: None,
                 send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
+                deflate: false,
+                payload: loadgen::options::PayloadKind::Random,
             },
             out: None,
             hgrm: None,

@@ -43,6 +43,8 @@ fn args(
             io,
             rate,
             send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
+            deflate: false,
+            payload: loadgen::options::PayloadKind::Random,
         },
         out: Some(out),
         hgrm: None,

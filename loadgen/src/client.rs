@@ -64,7 +64,7 @@ pub async fn connect(
     }
     let mut stream = socket.connect(target.addr).await?;
     stream.set_nodelay(true)?;
-    let (request, key) = upgrade_request(target);
+    let (request, key) = upgrade_request(target, false);
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::with_capacity(512);
     let end = loop {
@@ -79,15 +79,35 @@ pub async fn connect(
     Ok((stream, response[end..].to_vec()))
 }
 
-/// The opening handshake's request for `target`, and its key.
-pub fn upgrade_request(target: &Target) -> (String, String) {
+/// The offer `--deflate` makes: what browsers offer.
+pub const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
+
+/// The opening handshake's request for `target`, and its key; `deflate`
+/// offers permessage-deflate.
+pub fn upgrade_request(target: &Target, deflate: bool) -> (String, String) {
     let key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<16>());
+    let extensions = if deflate {
+        format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
+    } else {
+        String::new()
+    };
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extensions}\r\n",
         target.path, target.host
     );
     (request, key)
+}
+
+/// The permessage-deflate parameters the server agreed to in the head of
+/// its 101, if it did.
+pub fn agreed_deflate(head: &[u8]) -> Option<permessage_deflate::Params> {
+    let head = std::str::from_utf8(head).ok()?;
+    head.lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-extensions"))
+        .flat_map(|(_, value)| value.split(','))
+        .find_map(permessage_deflate::parse)
 }
 
 /// Checks the server's answer to [`upgrade_request`] as far as it has

@@ -53,6 +53,8 @@ pub(crate) fn test_load() -> LoadConfig {
         io: crate::options::Io::Auto,
         rate: None,
         send_slack_us: options::DEFAULT_SEND_SLACK_US,
+        deflate: false,
+        payload: options::PayloadKind::Random,
     }
 }
 

@@ -166,6 +166,30 @@ pub struct LoadConfig {
     #[arg(long, value_name = "MICROS", default_value_t = DEFAULT_SEND_SLACK_US, requires = "rate")]
     #[serde(default)]
     pub send_slack_us: u32,
+
+    /// Offer permessage-deflate (RFC 7692) and compress every message; each
+    /// echo is inflated and checked. A server that declines the offer fails
+    /// the run's connections. io-uring client only.
+    #[arg(long)]
+    #[serde(default)]
+    pub deflate: bool,
+
+    /// What the payload is made of: `random` bytes (letters for text), which
+    /// DEFLATE cannot shrink, or `words`, English-like text, which it
+    /// shrinks about four times.
+    #[arg(long, value_enum, value_name = "KIND", default_value_t = PayloadKind::Random)]
+    #[serde(default)]
+    pub payload: PayloadKind,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadKind {
+    /// Pseudo-random bytes (binary) or letters (text).
+    #[default]
+    Random,
+    /// Words from a small vocabulary, separated by spaces.
+    Words,
 }
 
 /// `--send-slack-us`'s default: under the 50 µs of send lag that a paced
@@ -239,6 +263,12 @@ impl LoadConfig {
         if !(self.warmup.is_finite() && self.warmup >= 0.0) {
             return Err("--warmup must be zero or more seconds".into());
         }
+        if self.deflate && self.io == Io::Epoll {
+            return Err(
+                "--deflate is implemented by the io_uring client only: use --io io-uring (or auto)"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -252,7 +282,15 @@ impl LoadConfig {
             Protocol::Raw => "",
             Protocol::Hub => "hub, ",
         };
-        format!("{protocol}{} × {} B, {mode}", self.connections, self.size)
+        let deflate = if self.deflate { "deflate, " } else { "" };
+        let words = match self.payload {
+            PayloadKind::Random => "",
+            PayloadKind::Words => " words",
+        };
+        format!(
+            "{protocol}{deflate}{} × {} B{words}, {mode}",
+            self.connections, self.size
+        )
     }
 }
 

@@ -6,7 +6,7 @@
 //! server that mixes up, truncates or corrupts messages is caught; checking is
 //! a comparison of slices, cheap enough for the load generator's hot path.
 
-use crate::options::MessageType;
+use crate::options::{MessageType, PayloadKind};
 
 const HEADER: usize = 8;
 /// Offsets into the block vary over this many positions.
@@ -18,22 +18,46 @@ pub struct Pattern {
     block: Vec<u8>,
 }
 
+/// The vocabulary of `--payload words`: text that DEFLATE shrinks about
+/// four times, as it does JSON and prose.
+const WORDS: [&str; 32] = [
+    "the", "echo", "server", "message", "client", "socket", "frame", "buffer", "ring", "core",
+    "latency", "rate", "of", "and", "to", "a", "in", "is", "it", "that", "for", "on", "with", "as",
+    "was", "at", "by", "this", "from", "or", "an", "be",
+];
+
 impl Pattern {
     pub fn new(size: usize, message_type: MessageType) -> Self {
+        Self::of(size, message_type, PayloadKind::Random)
+    }
+
+    pub fn of(size: usize, message_type: MessageType, kind: PayloadKind) -> Self {
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        let block = (0..size + SPREAD)
-            .map(|_| {
-                // xorshift64*: deterministic, so every run sends the same bytes.
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                let x = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8;
-                match message_type {
-                    MessageType::Binary => x,
-                    MessageType::Text => b'a' + x % 26,
+        // xorshift64*: deterministic, so every run sends the same bytes.
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        };
+        let len = size + SPREAD;
+        let block = match kind {
+            PayloadKind::Random => (0..len)
+                .map(|_| match message_type {
+                    MessageType::Binary => next(),
+                    MessageType::Text => b'a' + next() % 26,
+                })
+                .collect(),
+            PayloadKind::Words => {
+                let mut text = Vec::with_capacity(len + 16);
+                while text.len() < len {
+                    text.extend_from_slice(WORDS[next() as usize % WORDS.len()].as_bytes());
+                    text.push(b' ');
                 }
-            })
-            .collect();
+                text.truncate(len);
+                text
+            }
+        };
         Pattern {
             size,
             message_type,

@@ -20,6 +20,11 @@
 //! With `--protocol hub` the connection then sends the hub handshake and
 //! waits for its `{}` before it counts as open; messages are `Echo`
 //! invocations and their completions are checked as the tokio client does.
+//!
+//! With `--deflate` each connection offers permessage-deflate, compresses
+//! every message it sends with a context of its own, and inflates every
+//! echo before checking it: loadgen then spends on compression what the
+//! server does.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -39,6 +44,7 @@ use crate::payload::Pattern;
 use crate::result::{self, Errors};
 use crate::run::{Counts, Report, CLOSE_WAIT, DRAIN};
 use crate::schedule::Schedule;
+use permessage_deflate::{self as pmd, Compressor, Decompressor};
 
 const OP_RECV: u8 = 1;
 const OP_SEND: u8 = 2;
@@ -98,8 +104,11 @@ struct Conn {
     rx: Vec<u8>,
     /// Hub records split across text frames.
     records: hub::Records,
-    /// A fragmented echo being put together: (opcode, payload so far).
-    fragments: Option<(OpCode, Vec<u8>)>,
+    /// A fragmented echo being put together: (opcode, compressed, payload
+    /// so far).
+    fragments: Option<(OpCode, bool, Vec<u8>)>,
+    /// permessage-deflate, once the server agreed to it.
+    deflate: Option<Box<Deflating>>,
     /// The bytes of the send in flight (never touched while it is).
     sending: Vec<u8>,
     sent: usize,
@@ -115,6 +124,36 @@ struct Conn {
     closing: bool,
     /// Nothing more will come: the server closed, reset or broke protocol.
     done: bool,
+}
+
+/// permessage-deflate on one connection.
+struct Deflating {
+    compress: Compressor,
+    inflate: Decompressor,
+    /// client_no_context_takeover: each message is compressed on its own.
+    reset_compress: bool,
+    /// server_no_context_takeover: each echo is inflated on its own.
+    reset_inflate: bool,
+}
+
+impl Deflating {
+    fn new(agreed: pmd::Params) -> Box<Deflating> {
+        // Level 1, as the engine compresses; the server may ask for a
+        // smaller window than the largest.
+        let bits = agreed.client_max_window_bits.flatten().unwrap_or(15).max(9);
+        Box::new(Deflating {
+            compress: pmd::compressor(1, bits),
+            inflate: pmd::decompressor(15),
+            reset_compress: agreed.client_no_context_takeover,
+            reset_inflate: agreed.server_no_context_takeover,
+        })
+    }
+}
+
+/// Echoes inflate to at most this many bytes: a message of `--size` with
+/// room for the hub's JSON around it.
+fn inflate_limit(size: usize) -> usize {
+    size + 4096
 }
 
 struct Opening {
@@ -183,6 +222,13 @@ impl Frames {
         out.extend_from_slice(&head[..head_len - 4]);
         out.extend_from_slice(&key);
         let start = out.len();
+        self.payload(pattern, seq, id, out);
+        fastwebsockets::unmask(&mut out[start..], key);
+    }
+
+    /// Appends message `seq`'s payload, unmasked, to `out` (`id`: its hub
+    /// invocation id in decimal).
+    fn payload(&self, pattern: &Pattern, seq: u64, id: &[u8], out: &mut Vec<u8>) {
         if self.hub {
             out.extend_from_slice(hub::INVOCATION_HEAD);
         }
@@ -194,7 +240,31 @@ impl Frames {
             out.extend_from_slice(id);
             out.extend_from_slice(hub::INVOCATION_END);
         }
-        fastwebsockets::unmask(&mut out[start..], key);
+    }
+
+    /// Compresses message `seq`'s payload into `scratch.1` (`scratch.0`
+    /// holds it plain meanwhile).
+    fn compress(
+        &self,
+        pattern: &Pattern,
+        seq: u64,
+        scratch: &mut (Vec<u8>, Vec<u8>),
+        deflate: &mut Deflating,
+    ) {
+        let (plain, packed) = scratch;
+        plain.clear();
+        packed.clear();
+        let mut digits = [0u8; 20];
+        let id: &[u8] = if self.hub {
+            hub::decimal(seq, &mut digits)
+        } else {
+            &[]
+        };
+        self.payload(pattern, seq, id, plain);
+        pmd::deflate(&mut deflate.compress, plain, packed);
+        if deflate.reset_compress {
+            deflate.compress.reset();
+        }
     }
 }
 
@@ -215,6 +285,10 @@ struct Thread<'a> {
     spare: Vec<Vec<u8>>,
     hub: bool,
     load: &'a LoadConfig,
+    /// --deflate: a message's payload and its compressed form, and an echo
+    /// inflated (kept: no allocation per message).
+    scratch: (Vec<u8>, Vec<u8>),
+    inflated: Vec<u8>,
     stage: Stage,
     measure_from: Instant,
     end: Instant,
@@ -261,7 +335,7 @@ pub(crate) fn load_thread(
             return Err(e.into());
         }
     };
-    let pattern = Pattern::new(load.size, load.message_type);
+    let pattern = Pattern::of(load.size, load.message_type, load.payload);
     let opcode = match load.message_type {
         MessageType::Binary => OpCode::Binary,
         MessageType::Text => OpCode::Text,
@@ -279,6 +353,7 @@ pub(crate) fn load_thread(
                 rx: Vec::with_capacity(512),
                 records: hub::Records::default(),
                 fragments: None,
+                deflate: None,
                 sending: Vec::with_capacity(load.size + 64),
                 sent: 0,
                 queued: Vec::with_capacity(load.size + 64),
@@ -305,6 +380,8 @@ pub(crate) fn load_thread(
         spare: Vec::with_capacity(2 * ids.len()),
         hub: load.protocol == Protocol::Hub,
         load,
+        scratch: (Vec::new(), Vec::new()),
+        inflated: Vec::new(),
         stage: Stage::Running,
         measure_from: Instant::now(),
         end: Instant::now(),
@@ -618,7 +695,7 @@ impl Thread<'_> {
             self.finish_open(key, Err(why));
             return;
         }
-        let (request, handshake_key) = client::upgrade_request(self.target);
+        let (request, handshake_key) = client::upgrade_request(self.target, self.load.deflate);
         if let Some(opening) = conn.opening.as_mut() {
             opening.key = handshake_key;
         }
@@ -752,6 +829,16 @@ impl Thread<'_> {
             match client::upgrade_response(&conn.rx, &opening.key) {
                 Ok(None) => return,
                 Ok(Some(end)) => {
+                    if self.load.deflate {
+                        match client::agreed_deflate(&conn.rx[..end]) {
+                            Some(agreed) => conn.deflate = Some(Deflating::new(agreed)),
+                            None => {
+                                let why = "the server declined permessage-deflate (--deflate)";
+                                self.finish_open(key, Err(why.into()));
+                                return;
+                            }
+                        }
+                    }
                     conn.rx.drain(..end);
                     if !hub {
                         self.finish_open(key, Ok(now.saturating_duration_since(began)));
@@ -812,8 +899,9 @@ impl Thread<'_> {
     /// many bytes they took (all of them once the connection is done).
     fn frames_in(&mut self, key: usize, bytes: &[u8], now: Instant) -> usize {
         let mut at = 0;
+        let deflate = self.conns[key].deflate.is_some();
         loop {
-            let Some((fin, op, payload)) = frame_at(&bytes[at..]) else {
+            let Some((fin, op, compressed, payload)) = frame_at_with(&bytes[at..], deflate) else {
                 return at;
             };
             let (head, len) = payload;
@@ -824,39 +912,35 @@ impl Thread<'_> {
                 return bytes.len();
             };
             match opcode {
-                OpCode::Text if fin && self.hub => {
-                    self.hub_records(key, &bytes[range], now);
-                    if self.conns[key].done {
-                        return bytes.len();
-                    }
-                }
-                OpCode::Binary if self.hub => {
-                    self.errors.unexpected_frames += 1;
-                }
                 OpCode::Text | OpCode::Binary if fin => {
                     if self.conns[key].fragments.is_some() {
                         self.violation(key);
                         return bytes.len();
                     }
-                    let ok = self.check(&self.conns[key], opcode, &bytes[range]);
-                    self.echoed(key, ok, now);
+                    self.message(key, opcode, compressed, &bytes[range], now);
+                    if self.conns[key].done {
+                        return bytes.len();
+                    }
                 }
                 OpCode::Text | OpCode::Binary => {
                     let mut assembled = Vec::with_capacity(self.load.size);
                     assembled.extend_from_slice(&bytes[range]);
-                    self.conns[key].fragments = Some((opcode, assembled));
+                    self.conns[key].fragments = Some((opcode, compressed, assembled));
                 }
                 OpCode::Continuation => {
-                    let Some((first, mut assembled)) = self.conns[key].fragments.take() else {
+                    let Some((first, compressed, mut assembled)) = self.conns[key].fragments.take()
+                    else {
                         self.violation(key);
                         return bytes.len();
                     };
                     assembled.extend_from_slice(&bytes[range]);
                     if fin {
-                        let ok = self.check(&self.conns[key], first, &assembled);
-                        self.echoed(key, ok, now);
+                        self.message(key, first, compressed, &assembled, now);
+                        if self.conns[key].done {
+                            return bytes.len();
+                        }
                     } else {
-                        self.conns[key].fragments = Some((first, assembled));
+                        self.conns[key].fragments = Some((first, compressed, assembled));
                     }
                 }
                 OpCode::Ping => {
@@ -876,6 +960,49 @@ impl Thread<'_> {
                 }
             }
         }
+    }
+
+    /// A whole message from the server: inflated if compressed, then hub
+    /// records or an echo to check.
+    fn message(
+        &mut self,
+        key: usize,
+        opcode: OpCode,
+        compressed: bool,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let mut inflated = std::mem::take(&mut self.inflated);
+        let payload = if compressed {
+            let deflate = self.conns[key]
+                .deflate
+                .as_deref_mut()
+                .expect("RSV1 is refused unless deflate was agreed");
+            inflated.clear();
+            let limit = inflate_limit(self.load.size);
+            let ok = pmd::inflate(&mut deflate.inflate, payload, &mut inflated, limit).is_ok();
+            if deflate.reset_inflate || !ok {
+                deflate.inflate.reset(false);
+            }
+            if !ok {
+                // Not what was sent, whatever it was.
+                self.inflated = inflated;
+                self.echoed(key, false, now);
+                return;
+            }
+            &inflated[..]
+        } else {
+            payload
+        };
+        match opcode {
+            OpCode::Text if self.hub => self.hub_records(key, payload, now),
+            _ if self.hub => self.errors.unexpected_frames += 1,
+            _ => {
+                let ok = self.check(&self.conns[key], opcode, payload);
+                self.echoed(key, ok, now);
+            }
+        }
+        self.inflated = inflated;
     }
 
     /// Whether an echo is exactly the message it answers.
@@ -921,9 +1048,18 @@ impl Thread<'_> {
         if conn.queued.capacity() == 0 {
             conn.queued = self.spare.pop().unwrap_or_default();
         }
-        let mask = conn.encoder.next_mask();
-        self.frames
-            .write(&self.pattern, conn.seq, mask, &mut conn.queued);
+        if let Some(deflate) = conn.deflate.as_deref_mut() {
+            self.frames
+                .compress(&self.pattern, conn.seq, &mut self.scratch, deflate);
+            let start = conn.queued.len();
+            conn.encoder
+                .encode(self.opcode, &self.scratch.1, &mut conn.queued);
+            conn.queued[start] |= 0x40; // RSV1: a compressed message
+        } else {
+            let mask = conn.encoder.next_mask();
+            self.frames
+                .write(&self.pattern, conn.seq, mask, &mut conn.queued);
+        }
         conn.in_flight.push_back((conn.seq, due));
         self.awaited += 1;
         conn.seq += 1;
@@ -1100,15 +1236,37 @@ fn sockaddr(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::sockle
 /// The head is read by the same code as the tokio client's
 /// (`client::frame_head`); the checks for masks and reserved bits are this
 /// client's own.
-#[allow(clippy::type_complexity)]
 fn frame_at(bytes: &[u8]) -> Option<(bool, Option<OpCode>, (usize, usize))> {
-    let violation = |fin| Some((fin, None, (0, 0)));
+    frame_at_with(bytes, false).map(|(fin, op, _, range)| (fin, op, range))
+}
+
+/// [`frame_at`] when permessage-deflate may have been agreed (`deflate`):
+/// RSV1 then marks the first frame of a compressed message (the third
+/// value), and is a violation anywhere else (RFC 7692 §6.1).
+#[allow(clippy::type_complexity)]
+fn frame_at_with(
+    bytes: &[u8],
+    deflate: bool,
+) -> Option<(bool, Option<OpCode>, bool, (usize, usize))> {
+    let violation = |fin| Some((fin, None, false, (0, 0)));
+    let reserved = if deflate { 0x30 } else { 0x70 };
     match client::frame_head(bytes, usize::MAX) {
         Ok(None) => None,
         Err(_) => violation(false),
-        Ok(Some(head)) if head.mask.is_some() || bytes[0] & 0x70 != 0 => violation(head.fin),
+        Ok(Some(head)) if head.mask.is_some() || bytes[0] & reserved != 0 => violation(head.fin),
         Ok(Some(head)) if bytes.len() - head.len < head.payload_len => None,
-        Ok(Some(head)) => Some((head.fin, Some(head.opcode), (head.len, head.payload_len))),
+        Ok(Some(head)) => {
+            let compressed = bytes[0] & 0x40 != 0;
+            if compressed && !matches!(head.opcode, OpCode::Text | OpCode::Binary) {
+                return violation(head.fin);
+            }
+            Some((
+                head.fin,
+                Some(head.opcode),
+                compressed,
+                (head.len, head.payload_len),
+            ))
+        }
     }
 }
 
@@ -1222,5 +1380,63 @@ mod tests {
         );
         assert_eq!(frame_at(&[0xc2, 1, 0]).map(|f| f.1), Some(None));
         assert_eq!(frame_at(&[0x83, 1, 0]).map(|f| f.1), Some(None));
+    }
+
+    #[test]
+    fn compressed_frames_inflate_to_the_message_with_and_without_takeover() {
+        for (hub, takeover) in [(false, true), (false, false), (true, true)] {
+            let message_type = if hub {
+                MessageType::Text
+            } else {
+                MessageType::Binary
+            };
+            let pattern = Pattern::of(4096, message_type, crate::options::PayloadKind::Words);
+            let opcode = if hub { OpCode::Text } else { OpCode::Binary };
+            let frames = Frames::new(&pattern, opcode, hub);
+            let agreed = pmd::Params {
+                client_no_context_takeover: !takeover,
+                ..pmd::Params::default()
+            };
+            let mut sender = Deflating::new(agreed);
+            // The server's side of the conversation: it inflates what we sent.
+            let mut server = pmd::decompressor(15);
+            let mut scratch = (Vec::new(), Vec::new());
+            for seq in 0..5 {
+                frames.compress(&pattern, seq, &mut scratch, &mut sender);
+                let mut expected = Vec::new();
+                pattern.write(seq, &mut expected);
+                if hub {
+                    let mut record = Vec::new();
+                    hub::invocation(seq, &expected, &mut record);
+                    expected = record;
+                }
+                assert!(scratch.1.len() < expected.len() / 2, "words compress");
+                let mut inflated = Vec::new();
+                pmd::inflate(&mut server, &scratch.1, &mut inflated, 1 << 20).unwrap();
+                assert_eq!(
+                    inflated, expected,
+                    "hub {hub}, takeover {takeover}, seq {seq}"
+                );
+                if !takeover {
+                    server.reset(false);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_only_once_deflate_is_agreed() {
+        let compressed_text = [0xc1, 1, 0];
+        assert_eq!(frame_at(&compressed_text).map(|f| f.1), Some(None));
+        assert_eq!(
+            frame_at_with(&compressed_text, true),
+            Some((true, Some(OpCode::Text), true, (2, 1)))
+        );
+        // Never on control frames or continuations (RFC 7692 §6.1).
+        for frame in [[0xc9, 1, 0], [0xc0, 1, 0]] {
+            assert_eq!(frame_at_with(&frame, true).map(|f| f.1), Some(None));
+        }
+        // RSV2 and RSV3 stay violations.
+        assert_eq!(frame_at_with(&[0xa2, 1, 0], true).map(|f| f.1), Some(None));
     }
 }

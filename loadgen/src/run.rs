@@ -42,6 +42,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     load.normalize();
     load.validate().map_err(anyhow::Error::msg)?;
     load.io = resolve_io(&load)?;
+    anyhow::ensure!(
+        !(load.deflate && load.io == Io::Epoll),
+        "--deflate needs the io_uring client, and this kernel does not allow io_uring here"
+    );
     let load = &load;
     let target = Target::parse(&load.url)?;
     let server = crate::server_info::fetch(&target);
@@ -384,7 +388,7 @@ async fn load_thread(
     let start = Instant::now() + start.saturating_duration_since(now_std);
 
     let state = Rc::new(ThreadState {
-        pattern: Pattern::new(load.size, load.message_type),
+        pattern: Pattern::of(load.size, load.message_type, load.payload),
         protocol: load.protocol,
         message_type: load.message_type,
         rate: load.rate,

@@ -11,6 +11,7 @@
 #                                 taskset -c 0 (bun and node-ws need
 #                                 peers/node_modules: npm install in peers/)
 # start_engine NAME sets $addr and $pid; stop_engine stops it by that PID.
+# ENGINE_ARGS, if set, is added to this build's ringecho command line.
 
 monoio_peer=target/peers/monoio/release/peer-monoio
 
@@ -51,8 +52,9 @@ start_engine() {
   log=$(mktemp)
   case $name in
     io-uring|tokio-uring|epoll)
+      # shellcheck disable=SC2086
       target/release/ringecho --listen 127.0.0.1:0 --backend "$name" --threads 1 \
-        --startup-line json >"$log" 2>&1 & ;;
+        --startup-line json ${ENGINE_ARGS:-} >"$log" 2>&1 & ;;
     io-uring-before)
       "$OLD_ENGINE" --listen 127.0.0.1:0 --backend io-uring --threads 1 >"$log" 2>&1 & ;;
     monoio|fastwebsockets|tokio-tungstenite|bun|node-ws)

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Instant;
 
+use crate::deflate::Agreed;
 use crate::driver::Io;
 use crate::options::Options;
 use crate::session::{Due, Handler, Phase, Session, Timers, CLOSE_WAIT};
@@ -35,6 +36,7 @@ pub async fn run<S: Io, H: Handler>(
     io: S,
     initial: &[u8],
     handler: &H,
+    deflate: Option<Agreed>,
     options: &Options,
     stats: &WorkerStats,
     mut shutdown: Listener,
@@ -43,6 +45,9 @@ pub async fn run<S: Io, H: Handler>(
     stats.upgraded.add(1);
     let capacity = options.receive_buffer_size;
     let mut session = Session::new(handler, capacity, options.max_message_size);
+    if let Some(agreed) = deflate {
+        session.set_deflate(agreed);
+    }
     let mut buf = io.buffer(initial, capacity);
     let mut filled = initial.len();
     let mut out = Vec::new();

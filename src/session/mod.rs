@@ -24,6 +24,7 @@ use std::time::Duration;
 use fastwebsockets::OpCode;
 
 use crate::codec::{self, Header, Utf8Check, Violation};
+use crate::deflate::{Agreed, Contexts};
 use crate::stats::WorkerStats;
 
 pub use out::Out;
@@ -56,6 +57,9 @@ struct Message {
     /// Text is checked as it arrives, so that invalid UTF-8 fails the
     /// connection at once rather than when the message ends.
     utf8: Utf8Check,
+    /// RSV1 on its first frame: `data` holds DEFLATE data, checked once
+    /// inflated.
+    compressed: bool,
 }
 
 /// The text checked so far of an incomplete frame at the front of the
@@ -110,6 +114,9 @@ pub trait Handler {
     /// How often the keep-alive frame goes out, if at all.
     fn keep_alive_interval(&self) -> Option<Duration>;
 
+    /// The worker's counters.
+    fn stats(&self) -> &WorkerStats;
+
     /// The keep-alive frame: a WebSocket ping for the raw echo.
     fn keep_alive_frame(&self) -> Vec<u8>;
 
@@ -144,6 +151,10 @@ impl<H: Handler> Handler for &H {
 
     fn keep_alive_interval(&self) -> Option<Duration> {
         (**self).keep_alive_interval()
+    }
+
+    fn stats(&self) -> &WorkerStats {
+        (**self).stats()
     }
 
     fn keep_alive_frame(&self) -> Vec<u8> {
@@ -195,6 +206,10 @@ impl Handler for RawEcho<'_> {
         self.keep_alive
     }
 
+    fn stats(&self) -> &WorkerStats {
+        self.stats
+    }
+
     fn keep_alive_frame(&self) -> Vec<u8> {
         codec::encode(OpCode::Ping, b"")
     }
@@ -218,7 +233,7 @@ impl RawEcho<'_> {
 }
 
 /// The WebSocket protocol of one connection.
-pub struct Session<H> {
+pub struct Session<H: Handler> {
     handler: H,
     /// Receive buffer size: frames up to this size are handled in place.
     capacity: usize,
@@ -227,6 +242,8 @@ pub struct Session<H> {
     message: Option<Message>,
     spanning: Option<Spanning>,
     peek: Option<Peek>,
+    /// permessage-deflate, when agreed in the handshake.
+    deflate: Option<Box<Contexts>>,
     /// The code that ended the conversation, for `/stats`.
     close_code: Option<u16>,
 }
@@ -241,8 +258,17 @@ impl<H: Handler> Session<H> {
             message: None,
             spanning: None,
             peek: None,
+            deflate: None,
             close_code: None,
         }
+    }
+
+    /// permessage-deflate was agreed in the handshake.
+    pub fn set_deflate(&mut self, agreed: Agreed) {
+        if self.deflate.is_none() {
+            self.handler.stats().deflate_sessions.add(1);
+        }
+        self.deflate = Some(Box::new(Contexts::new(agreed)));
     }
 
     pub fn phase(&self) -> Phase {
@@ -281,7 +307,7 @@ impl<H: Handler> Session<H> {
             }
             let assembled = self.message.as_ref().map_or(0, |m| payload_len(&m.data));
             let limit = self.max_message.saturating_sub(assembled);
-            let header = match codec::parse_header(&buf[pos..], limit) {
+            let header = match codec::parse_header(&buf[pos..], limit, self.deflate.is_some()) {
                 Ok(Some(header)) => header,
                 Ok(None) => break,
                 Err(violation) => {
@@ -350,10 +376,14 @@ impl<H: Handler> Session<H> {
                 if self.message.is_some() {
                     return Err(Violation::Protocol("new message before the last one ended"));
                 }
-                if !h.fin {
-                    let mut message = Message::start(h.opcode, h.payload_len);
+                if !h.fin || h.compressed {
+                    // Compressed messages are inflated whole, once assembled.
+                    let mut message = Message::start(h.opcode, h.payload_len, h.compressed);
                     message.append(&buf[payload], h.mask, 0)?;
                     self.message = Some(message);
+                    if h.fin {
+                        self.finish_message(out)?;
+                    }
                     return Ok(());
                 }
                 unmask(buf);
@@ -412,8 +442,8 @@ impl<H: Handler> Session<H> {
     /// Checks the text of an incomplete frame as far as it has arrived.
     fn peek_text(&mut self, h: &Header, arrived: &[u8]) -> Result<(), Violation> {
         let utf8 = match (h.opcode, &self.message) {
-            (OpCode::Text, None) => Utf8Check::default(),
-            (OpCode::Continuation, Some(m)) if m.opcode == OpCode::Text => m.utf8,
+            (OpCode::Text, None) if !h.compressed => Utf8Check::default(),
+            (OpCode::Continuation, Some(m)) if m.opcode == OpCode::Text && !m.compressed => m.utf8,
             _ => return Ok(()), // binary, or an error found once it is whole
         };
         let peek = match &mut self.peek {
@@ -470,6 +500,7 @@ impl<H: Handler> Session<H> {
                 mask: extent.mask,
                 len: extent.len,
                 payload_len: extent.payload_len,
+                compressed: false,
             };
             let payload = pos + extent.len..pos + frame_len as usize;
             // Any answer to a close after ours is only recorded.
@@ -499,7 +530,9 @@ impl<H: Handler> Session<H> {
             (_, Some(_)) => {
                 return Err(Violation::Protocol("new message before the last one ended"))
             }
-            (opcode, None) => self.message = Some(Message::start(opcode, h.payload_len)),
+            (opcode, None) => {
+                self.message = Some(Message::start(opcode, h.payload_len, h.compressed))
+            }
         }
         self.spanning = Some(Spanning {
             fin: h.fin,
@@ -546,10 +579,62 @@ impl<H: Handler> Session<H> {
 
     fn finish_message(&mut self, out: &mut Vec<Out>) -> Result<(), Violation> {
         let message = self.message.take().expect("a message");
+        if message.compressed {
+            return self.finish_compressed(message, out);
+        }
         if message.opcode == OpCode::Text {
             message.utf8.finish()?; // ends inside a character
         }
         self.handler.on_assembled(message.opcode, message.data, out)
+    }
+
+    /// Inflates a compressed message, hands it to the handler, and
+    /// compresses the handler's answers: a compressed message gets
+    /// compressed replies (broadcasts and control frames go out as they are).
+    fn finish_compressed(&mut self, message: Message, out: &mut Vec<Out>) -> Result<(), Violation> {
+        let contexts = self
+            .deflate
+            .as_mut()
+            .expect("RSV1 is refused unless deflate was agreed");
+        let held = contexts.bytes();
+        let compressed = &message.data[codec::MAX_SERVER_HEADER..];
+        let mut data = out::frame_buffer(codec::MAX_SERVER_HEADER + compressed.len() * 4);
+        data.resize(codec::MAX_SERVER_HEADER, 0);
+        let inflated = contexts.inflate(compressed, &mut data, self.max_message as usize);
+        let mut spent = vec![Out::Owned(message.data, 0)];
+        out::recycle(&mut spent);
+        self.account(held);
+        inflated?;
+        if message.opcode == OpCode::Text && !codec::is_utf8(&data[codec::MAX_SERVER_HEADER..]) {
+            return Err(Violation::InvalidUtf8);
+        }
+        let mark = out.len();
+        self.handler.on_assembled(message.opcode, data, out)?;
+        let contexts = self.deflate.as_mut().expect("deflate agreed");
+        let held = contexts.bytes();
+        for piece in &mut out[mark..] {
+            let Out::Owned(frame, start) = piece else {
+                continue; // not produced for assembled messages
+            };
+            let Some(compressed) = compress_frame(contexts, &frame[*start..]) else {
+                continue;
+            };
+            let plain = std::mem::replace(piece, compressed);
+            out::recycle(&mut vec![plain]);
+        }
+        self.account(held);
+        Ok(())
+    }
+
+    /// Brings /stats up to date with the context memory this session holds.
+    fn account(&self, held_before: u64) {
+        let now = self.deflate.as_ref().map_or(0, |d| d.bytes());
+        let gauge = &self.handler.stats().deflate_context_bytes;
+        if now > held_before {
+            gauge.add(now - held_before);
+        } else {
+            gauge.sub(held_before - now);
+        }
     }
 
     /// Fails the connection: our close with the violation's code, then wait
@@ -589,8 +674,40 @@ impl<H: Handler> Session<H> {
     }
 }
 
+impl<H: Handler> Drop for Session<H> {
+    fn drop(&mut self) {
+        if let Some(contexts) = &self.deflate {
+            let stats = self.handler.stats();
+            stats.deflate_sessions.sub(1);
+            stats.deflate_context_bytes.sub(contexts.bytes());
+        }
+    }
+}
+
+/// The compressed form of one unmasked server data frame (RSV1 set), or
+/// `None` for a control frame, which is never compressed.
+fn compress_frame(contexts: &mut Contexts, frame: &[u8]) -> Option<Out> {
+    let opcode = OpCode::try_from(frame[0] & 0x0F).ok()?;
+    if codec::Header::is_control_opcode(opcode) {
+        return None;
+    }
+    let header = match frame[1] & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let payload = &frame[header..];
+    let mut data = out::frame_buffer(codec::MAX_SERVER_HEADER + payload.len() / 2 + 64);
+    data.resize(codec::MAX_SERVER_HEADER, 0);
+    contexts.deflate(payload, &mut data);
+    let len = data.len();
+    let range = codec::write_header_before(&mut data, codec::MAX_SERVER_HEADER..len, opcode);
+    data[range.start] |= 0x40; // RSV1: a compressed message
+    Some(Out::Owned(data, range.start))
+}
+
 impl Message {
-    fn start(opcode: OpCode, frame_len: u64) -> Self {
+    fn start(opcode: OpCode, frame_len: u64, compressed: bool) -> Self {
         let reserve = codec::MAX_SERVER_HEADER + frame_len.min(ASSEMBLY_RESERVE) as usize;
         let mut data = out::frame_buffer(reserve);
         data.resize(codec::MAX_SERVER_HEADER, 0);
@@ -598,6 +715,7 @@ impl Message {
             opcode,
             data,
             utf8: Utf8Check::default(),
+            compressed,
         }
     }
 
@@ -606,7 +724,7 @@ impl Message {
     fn append(&mut self, masked: &[u8], mask: [u8; 4], offset: u64) -> Result<(), Violation> {
         let start = self.data.len();
         codec::unmask_into(&mut self.data, masked, mask, offset);
-        if self.opcode == OpCode::Text {
+        if self.opcode == OpCode::Text && !self.compressed {
             self.utf8.feed(&self.data[start..])?;
         }
         Ok(())

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use crate::codec::Violation;
 use crate::hub::HubSession;
-use crate::routes::Endpoint;
+use crate::routes::Upgrade;
 use crate::runtime::Admission;
 use crate::session::Out;
 use crate::session::{Handler, Phase, RawEcho, Session, Timers};
@@ -70,7 +70,7 @@ pub struct Http {
     /// End the connection once the reply is sent.
     pub close_after: bool,
     /// Become a WebSocket once the 101 is sent.
-    pub upgrade: Option<Endpoint>,
+    pub upgrade: Option<Upgrade>,
 }
 
 /// Handler methods the loop needs beyond the session's.

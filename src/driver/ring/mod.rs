@@ -37,7 +37,7 @@ use uring_loop::{BufRing, Cqe, Doorbell, DoorbellReader, InFlight, Ring, Timers,
 
 use self::conn::{Conn, Http, RecvBuf, Stage, View, WriteState, Ws};
 use crate::hub::{Broadcast, HubSession};
-use crate::routes::{self, Endpoint};
+use crate::routes::{self, Endpoint, Upgrade};
 use crate::runtime::Worker;
 use crate::session::Out;
 use crate::session::{Due, Phase, RawEcho, Session, Timers as SessionTimers, CLOSE_WAIT};
@@ -806,14 +806,14 @@ impl<'w> Core<'w> {
 
     /// A reply was sent: become a WebSocket, end, or wait for the next
     /// request.
-    fn after_reply(&mut self, key: usize, upgrade: Option<Endpoint>, close: bool) {
+    fn after_reply(&mut self, key: usize, upgrade: Option<Upgrade>, close: bool) {
         let worker = self.worker;
         let options = &worker.options;
         let conn = &mut self.conns[key];
         let Stage::Http(http) = &mut conn.stage else {
             return;
         };
-        if let Some(endpoint) = upgrade {
+        if let Some(Upgrade { endpoint, deflate }) = upgrade {
             let initial = std::mem::take(&mut http.head);
             let stats = self.stats;
             stats.open_websockets.add(1);
@@ -825,7 +825,7 @@ impl<'w> Core<'w> {
                         stats,
                         keep_alive: options.keep_alive(),
                     };
-                    Stage::Echo(ws(handler, options))
+                    Stage::Echo(ws(handler, options, deflate))
                 }
                 Endpoint::Hub => {
                     let handler = HubSession::new(
@@ -835,7 +835,7 @@ impl<'w> Core<'w> {
                         options.max_message_size,
                         options.max_pending_bytes,
                     );
-                    Stage::Hub(Box::new(ws(handler, options)))
+                    Stage::Hub(Box::new(ws(handler, options, deflate)))
                 }
             };
             // What the client sent past the upgrade request.
@@ -1168,19 +1168,27 @@ impl<'w> Core<'w> {
     }
 }
 
-fn ws<H: crate::session::Handler>(handler: H, options: &crate::options::Options) -> Ws<Session<H>> {
+fn ws<H: crate::session::Handler>(
+    handler: H,
+    options: &crate::options::Options,
+    deflate: Option<crate::deflate::Agreed>,
+) -> Ws<Session<H>> {
     let keep_alive = handler.keep_alive_interval();
+    let mut session = Session::new(
+        handler,
+        options.receive_buffer_size,
+        options.max_message_size,
+    );
+    if let Some(agreed) = deflate {
+        session.set_deflate(agreed);
+    }
     Ws {
         timers: SessionTimers::new(options, keep_alive),
         later: Vec::new(),
         write_deadline: None,
         finish: false,
         half_closed: false,
-        session: Session::new(
-            handler,
-            options.receive_buffer_size,
-            options.max_message_size,
-        ),
+        session,
     }
 }
 
