@@ -137,12 +137,21 @@ fn engine_fails_then_client_closes(backend: &str) {
     let engine = Engine::start(backend, &["--max-message-size", "1024"]);
     for (class, bad, code) in violations() {
         let mut ws = engine.raw_websocket();
-        // The violation and a valid message after it: the engine must not
-        // echo anything once it failed the connection.
         ws.write_all(&bad).unwrap();
-        ws.write_all(&frame(true, 2, b"after")).unwrap();
+        // A bad close frame is still the client's close: the handshake is
+        // complete once the engine answers, so the engine ends the
+        // connection then, and the client has nothing more to send.
+        let client_already_closed = bad[0] & 0x0f == 8;
+        if !client_already_closed {
+            // A valid message after the violation: the engine must not
+            // echo anything once it failed the connection.
+            ws.write_all(&frame(true, 2, b"after")).unwrap();
+        }
         assert_eq!(read_close(&mut ws), code, "{backend}: {class}");
-        ws.write_all(&close_frame(code, b"")).unwrap();
+        if !client_already_closed {
+            ws.write_all(&close_frame(code, b""))
+                .unwrap_or_else(|e| panic!("{backend}: {class}: the client's close: {e}"));
+        }
         let took = time_to_eof(&mut ws);
         assert!(
             took < AT_ONCE,
