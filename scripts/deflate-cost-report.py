@@ -52,7 +52,7 @@ print("Made by `scripts/deflate-cost.sh`: the io-uring backend (`--threads 1`, c
       "engines that have it on, compressing and inflating every message itself). Each case and "
       "payload runs every mode at one constant rate: half the smallest closed-loop maximum of "
       f"the three. {len(rounds)} rounds, interleaved; figures are medians (min-max) over rounds. "
-      "`words` is English-like text that DEFLATE shrinks about four times; `random` cannot be "
+      "`words` is English-like text that DEFLATE (level 1) shrinks to under half; `random` cannot be "
       "shrunk. CPU is the engine process's (user + system) per echoed message.\n")
 print("| case | payload | rate | mode | closed-loop max | engine µs/msg | ×off | engine busy | loadgen busy | p99 µs | errors |")
 print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -77,7 +77,7 @@ pub struct BenchOptions {
     pub deflate: Vec<deflate::Mode>,
 
     /// What the payloads are made of: random (incompressible) or words
-    /// (text that DEFLATE shrinks about four times).
+    /// (text that DEFLATE shrinks to under half).
     #[arg(long, value_enum, value_name = "KIND", default_value_t = loadgen::options::PayloadKind::Random)]
     pub payload: loadgen::options::PayloadKind,
 

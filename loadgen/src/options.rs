@@ -176,7 +176,7 @@ pub struct LoadConfig {
 
     /// What the payload is made of: `random` bytes (letters for text), which
     /// DEFLATE cannot shrink, or `words`, English-like text, which it
-    /// shrinks about four times.
+    /// shrinks to under half.
     #[arg(long, value_enum, value_name = "KIND", default_value_t = PayloadKind::Random)]
     #[serde(default)]
     pub payload: PayloadKind,

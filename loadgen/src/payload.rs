@@ -9,17 +9,24 @@
 use crate::options::{MessageType, PayloadKind};
 
 const HEADER: usize = 8;
-/// Offsets into the block vary over this many positions.
+/// Offsets into the block vary over this many positions: a block of a few
+/// KiB beyond the message stays in cache for every connection of a thread.
 const SPREAD: usize = 4096;
+/// With permessage-deflate, over this many: a compressor that keeps its
+/// 32 KiB window from message to message (context takeover) would
+/// otherwise find each message in the last ones, and compress even random
+/// bytes to almost nothing. Over 1 MiB, a message rarely overlaps the window.
+const SPREAD_DEFLATE: usize = 1 << 20;
 
 pub struct Pattern {
     size: usize,
+    spread: usize,
     message_type: MessageType,
     block: Vec<u8>,
 }
 
-/// The vocabulary of `--payload words`: text that DEFLATE shrinks about
-/// four times, as it does JSON and prose.
+/// The vocabulary of `--payload words`: text that DEFLATE shrinks to under
+/// half (level 1), as it does JSON and prose.
 const WORDS: [&str; 32] = [
     "the", "echo", "server", "message", "client", "socket", "frame", "buffer", "ring", "core",
     "latency", "rate", "of", "and", "to", "a", "in", "is", "it", "that", "for", "on", "with", "as",
@@ -28,10 +35,13 @@ const WORDS: [&str; 32] = [
 
 impl Pattern {
     pub fn new(size: usize, message_type: MessageType) -> Self {
-        Self::of(size, message_type, PayloadKind::Random)
+        Self::of(size, message_type, PayloadKind::Random, false)
     }
 
-    pub fn of(size: usize, message_type: MessageType, kind: PayloadKind) -> Self {
+    /// `deflate`: messages are compressed, so they must not repeat each
+    /// other within a compressor's window (see `SPREAD_DEFLATE`).
+    pub fn of(size: usize, message_type: MessageType, kind: PayloadKind, deflate: bool) -> Self {
+        let spread = if deflate { SPREAD_DEFLATE } else { SPREAD };
         let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
         // xorshift64*: deterministic, so every run sends the same bytes.
         let mut next = move || {
@@ -40,7 +50,7 @@ impl Pattern {
             state ^= state >> 27;
             (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
         };
-        let len = size + SPREAD;
+        let len = size + spread;
         let block = match kind {
             PayloadKind::Random => (0..len)
                 .map(|_| match message_type {
@@ -60,6 +70,7 @@ impl Pattern {
         };
         Pattern {
             size,
+            spread,
             message_type,
             block,
         }
@@ -94,7 +105,7 @@ impl Pattern {
     /// every 4 bytes.
     pub fn body_range(&self, seq: u64) -> std::ops::Range<usize> {
         let header = HEADER.min(self.size);
-        let offset = (seq.wrapping_mul(2_654_435_761) as usize) % (SPREAD / 4) * 4;
+        let offset = (seq.wrapping_mul(2_654_435_761) as usize) % (self.spread / 4) * 4;
         offset..offset + self.size - header
     }
 
@@ -196,5 +207,39 @@ mod tests {
         let mut longer = buf.clone();
         longer.push(0);
         assert!(!pattern.matches(42, &longer));
+    }
+
+    /// What `--payload` promises of each kind, under a compressor that
+    /// keeps its window from message to message as permessage-deflate's
+    /// context takeover does (at level 1, as the engine and loadgen
+    /// compress): random payloads do not shrink, words to under half.
+    #[test]
+    fn random_payloads_stay_incompressible_across_messages_and_words_shrink() {
+        for (kind, size, at_least, at_most) in [
+            // Level 1 codes random bytes with fixed Huffman codes: 5 %
+            // larger than they came, never smaller.
+            (PayloadKind::Random, 16384, 0.98, 1.06),
+            (PayloadKind::Random, 1024, 0.98, 1.07),
+            (PayloadKind::Words, 16384, 0.3, 0.5),
+            (PayloadKind::Words, 1024, 0.3, 0.5),
+        ] {
+            let pattern = Pattern::of(size, MessageType::Binary, kind, true);
+            let mut compressor = permessage_deflate::compressor(1, 15);
+            let (mut payload, mut wire) = (Vec::new(), Vec::new());
+            let mut total = 0;
+            for seq in 0..20 {
+                pattern.write(seq, &mut payload);
+                wire.clear();
+                permessage_deflate::deflate(&mut compressor, &payload, &mut wire);
+                if seq >= 10 {
+                    total += wire.len();
+                }
+            }
+            let ratio = total as f64 / (10 * size) as f64;
+            assert!(
+                (at_least..=at_most).contains(&ratio),
+                "{kind:?} {size} B: compressed to {ratio:.2} of its size"
+            );
+        }
     }
 }

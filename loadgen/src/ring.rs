@@ -335,7 +335,7 @@ pub(crate) fn load_thread(
             return Err(e.into());
         }
     };
-    let pattern = Pattern::of(load.size, load.message_type, load.payload);
+    let pattern = Pattern::of(load.size, load.message_type, load.payload, load.deflate);
     let opcode = match load.message_type {
         MessageType::Binary => OpCode::Binary,
         MessageType::Text => OpCode::Text,
@@ -1390,7 +1390,7 @@ mod tests {
             } else {
                 MessageType::Binary
             };
-            let pattern = Pattern::of(4096, message_type, crate::options::PayloadKind::Words);
+            let pattern = Pattern::of(4096, message_type, crate::options::PayloadKind::Words, true);
             let opcode = if hub { OpCode::Text } else { OpCode::Binary };
             let frames = Frames::new(&pattern, opcode, hub);
             let agreed = pmd::Params {

@@ -388,7 +388,7 @@ async fn load_thread(
     let start = Instant::now() + start.saturating_duration_since(now_std);
 
     let state = Rc::new(ThreadState {
-        pattern: Pattern::of(load.size, load.message_type, load.payload),
+        pattern: Pattern::of(load.size, load.message_type, load.payload, load.deflate),
         protocol: load.protocol,
         message_type: load.message_type,
         rate: load.rate,

@@ -598,7 +598,10 @@ impl<H: Handler> Session<H> {
             .expect("RSV1 is refused unless deflate was agreed");
         let held = contexts.bytes();
         let compressed = &message.data[codec::MAX_SERVER_HEADER..];
-        let mut data = out::frame_buffer(codec::MAX_SERVER_HEADER + compressed.len() * 4);
+        // A guess at the inflated size, never above the limit: the
+        // inflater grows the buffer, up to one byte past the limit.
+        let guess = (compressed.len() * 4).min(self.max_message as usize + 1);
+        let mut data = out::frame_buffer(codec::MAX_SERVER_HEADER + guess);
         data.resize(codec::MAX_SERVER_HEADER, 0);
         let inflated = contexts.inflate(compressed, &mut data, self.max_message as usize);
         let mut spent = vec![Out::Owned(message.data, 0)];
