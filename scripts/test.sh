@@ -21,6 +21,19 @@ if [ -z "${KOSOKU:-}" ]; then
 fi
 export KOSOKU
 
+# Prometheus's official Python client, whose parser reads /metrics in
+# tests/metrics.rs.
+if [ -z "${PROMETHEUS_PYTHON:-}" ]; then
+  venv=target/tools/prometheus
+  if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c "import prometheus_client" 2>/dev/null; then
+    echo "test.sh: installing prometheus_client (the /metrics parser) into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check prometheus_client
+  fi
+  PROMETHEUS_PYTHON=$PWD/$venv/bin/python3
+fi
+export PROMETHEUS_PYTHON
+
 # The official SignalR client (@microsoft/signalr), run by Node.js.
 if ! command -v node >/dev/null 2>&1; then
   echo "test.sh: installing Node.js (for the official SignalR client)"

@@ -288,6 +288,7 @@ fn measure(
             send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
             deflate: engine.deflate != deflate::Mode::Off,
             payload: options.payload,
+            shard: None,
         },
         out: Some(out_dir.join(format!("{file}.json"))),
         hgrm: Some(out_dir.join(format!("{file}.hgrm"))),
@@ -298,6 +299,7 @@ fn measure(
             config_name.to_string()
         }),
         server_pid: Some(engine.child.id()),
+        start_at: None,
     };
     let result = loadgen::run::run(&args)?;
     loadgen::save_outputs(&args, &result)?;

@@ -13,6 +13,7 @@ pub mod connection;
 pub mod deflate;
 pub mod driver;
 pub mod hub;
+pub mod metrics;
 pub mod options;
 pub mod routes;
 pub mod runtime;

@@ -120,6 +120,11 @@ fn route(worker: &Worker, upgraded: &Cell<Option<Upgrade>>, request: &Parts) -> 
             worker.engine.stats_json().into(),
             "application/json",
         ),
+        "/metrics" => with_type(
+            StatusCode::OK,
+            worker.engine.metrics_text().into(),
+            crate::metrics::CONTENT_TYPE,
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 use socket2::{Domain, Socket, Type};
@@ -50,6 +50,8 @@ pub struct Engine {
     /// when their doorbell rings (the tokio backends watch a channel).
     pub stopping: AtomicBool,
     started: Instant,
+    /// The same instant on the wall clock, for `/stats` and `/metrics`.
+    started_at: SystemTime,
 }
 
 /// A connection counted against --max-connections until dropped.
@@ -103,11 +105,26 @@ impl Engine {
             "backend": self.backend.name(),
             "listen": self.listen.to_string(),
             "uptime_secs": self.started.elapsed().as_secs_f64(),
+            "process": crate::stats::Process::now(self.started_at),
             "config": config,
             "workers": report.workers,
             "totals": report.totals,
         }))
         .expect("stats serialize")
+    }
+
+    /// The `/metrics` document: the same figures in Prometheus's format.
+    pub fn metrics_text(&self) -> String {
+        let about = crate::metrics::About {
+            version: env!("CARGO_PKG_VERSION"),
+            commit: COMMIT,
+            backend: self.backend.name(),
+        };
+        crate::metrics::render(
+            &about,
+            &self.stats.report(),
+            &crate::stats::Process::now(self.started_at),
+        )
     }
 
     pub fn startup(&self) -> Startup {
@@ -164,6 +181,7 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
         open: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         started: Instant::now(),
+        started_at: SystemTime::now(),
     });
     // One broadcast queue per core: SendToAll puts its frame on each.
     // On the io-uring backend a doorbell per worker wakes its loop for

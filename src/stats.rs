@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -37,13 +38,33 @@ impl Counter {
 /// a close frame in either direction.
 pub const CLOSE_CODES: [u16; 10] = [1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011];
 
+/// Whether a figure only grows (a Prometheus counter) or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One figure of [`Counts`] as `/metrics` names it.
+#[derive(Debug, Clone, Copy)]
+pub struct Figure {
+    /// The field's name in `/stats`.
+    pub name: &'static str,
+    /// The Prometheus name, without the `ringecho_` prefix and the `_total`
+    /// suffix of counters.
+    pub metric: &'static str,
+    pub kind: Kind,
+    /// The field's doc comment.
+    pub help: &'static str,
+}
+
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $kind:ident $name:ident as $metric:literal),* $(,)?) => {
         /// The live counters of one worker.
         #[repr(align(128))]
         #[derive(Default)]
         pub struct WorkerStats {
-            $($(#[$doc])* pub $name: Counter,)*
+            $($(#[doc = $doc])* pub $name: Counter,)*
             /// How connections ended, by close code (see [`CLOSE_CODES`]).
             closes: [Counter; CLOSE_CODES.len() + 1],
         }
@@ -70,6 +91,19 @@ macro_rules! counters {
         }
 
         impl Counts {
+            /// Every figure but the close codes, in the order of `/stats`.
+            pub const FIGURES: &'static [Figure] = &[$(Figure {
+                name: stringify!($name),
+                metric: $metric,
+                kind: Kind::$kind,
+                help: concat!($($doc),*),
+            },)*];
+
+            /// The figures' values, in the order of [`Counts::FIGURES`].
+            pub fn values(&self) -> Vec<u64> {
+                vec![$(self.$name,)*]
+            }
+
             fn add(&mut self, other: &Counts) {
                 $(self.$name += other.$name;)*
                 for (k, v) in &other.closes {
@@ -82,40 +116,40 @@ macro_rules! counters {
 
 counters! {
     /// TCP connections open now, in HTTP or WebSocket phase.
-    open_connections,
+    Gauge open_connections as "open_connections",
     /// WebSocket sessions open now.
-    open_websockets,
+    Gauge open_websockets as "open_websockets",
     /// WebSocket sessions open now with permessage-deflate agreed.
-    deflate_sessions,
+    Gauge deflate_sessions as "deflate_sessions",
     /// Memory of the compression contexts those sessions hold of their own
     /// (--deflate dedicated), by zlib's formula; shared contexts not counted.
-    deflate_context_bytes,
+    Gauge deflate_context_bytes as "deflate_context_bytes",
     /// TCP connections accepted since start.
-    accepted,
+    Counter accepted as "accepted_connections",
     /// Connections upgraded to WebSocket since start.
-    upgraded,
+    Counter upgraded as "upgraded_connections",
     /// Complete messages received (after reassembly of fragments).
-    messages_in,
+    Counter messages_in as "received_messages",
     /// Messages echoed.
-    messages_out,
+    Counter messages_out as "sent_messages",
     /// Payload bytes received in complete messages.
-    bytes_in,
+    Counter bytes_in as "received_payload_bytes",
     /// Payload bytes echoed.
-    bytes_out,
+    Counter bytes_out as "sent_payload_bytes",
     /// Ping frames sent by the keep-alive timer.
-    keep_alive_pings,
+    Counter keep_alive_pings as "keep_alive_pings",
     /// Connections closed because the client sent nothing within --client-timeout.
-    client_timeouts,
+    Counter client_timeouts as "client_timeouts",
     /// WebSocket requests refused with 403 because of their Origin.
-    origins_refused,
+    Counter origins_refused as "origins_refused",
     /// Requests answered 400 or 426: malformed or incomplete upgrade requests.
-    bad_requests,
+    Counter bad_requests as "bad_requests",
     /// Errors returned by accept (EMFILE and the like).
-    accept_errors,
+    Counter accept_errors as "accept_errors",
     /// Connections refused with 503 because --max-connections were open.
-    refused,
+    Counter refused as "refused_connections",
     /// Connections closed because output for them piled up (--max-pending-bytes).
-    overflows,
+    Counter overflows as "overflows",
 }
 
 impl WorkerStats {
@@ -179,6 +213,58 @@ impl EngineStats {
     }
 }
 
+/// The engine process's own figures, read by the engine itself so that a
+/// load generator on another host gets the server's CPU per message and
+/// memory from `/stats` (at the start and the end of its window).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Process {
+    pub pid: u32,
+    /// CPU seconds in user space, all threads, since the process started
+    /// (getrusage: microsecond resolution, not /proc's 10 ms ticks).
+    pub cpu_user_secs: f64,
+    /// CPU seconds in the kernel on the process's behalf.
+    pub cpu_system_secs: f64,
+    /// Resident memory now.
+    pub resident_bytes: u64,
+    /// When the engine started, seconds since the Unix epoch: tells one
+    /// run of a server from the next between two samples.
+    pub start_time_unix_secs: f64,
+    /// The same instant, RFC 3339 in UTC.
+    pub start_time: String,
+}
+
+impl Process {
+    pub fn now(started: SystemTime) -> Process {
+        // SAFETY: getrusage writes one rusage into the zeroed struct we own;
+        // RUSAGE_SELF is always a valid target, so it cannot fail.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+            usage
+        };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Process {
+            pid: std::process::id(),
+            cpu_user_secs: secs(usage.ru_utime),
+            cpu_system_secs: secs(usage.ru_stime),
+            resident_bytes: resident_bytes().unwrap_or(0),
+            start_time_unix_secs: started
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            start_time: humantime::format_rfc3339_millis(started).to_string(),
+        }
+    }
+}
+
+/// Resident pages × page size, from /proc/self/statm.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some(pages * page)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +284,23 @@ mod tests {
         assert_eq!(report.totals.closes["1000"], 1);
         assert_eq!(report.totals.closes["other"], 1);
         assert_eq!(report.workers[1].core, Some(1));
+    }
+
+    #[test]
+    fn the_process_figures_grow_with_work_done() {
+        let started = SystemTime::now();
+        let before = Process::now(started);
+        // Spin until getrusage has seen 20 ms more of user time.
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while Process::now(started).cpu_user_secs < before.cpu_user_secs + 0.02 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            assert!(spin.elapsed().as_secs() < 10, "user time did not grow");
+        }
+        let after = Process::now(started);
+        assert_eq!(after.pid, std::process::id());
+        assert!(after.resident_bytes > 1 << 20, "{after:?}");
+        assert_eq!(after.start_time_unix_secs, before.start_time_unix_secs);
+        assert!(after.start_time.ends_with('Z'), "{}", after.start_time);
     }
 }

@@ -123,12 +123,16 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
                 send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
                 deflate: false,
                 payload: loadgen::options::PayloadKind::Random,
+                shard: None,
             },
             out: None,
             hgrm: None,
             quiet: true,
             label: None,
-            server_pid: None,
+            // The engine is this process: its CPU from /proc, so that
+            // loadgen reads no /stats (whose answer allocates) in the window.
+            server_pid: Some(std::process::id()),
+            start_at: None,
         };
         let first = echoed();
         let load = std::thread::spawn(move || loadgen::run::run(&args));

@@ -55,6 +55,7 @@ pub(crate) fn test_load() -> LoadConfig {
         send_slack_us: options::DEFAULT_SEND_SLACK_US,
         deflate: false,
         payload: options::PayloadKind::Random,
+        shard: None,
     }
 }
 
@@ -79,6 +80,7 @@ pub(crate) fn test_result(values: &[u64], messages: u64) -> RunResult {
         load: test_load(),
         server: serde_json::json!({"known": false}),
         machine: Machine {
+            host: "test".into(),
             cpu_model: "cpu".into(),
             cores: 2,
             kernel: "6".into(),
@@ -90,11 +92,16 @@ pub(crate) fn test_result(values: &[u64], messages: u64) -> RunResult {
             latency_us: Percentiles::of(&latency),
             connect_us: Percentiles::of(&connect),
             merged_from: 1,
+            window: Some(Window {
+                start_unix_secs: 1_800_000_000.0,
+                end_unix_secs: 1_800_000_001.0,
+            }),
             ..Summary::default()
         },
         histograms: Histograms {
             latency_us: encode_histogram(&latency),
             connect_us: encode_histogram(&connect),
         },
+        parts: Vec::new(),
     }
 }

@@ -64,8 +64,12 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Merge { files, output } => {
-            let merged = RunResult::merge(&load_all(&files)?)?;
+        Command::Merge {
+            files,
+            output,
+            window_tolerance,
+        } => {
+            let merged = RunResult::merge(&load_all(&files)?, window_tolerance)?;
             merged.save(&output)?;
             print!("{}", report::summary(&merged));
             println!("merged result written to {}", output.display());

@@ -42,13 +42,19 @@ pub enum Command {
     /// Hold many connections with pings and a little echo load, churn them,
     /// close them, and watch the server's memory and connection count.
     Soak(crate::soak::SoakArgs),
-    /// Add up runs made at the same time from several processes or hosts.
+    /// Add up runs made at the same time from several processes or hosts:
+    /// the shards of one load (run --shard K/N), or separate loads on one
+    /// server. Refuses results that were not one load at one time.
     Merge {
         #[arg(required = true, num_args = 1..)]
         files: Vec<PathBuf>,
         /// The merged result file to write.
         #[arg(short, long, value_name = "FILE.json")]
         output: PathBuf,
+        /// How far apart (seconds) the parts' measured windows may start;
+        /// `inf` also accepts results that recorded no window.
+        #[arg(long, value_name = "SECS", default_value_t = crate::result::DEFAULT_WINDOW_TOLERANCE_SECS)]
+        window_tolerance: f64,
     },
 }
 
@@ -69,10 +75,22 @@ pub struct RunArgs {
     #[arg(long)]
     pub label: Option<String>,
 
+    /// When the warm-up starts, on the wall clock: RFC 3339
+    /// (2026-12-01T15:00:00Z) or +SECS from now. Shards on several hosts
+    /// given the same instant start together and measure the same window;
+    /// connections are opened before it, and a run that is not connected
+    /// by then fails. Needs synchronised clocks (NTP) across hosts.
+    /// [default: as soon as the connections are open]
+    #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
+    pub start_at: Option<std::time::SystemTime>,
+
     /// Process ID of the server, when it runs on this machine: its CPU time
     /// (user and system, from /proc/PID/stat) and resident memory over the
     /// measured window go into the result as CPU seconds per million
-    /// messages. [default: not measured]
+    /// messages. Without it, a server that reports its own process figures
+    /// in `/stats` (ringecho does) is read there, at the start and the end
+    /// of the window, from any host. [default: from the server's /stats
+    /// where it has them, else not measured]
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
 }
@@ -174,6 +192,16 @@ pub struct LoadConfig {
     #[serde(default)]
     pub deflate: bool,
 
+    /// Run one shard of a load spread over N hosts (or processes): this one
+    /// opens connections K, K+N, K+2N, … of the global --connections and
+    /// sends its share of the one global --rate schedule, so that N shards
+    /// started together (--start-at) offer exactly the load of one process.
+    /// K counts from 0. `merge` adds the shards' results exactly.
+    /// [default: the whole load]
+    #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+
     /// What the payload is made of: `random` bytes (letters for text), which
     /// DEFLATE cannot shrink, or `words`, English-like text, which it
     /// shrinks to under half.
@@ -190,6 +218,37 @@ pub enum PayloadKind {
     Random,
     /// Words from a small vocabulary, separated by spaces.
     Words,
+}
+
+/// One shard of a load spread over several hosts: `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    pub fn parse(s: &str) -> Result<Shard, String> {
+        let bad = || format!("{s:?} is not K/N (shard K of N, counting from 0, e.g. 0/3)");
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            k.trim().parse::<u32>().map_err(|_| bad())?,
+            n.trim().parse::<u32>().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(format!(
+                "shard {index}/{count}: K must be below N (0/{count} to {}/{count})",
+                count.max(1) - 1
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 /// `--send-slack-us`'s default: under the 50 µs of send lag that a paced
@@ -263,6 +322,15 @@ impl LoadConfig {
         if !(self.warmup.is_finite() && self.warmup >= 0.0) {
             return Err("--warmup must be zero or more seconds".into());
         }
+        if let Some(shard) = self.shard {
+            if self.connections < shard.count {
+                return Err(format!(
+                    "--shard {shard}: --connections {} gives some of the {} shards none; \
+                     --connections is the global count, at least one per shard",
+                    self.connections, shard.count
+                ));
+            }
+        }
         if self.deflate && self.io == Io::Epoll {
             return Err(
                 "--deflate is implemented by the io_uring client only: use --io io-uring (or auto)"
@@ -270,6 +338,13 @@ impl LoadConfig {
             );
         }
         Ok(())
+    }
+
+    /// The global connection numbers this process opens: all of them, or
+    /// its shard's.
+    pub fn own_connections(&self) -> Vec<u32> {
+        let (first, step) = self.shard.map_or((0, 1), |s| (s.index, s.count));
+        (first..self.connections).step_by(step as usize).collect()
     }
 
     pub fn default_label(&self) -> String {
@@ -292,6 +367,21 @@ impl LoadConfig {
             self.connections, self.size
         )
     }
+}
+
+/// `--start-at`: RFC 3339, or +SECS from now.
+pub fn parse_start_at(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Some(secs) = s.strip_prefix('+') {
+        let secs = positive_secs(secs).or_else(|_| match secs.parse::<f64>() {
+            Ok(0.0) => Ok(0.0),
+            _ => Err(()),
+        });
+        return secs
+            .map(|secs| std::time::SystemTime::now() + std::time::Duration::from_secs_f64(secs))
+            .map_err(|_| format!("{s:?}: +SECS must be zero or more seconds"));
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?} is neither RFC 3339 (2026-12-01T15:00:00Z) nor +SECS: {e}"))
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -319,5 +409,52 @@ pub fn parse_or_exit<T: Parser>(program: &str) -> Result<T, std::process::ExitCo
             );
             Err(std::process::ExitCode::from(2))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_the_connections_and_the_schedule_of_one_load() {
+        let mut load = crate::test_load();
+        load.connections = 10;
+        let mut all: Vec<u32> = (0..3)
+            .flat_map(|k| {
+                load.shard = Some(Shard { index: k, count: 3 });
+                load.own_connections()
+            })
+            .collect();
+        load.shard = Some(Shard { index: 1, count: 3 });
+        assert_eq!(load.own_connections(), [1, 4, 7]);
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<u32>>());
+        assert!(Shard::parse("3/3")
+            .unwrap_err()
+            .contains("K must be below N"));
+        assert!(Shard::parse("1").unwrap_err().contains("is not K/N"));
+        assert_eq!(Shard::parse("2/5"), Ok(Shard { index: 2, count: 5 }));
+        load.connections = 2;
+        assert!(load
+            .validate()
+            .unwrap_err()
+            .contains("gives some of the 3 shards none"));
+    }
+
+    #[test]
+    fn start_at_takes_rfc3339_or_seconds_from_now() {
+        let at = parse_start_at("2026-12-01T15:00:00Z").unwrap();
+        assert_eq!(
+            at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+            1_796_137_200
+        );
+        let soon = parse_start_at("+2.5").unwrap();
+        let ahead = soon.duration_since(std::time::SystemTime::now()).unwrap();
+        assert!(ahead.as_secs_f64() > 2.0 && ahead.as_secs_f64() <= 2.5);
+        assert!(parse_start_at("tomorrow")
+            .unwrap_err()
+            .contains("neither RFC 3339"));
+        assert!(parse_start_at("+-1").is_err());
     }
 }

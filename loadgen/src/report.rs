@@ -65,8 +65,12 @@ pub fn summary(result: &RunResult) -> String {
     );
     if let (Some(p), Some((user, system, total))) = (&s.server_process, s.cpu_per_million()) {
         out.push_str(&format!(
-            "server (pid {}): {total:.2} CPU s per million messages ({user:.2} user, {system:.2} system), {:.0} % of a core, {:.1} MiB resident\n",
+            "server (pid {}, {}): {total:.2} CPU s per million messages ({user:.2} user, {system:.2} system), {:.0} % of a core, {:.1} MiB resident\n",
             p.pid,
+            match p.source {
+                crate::result::ProcessSource::Proc => "from /proc",
+                crate::result::ProcessSource::Stats => "from its /stats",
+            },
             crate::result::utilisation(p, s.duration_secs) * 100.0,
             p.rss_bytes_end as f64 / (1024.0 * 1024.0)
         ));

@@ -35,7 +35,24 @@ pub struct RunResult {
     pub machine: Machine,
     pub summary: Summary,
     pub histograms: Histograms,
+    /// A merged result's parts: each host's or process's own summary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
 }
+
+/// One of the results a merge added up, as it was.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Part {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::options::Shard>,
+    pub label: String,
+    pub summary: Summary,
+}
+
+/// How far apart the measured windows of merged results may start, unless
+/// `merge --window-tolerance` says otherwise.
+pub const DEFAULT_WINDOW_TOLERANCE_SECS: f64 = 1.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Tool {
@@ -46,6 +63,9 @@ pub struct Tool {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Machine {
+    /// The host's name (shards of one load tell their hosts apart by it).
+    #[serde(default)]
+    pub host: String,
     pub cpu_model: String,
     pub cores: usize,
     pub kernel: String,
@@ -86,6 +106,17 @@ pub struct Summary {
     /// they ran where the scheduler put them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unpinned_threads: u32,
+    /// The measured window on the wall clock (missing in results from
+    /// before shards); a merge checks that its parts' windows agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+}
+
+/// A measured window on the wall clock, seconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Window {
+    pub start_unix_secs: f64,
+    pub end_unix_secs: f64,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -96,12 +127,24 @@ fn is_zero(n: &u32) -> bool {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ServerProcess {
     pub pid: u32,
+    /// Where the figures came from: this host's /proc (--server-pid), or
+    /// the server's own `/stats`, read from any host.
+    #[serde(default)]
+    pub source: ProcessSource,
     /// CPU seconds in user space and in the kernel on the process's behalf.
     pub user_secs: f64,
     pub system_secs: f64,
     /// Resident memory at the start and at the end of the window.
     pub rss_bytes_start: u64,
     pub rss_bytes_end: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessSource {
+    #[default]
+    Proc,
+    Stats,
 }
 
 /// A process's share of one core over the window, from its CPU seconds.
@@ -269,10 +312,16 @@ impl RunResult {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
-    /// Adds up runs made at the same time (several processes or hosts on one
-    /// server): histograms are added exactly, throughputs summed.
-    pub fn merge(results: &[RunResult]) -> anyhow::Result<RunResult> {
+    /// Adds up runs made at the same time (the shards of one load, or
+    /// several processes or hosts on one server): histograms are added
+    /// exactly, throughputs summed. Refuses results that were not one load
+    /// at one time: a different URL, size, type, protocol, mode, rate or
+    /// length; shards that are missing, twice or of different counts; or
+    /// windows that start more than `tolerance_secs` apart.
+    pub fn merge(results: &[RunResult], tolerance_secs: f64) -> anyhow::Result<RunResult> {
         let (first, rest) = results.split_first().context("nothing to merge")?;
+        check_mergeable(results, tolerance_secs)?;
+        let sharded = first.load.shard.is_some();
         let mut latency = first.latency()?;
         let mut connect = first.connect()?;
         let mut merged = first.clone();
@@ -291,25 +340,174 @@ impl RunResult {
             s.errors.add(&o.errors);
             // Several load generators against one server all watched the
             // same process over the same window: one of them is the figure.
-            if s.server_process.as_ref().map(|p| p.pid) != o.server_process.as_ref().map(|p| p.pid)
+            if s.server_process.as_ref().map(|p| (p.pid, p.source))
+                != o.server_process.as_ref().map(|p| (p.pid, p.source))
             {
                 s.server_process = None;
             }
-            merged.load.connections += r.load.connections;
-            merged.load.rate = match (merged.load.rate, r.load.rate) {
-                (Some(a), Some(b)) => Some(a + b),
+            s.window = match (s.window, o.window) {
+                (Some(a), Some(b)) => Some(Window {
+                    start_unix_secs: a.start_unix_secs.min(b.start_unix_secs),
+                    end_unix_secs: a.end_unix_secs.max(b.end_unix_secs),
+                }),
                 _ => None,
             };
+            // Shards carry the global load already; separate loads add up.
+            if !sharded {
+                merged.load.connections += r.load.connections;
+                merged.load.rate = match (merged.load.rate, r.load.rate) {
+                    (Some(a), Some(b)) => Some(a + b),
+                    _ => None,
+                };
+            }
         }
+        // Each part's load generator is described in its own summary.
+        merged.summary.loadgen_process = None;
+        merged.summary.bottleneck = results.iter().find_map(|r| {
+            let why = r.summary.bottleneck.as_ref()?;
+            Some(format!("{} ({}): {why}", r.machine.host, part_name(r)))
+        });
+        merged.load.shard = None;
         merged.summary.latency_us = Percentiles::of(&latency);
         merged.summary.connect_us = Percentiles::of(&connect);
         merged.histograms = Histograms {
             latency_us: encode_histogram(&latency),
             connect_us: encode_histogram(&connect),
         };
+        merged.parts = results
+            .iter()
+            .flat_map(|r| {
+                if r.parts.is_empty() {
+                    vec![Part {
+                        host: r.machine.host.clone(),
+                        shard: r.load.shard,
+                        label: r.label.clone(),
+                        summary: r.summary.clone(),
+                    }]
+                } else {
+                    r.parts.clone()
+                }
+            })
+            .collect();
         merged.label = format!("{} (merged ×{})", first.label, merged.summary.merged_from);
         Ok(merged)
     }
+}
+
+/// "shard 1/3", or "part" for a result that was not a shard.
+pub fn part_name(r: &RunResult) -> String {
+    match r.load.shard {
+        Some(shard) => format!("shard {shard}"),
+        None => "part".to_string(),
+    }
+}
+
+fn check_mergeable(results: &[RunResult], tolerance_secs: f64) -> anyhow::Result<()> {
+    let first = &results[0];
+    let (a, name_a) = (&first.load, part_name(first));
+    for r in &results[1..] {
+        let (b, name_b) = (&r.load, part_name(r));
+        let differ = |what: &str, x: String, y: String| -> anyhow::Result<()> {
+            anyhow::ensure!(
+                x == y,
+                "these results were not one load: {what} is {x} in the first ({name_a}) and {y} in {} ({name_b})",
+                r.label
+            );
+            Ok(())
+        };
+        differ("the URL", a.url.clone(), b.url.clone())?;
+        differ("--size", a.size.to_string(), b.size.to_string())?;
+        differ(
+            "--type",
+            format!("{:?}", a.message_type),
+            format!("{:?}", b.message_type),
+        )?;
+        differ(
+            "--protocol",
+            format!("{:?}", a.protocol),
+            format!("{:?}", b.protocol),
+        )?;
+        differ("the mode", a.mode().into(), b.mode().into())?;
+        differ(
+            "--in-flight",
+            a.in_flight.to_string(),
+            b.in_flight.to_string(),
+        )?;
+        differ("--duration", a.duration.to_string(), b.duration.to_string())?;
+        differ("--deflate", a.deflate.to_string(), b.deflate.to_string())?;
+        differ(
+            "--payload",
+            format!("{:?}", a.payload),
+            format!("{:?}", b.payload),
+        )?;
+        differ(
+            "the shard count",
+            a.shard.map_or("none".into(), |s| s.count.to_string()),
+            b.shard.map_or("none".into(), |s| s.count.to_string()),
+        )?;
+        if a.shard.is_some() {
+            // Shards share one global load.
+            differ("--rate", format!("{:?}", a.rate), format!("{:?}", b.rate))?;
+            differ(
+                "--connections",
+                a.connections.to_string(),
+                b.connections.to_string(),
+            )?;
+        }
+    }
+    if let Some(shard) = a.shard {
+        let mut seen = vec![0u32; shard.count as usize];
+        for r in results {
+            seen[r.load.shard.expect("checked above").index as usize] += 1;
+        }
+        let missing: Vec<String> = (0..shard.count)
+            .filter(|&k| seen[k as usize] == 0)
+            .map(|k| format!("{k}/{}", shard.count))
+            .collect();
+        let twice: Vec<String> = (0..shard.count)
+            .filter(|&k| seen[k as usize] > 1)
+            .map(|k| format!("{k}/{}", shard.count))
+            .collect();
+        anyhow::ensure!(
+            twice.is_empty(),
+            "shard {} is there more than once",
+            twice.join(", ")
+        );
+        anyhow::ensure!(
+            missing.is_empty(),
+            "shard {} is missing: the merged result would not be the whole load",
+            missing.join(", ")
+        );
+    }
+    let mut starts = Vec::new();
+    for r in results {
+        let window = r.summary.window.with_context(|| {
+            format!(
+                "{} records no measured window (an older loadgen made it): its time cannot be \
+                 checked; rerun it, or merge with --window-tolerance inf",
+                r.label
+            )
+        });
+        match window {
+            Ok(w) => starts.push((w.start_unix_secs, r)),
+            Err(e) if tolerance_secs.is_finite() => return Err(e),
+            Err(_) => {}
+        }
+    }
+    if let (Some(early), Some(late)) = (
+        starts.iter().min_by(|x, y| x.0.total_cmp(&y.0)),
+        starts.iter().max_by(|x, y| x.0.total_cmp(&y.0)),
+    ) {
+        let apart = late.0 - early.0;
+        anyhow::ensure!(
+            apart <= tolerance_secs,
+            "the measured windows of {} and {} start {apart:.3} s apart, more than the tolerance \
+             of {tolerance_secs} s: they were not run together (start shards with one --start-at)",
+            early.1.label,
+            late.1.label
+        );
+    }
+    Ok(())
 }
 
 /// HdrHistogram's percentile-distribution text, as its plotting tools read it.
@@ -434,7 +632,8 @@ mod tests {
     fn merged_percentiles_equal_those_of_one_histogram_holding_all_values() {
         let a: Vec<u64> = (1..=5000).map(|i| i * 3).collect();
         let b: Vec<u64> = (1..=3000).map(|i| 100_000 + i * 17).collect();
-        let merged = RunResult::merge(&[result_with(&a, 5000), result_with(&b, 3000)]).unwrap();
+        let merged =
+            RunResult::merge(&[result_with(&a, 5000), result_with(&b, 3000)], 1.0).unwrap();
         let all: Vec<u64> = a.iter().chain(&b).copied().collect();
         let together = result_with(&all, 8000);
         assert_eq!(merged.summary.latency_us, together.summary.latency_us);
@@ -442,6 +641,85 @@ mod tests {
         assert_eq!(merged.summary.msgs_per_sec, 8000.0);
         assert_eq!(merged.load.connections, 2 * crate::test_load().connections);
         assert_eq!(merged.summary.merged_from, 2);
+    }
+
+    fn shard(values: &[u64], index: u32, count: u32, start: f64) -> RunResult {
+        let mut r = result_with(values, values.len() as u64);
+        r.load.shard = Some(crate::options::Shard { index, count });
+        r.load.rate = Some(3000.0);
+        r.machine.host = format!("host{index}");
+        r.summary.window = Some(Window {
+            start_unix_secs: start,
+            end_unix_secs: start + 1.0,
+        });
+        r
+    }
+
+    #[test]
+    fn shards_merge_into_the_global_load_with_each_part_kept() {
+        let parts = [
+            shard(&[10, 20], 0, 3, 1e9),
+            shard(&[30], 1, 3, 1e9 + 0.2),
+            shard(&[40, 50, 60], 2, 3, 1e9 + 0.1),
+        ];
+        let merged = RunResult::merge(&parts, 1.0).unwrap();
+        assert_eq!(merged.summary.messages, 6);
+        // The shards carried the global load: it is not added up again.
+        assert_eq!(merged.load.rate, Some(3000.0));
+        assert_eq!(merged.load.connections, crate::test_load().connections);
+        assert_eq!(merged.load.shard, None);
+        let hosts: Vec<&str> = merged.parts.iter().map(|p| p.host.as_str()).collect();
+        assert_eq!(hosts, ["host0", "host1", "host2"]);
+        assert_eq!(merged.parts[1].summary.messages, 1);
+        let window = merged.summary.window.unwrap();
+        assert_eq!(
+            (window.start_unix_secs, window.end_unix_secs),
+            (1e9, 1e9 + 1.2)
+        );
+    }
+
+    #[test]
+    fn a_merge_of_what_was_not_one_load_at_one_time_is_refused() {
+        let refused = |parts: &[RunResult], tolerance: f64| {
+            RunResult::merge(parts, tolerance).unwrap_err().to_string()
+        };
+        let (a, b, c) = (
+            shard(&[1], 0, 3, 1e9),
+            shard(&[2], 1, 3, 1e9),
+            shard(&[3], 2, 3, 1e9),
+        );
+        let missing = refused(&[a.clone(), c.clone()], 1.0);
+        assert!(missing.contains("shard 1/3 is missing"), "{missing}");
+        let twice = refused(&[a.clone(), b.clone(), b.clone(), c.clone()], 1.0);
+        assert!(
+            twice.contains("shard 1/3 is there more than once"),
+            "{twice}"
+        );
+        let mut other_size = b.clone();
+        other_size.load.size = 1024;
+        let size = refused(&[a.clone(), other_size, c.clone()], 1.0);
+        assert!(
+            size.contains("--size is 20 in the first (shard 0/3) and 1024"),
+            "{size}"
+        );
+        let mut other_rate = b.clone();
+        other_rate.load.rate = Some(10.0);
+        let rate = refused(&[a.clone(), other_rate, c.clone()], 1.0);
+        assert!(rate.contains("--rate"), "{rate}");
+        let late = shard(&[2], 1, 3, 1e9 + 5.0);
+        let apart = refused(&[a.clone(), late.clone(), c.clone()], 1.0);
+        assert!(apart.contains("start 5.000 s apart"), "{apart}");
+        // A wider tolerance lets them through; a result without a window
+        // passes only when windows are not checked.
+        assert!(RunResult::merge(&[a.clone(), late, c.clone()], 10.0).is_ok());
+        let mut old = b.clone();
+        old.summary.window = None;
+        let no_window = refused(&[a.clone(), old.clone(), c.clone()], 1.0);
+        assert!(
+            no_window.contains("records no measured window"),
+            "{no_window}"
+        );
+        assert!(RunResult::merge(&[a, old, c], f64::INFINITY).is_ok());
     }
 
     #[test]

@@ -315,7 +315,11 @@ pub(crate) fn load_thread(
     start: mpsc::Receiver<std::time::Instant>,
     to_main: mpsc::Sender<Report>,
 ) -> anyhow::Result<()> {
-    let ids: Vec<u32> = (thread_index..load.connections)
+    // This process's connections (its shard's), dealt out to its threads.
+    let ids: Vec<u32> = load
+        .own_connections()
+        .into_iter()
+        .skip(thread_index as usize)
         .step_by(load.threads as usize)
         .collect();
     let (count, buffer) = pool_shape(load.size, ids.len());

@@ -122,7 +122,25 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         load.url,
         errors.connect_failures
     );
-    let start = std::time::Instant::now() + Duration::from_millis(20);
+    let start = match args.start_at {
+        None => std::time::Instant::now() + Duration::from_millis(20),
+        Some(at) => match at.duration_since(std::time::SystemTime::now()) {
+            Ok(wait) => std::time::Instant::now() + wait,
+            Err(late) => {
+                // The threads close their connections when told nothing.
+                drop(starts);
+                for handle in handles {
+                    let _ = handle.join();
+                }
+                anyhow::bail!(
+                    "--start-at {} passed {:.1} s before the {connected} connections were open: \
+                     give the shards a later start",
+                    humantime::format_rfc3339_millis(at),
+                    late.duration().as_secs_f64()
+                );
+            }
+        },
+    };
     for tx in starts {
         let _ = tx.send(start);
     }
@@ -130,9 +148,27 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         start + Duration::from_secs_f64(load.warmup),
         start + Duration::from_secs_f64(load.warmup + load.duration),
     );
-    let server_process = args
-        .server_pid
-        .map(|pid| std::thread::spawn(move || watch_process(pid, from, to)));
+    // The server's CPU and memory: from /proc with --server-pid, else from
+    // its own /stats when it reports them (from any host).
+    // The measured window on the wall clock, for merging shards.
+    let wall = |at: std::time::Instant| {
+        let now = (std::time::Instant::now(), std::time::SystemTime::now());
+        let t = now.1 + at.saturating_duration_since(now.0) - now.0.saturating_duration_since(at);
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let window = result::Window {
+        start_unix_secs: wall(from),
+        end_unix_secs: wall(to),
+    };
+    let server_process = match args.server_pid {
+        Some(pid) => Some(std::thread::spawn(move || watch_process(pid, from, to))),
+        None if server["known"] == true => {
+            let target = target.clone();
+            Some(std::thread::spawn(move || watch_stats(&target, from, to)))
+        }
+        None => None,
+    };
     let own = std::process::id();
     let loadgen_process = std::thread::spawn(move || watch_process(own, from, to));
 
@@ -207,6 +243,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         send_lag_us: load.rate.map(|_| Percentiles::of(&send_lag)),
         bottleneck: None,
         unpinned_threads: unpinned.load(Ordering::Relaxed),
+        window: Some(window),
     };
     summary.bottleneck = summary.bottleneck_warning(load.threads, load.rate.is_none());
     Ok(RunResult {
@@ -232,6 +269,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
             latency_us: result::encode_histogram(&latency),
             connect_us: result::encode_histogram(&connect),
         },
+        parts: Vec::new(),
     })
 }
 
@@ -262,6 +300,32 @@ fn watch_process(
     let end = crate::server_info::sample_process(pid)?;
     Some(result::ServerProcess {
         pid,
+        source: result::ProcessSource::Proc,
+        user_secs: end.user_secs - start.user_secs,
+        system_secs: end.system_secs - start.system_secs,
+        rss_bytes_start: start.rss_bytes,
+        rss_bytes_end: end.rss_bytes,
+    })
+}
+
+/// The server's CPU time and memory between `from` and `to`, from the
+/// `/stats` it serves; nothing if it restarted in between.
+fn watch_stats(
+    target: &Target,
+    from: std::time::Instant,
+    to: std::time::Instant,
+) -> Option<result::ServerProcess> {
+    std::thread::sleep(from.saturating_duration_since(std::time::Instant::now()));
+    let (pid, start, started) = crate::server_info::stats_process(target)?;
+    std::thread::sleep(to.saturating_duration_since(std::time::Instant::now()));
+    let (pid_end, end, started_end) = crate::server_info::stats_process(target)?;
+    if (pid_end, started_end) != (pid, started) {
+        eprintln!("loadgen: the server restarted during the measured window: no server CPU figure");
+        return None;
+    }
+    Some(result::ServerProcess {
+        pid,
+        source: result::ProcessSource::Stats,
         user_secs: end.user_secs - start.user_secs,
         system_secs: end.system_secs - start.system_secs,
         rss_bytes_start: start.rss_bytes,
@@ -481,7 +545,11 @@ pub(crate) async fn connect_share(
     Histogram<u64>,
     u64,
 ) {
-    let ids: Vec<u32> = (thread..load.connections)
+    // This process's connections (its shard's), dealt out to its threads.
+    let ids: Vec<u32> = load
+        .own_connections()
+        .into_iter()
+        .skip(thread as usize)
         .step_by(load.threads as usize)
         .collect();
     let mut connect = result::new_histogram();

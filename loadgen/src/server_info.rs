@@ -67,7 +67,11 @@ pub fn machine() -> Machine {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|k| k.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string());
     Machine {
+        host,
         cpu_model,
         cores: online_cores(),
         kernel,
@@ -111,4 +115,21 @@ pub fn sample_process(pid: u32) -> Option<ProcessSample> {
         system_secs: field(15)? as f64 / ticks,
         rss_bytes: field(24)? * page,
     })
+}
+
+/// The server's own process figures from its `/stats` (ringecho reports
+/// them): its PID, CPU so far, memory, and its start time, which tells one
+/// run of the server from the next.
+pub fn stats_process(target: &Target) -> Option<(u32, ProcessSample, f64)> {
+    let stats = read_stats(target)?;
+    let p = stats.get("process")?;
+    Some((
+        p["pid"].as_u64()? as u32,
+        ProcessSample {
+            user_secs: p["cpu_user_secs"].as_f64()?,
+            system_secs: p["cpu_system_secs"].as_f64()?,
+            rss_bytes: p["resident_bytes"].as_u64()?,
+        },
+        p["start_time_unix_secs"].as_f64()?,
+    ))
 }
