@@ -7,6 +7,7 @@
 //! command line.
 
 pub mod client;
+pub mod cluster;
 pub mod hub;
 pub mod options;
 pub mod payload;
@@ -24,7 +25,8 @@ pub use result::RunResult;
 
 /// Writes the files a run asked for and returns whether it was clean.
 pub fn save_outputs(args: &RunArgs, result: &RunResult) -> anyhow::Result<()> {
-    if let Some(path) = &args.out {
+    // `--out -` went to standard output already.
+    if let Some(path) = args.out.as_ref().filter(|p| p.as_os_str() != "-") {
         result.save(path)?;
     }
     if let Some(path) = &args.hgrm {

@@ -26,9 +26,15 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
             let result = loadgen::run::run(&args)?;
-            print!("{}", report::summary(&result));
+            let to_stdout = args.out.as_deref() == Some(std::path::Path::new("-"));
+            if to_stdout {
+                eprint!("{}", report::summary(&result));
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                print!("{}", report::summary(&result));
+            }
             loadgen::save_outputs(&args, &result)?;
-            if let Some(path) = &args.out {
+            if let Some(path) = args.out.as_ref().filter(|_| !to_stdout) {
                 println!("result written to {}", path.display());
             }
             // A run that saw a broken echo is not a measurement.
@@ -58,6 +64,42 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let clean = report.errors == 0
                 && report.connect_failures == 0
                 && report.server_open_after.is_none_or(|n| n == 0);
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Cluster(args) => {
+            if let Err(why) = args.validate() {
+                eprintln!("loadgen: {why}");
+                return Ok(ExitCode::from(2));
+            }
+            if args.dry_run {
+                let at = std::time::SystemTime::now()
+                    + std::time::Duration::from_secs_f64(args.start_in);
+                for k in 0..args.hosts.len() {
+                    let words =
+                        loadgen::cluster::command_for(&args, k, at).map_err(anyhow::Error::msg)?;
+                    println!("{}", shlex::try_join(words.iter().map(String::as_str))?);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let outcome = loadgen::cluster::cluster(&args)?;
+            if let Some(merged) = &outcome.merged {
+                print!("{}", report::summary(merged));
+            }
+            print!("{}", loadgen::cluster::describe_failures(&outcome));
+            if let (Some(path), Some(_)) = (&args.out, &outcome.merged) {
+                println!("merged result written to {}", path.display());
+            }
+            if let Some(dir) = &args.parts {
+                println!("each shard's result written under {}", dir.display());
+            }
+            let clean = outcome
+                .merged
+                .as_ref()
+                .is_some_and(|m| m.summary.errors.total() == 0);
             Ok(if clean {
                 ExitCode::SUCCESS
             } else {

@@ -42,6 +42,11 @@ pub enum Command {
     /// Hold many connections with pings and a little echo load, churn them,
     /// close them, and watch the server's memory and connection count.
     Soak(crate::soak::SoakArgs),
+    /// One load over several hosts: starts `run --shard K/N` on each
+    /// through a launcher (ssh by default) with a common start, collects
+    /// the shards' results and merges them. A failed or late shard is
+    /// reported, and nothing is merged without it.
+    Cluster(ClusterArgs),
     /// Add up runs made at the same time from several processes or hosts:
     /// the shards of one load (run --shard K/N), or separate loads on one
     /// server. Refuses results that were not one load at one time.
@@ -62,7 +67,9 @@ pub enum Command {
 pub struct RunArgs {
     #[command(flatten)]
     pub load: LoadConfig,
-    /// Write the result (configuration, summary and histograms) to this JSON file.
+    /// Write the result (configuration, summary and histograms) to this
+    /// JSON file; `-` writes it to standard output, and the table to
+    /// standard error.
     #[arg(long, value_name = "FILE.json")]
     pub out: Option<PathBuf>,
     /// Write HdrHistogram's percentile-distribution text (microseconds) to this file.
@@ -93,6 +100,90 @@ pub struct RunArgs {
     /// where it has them, else not measured]
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub load: LoadConfig,
+
+    /// The load hosts, comma-separated: the K-th runs shard K of N, with
+    /// its share of the global --connections and --rate.
+    #[arg(long, value_name = "H1,H2…", value_delimiter = ',', required = true)]
+    pub hosts: Vec<String>,
+
+    /// How to run a command on a host. `{host}` becomes the host's name.
+    /// Where `{command}` appears, the loadgen command goes there as one
+    /// shell-quoted string (for launchers such as ssh that hand it to a
+    /// shell); otherwise its words are appended as separate arguments (for
+    /// launchers that execute it directly, such as `ip netns exec {host}`
+    /// or `kubectl exec {host} --`). The template itself is split into
+    /// words as a shell would.
+    #[arg(long, value_name = "TEMPLATE", default_value = DEFAULT_LAUNCHER)]
+    pub launcher: String,
+
+    /// loadgen's path on the load hosts; nothing is copied there.
+    /// [default: this loadgen's own path, for hosts installed alike]
+    #[arg(long, value_name = "PATH")]
+    pub loadgen: Option<String>,
+
+    /// Seconds from now to the common start: time enough for every host to
+    /// start loadgen and open its connections. A shard not connected by
+    /// then fails, and says so.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = positive_secs)]
+    pub start_in: f64,
+
+    /// Seconds a shard may take, after the end of the measured window, to
+    /// deliver its result before it counts as late and is stopped.
+    #[arg(long, value_name = "SECS", default_value_t = 15.0, value_parser = positive_secs)]
+    pub grace: f64,
+
+    /// Write the merged result to this JSON file.
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+
+    /// Write each shard's own result here, as shard-K-of-N.json (also when
+    /// a shard failed, so that the others can be looked at).
+    #[arg(long, value_name = "DIR")]
+    pub parts: Option<PathBuf>,
+
+    /// A name for the merged result. [default: derived from the load]
+    #[arg(long)]
+    pub label: Option<String>,
+
+    /// How far apart (seconds) the shards' measured windows may start.
+    #[arg(long, value_name = "SECS", default_value_t = crate::result::DEFAULT_WINDOW_TOLERANCE_SECS)]
+    pub window_tolerance: f64,
+
+    /// Print the command each host would run, and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub const DEFAULT_LAUNCHER: &str = "ssh -o BatchMode=yes {host} {command}";
+
+impl ClusterArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.load.shard.is_some() {
+            return Err("cluster gives each host its shard: leave out --shard".into());
+        }
+        if self.hosts.iter().any(|h| h.trim().is_empty()) {
+            return Err("--hosts has an empty name".into());
+        }
+        let mut load = self.load.clone();
+        load.shard = Some(Shard {
+            index: 0,
+            count: self.hosts.len() as u32,
+        });
+        load.validate()?;
+        match shlex::split(&self.launcher) {
+            Some(words) if !words.is_empty() => Ok(()),
+            _ => Err(format!(
+                "--launcher {:?} is not a command line (empty, or unbalanced quotes?)",
+                self.launcher
+            )),
+        }
+    }
 }
 
 /// The load, as recorded in every result file.
@@ -347,6 +438,69 @@ impl LoadConfig {
         (first..self.connections).step_by(step as usize).collect()
     }
 
+    /// The command-line arguments that give this load back (`run`'s
+    /// options), for starting it elsewhere: `cluster` hands each host its
+    /// shard this way. Defaults are written out too, so that a host with
+    /// another loadgen's defaults runs the same load.
+    pub fn to_args(&self) -> Vec<String> {
+        fn name<T: ValueEnum>(v: &T) -> String {
+            v.to_possible_value()
+                .expect("no skipped values")
+                .get_name()
+                .to_string()
+        }
+        fn list<T: ToString>(items: &[T]) -> String {
+            items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+        }
+        let mut args: Vec<String> = vec![
+            "--url".into(),
+            self.url.clone(),
+            "--connections".into(),
+            self.connections.to_string(),
+            "--size".into(),
+            self.size.to_string(),
+            "--type".into(),
+            name(&self.message_type),
+            "--duration".into(),
+            self.duration.to_string(),
+            "--warmup".into(),
+            self.warmup.to_string(),
+            "--threads".into(),
+            self.threads.to_string(),
+            "--protocol".into(),
+            name(&self.protocol),
+            "--io".into(),
+            name(&self.io),
+            "--payload".into(),
+            name(&self.payload),
+        ];
+        if self.no_pin {
+            args.push("--no-pin".into());
+        }
+        if !self.cores.is_empty() {
+            args.extend(["--cores".into(), list(&self.cores)]);
+        }
+        if !self.source_addr.is_empty() {
+            args.extend(["--source-addr".into(), list(&self.source_addr)]);
+        }
+        match self.rate {
+            Some(rate) => args.extend([
+                "--rate".into(),
+                rate.to_string(),
+                "--send-slack-us".into(),
+                self.send_slack_us.to_string(),
+            ]),
+            None => args.extend(["--in-flight".into(), self.in_flight.to_string()]),
+        }
+        if self.deflate {
+            args.push("--deflate".into());
+        }
+        if let Some(shard) = self.shard {
+            args.extend(["--shard".into(), shard.to_string()]);
+        }
+        args
+    }
+
     pub fn default_label(&self) -> String {
         let mode = match self.rate {
             Some(rate) => format!("{rate} msg/s"),
@@ -384,7 +538,7 @@ pub fn parse_start_at(s: &str) -> Result<std::time::SystemTime, String> {
         .map_err(|e| format!("{s:?} is neither RFC 3339 (2026-12-01T15:00:00Z) nor +SECS: {e}"))
 }
 
-fn positive_secs(s: &str) -> Result<f64, String> {
+pub(crate) fn positive_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err("must be a positive number of seconds".into()),
@@ -415,6 +569,44 @@ pub fn parse_or_exit<T: Parser>(program: &str) -> Result<T, std::process::ExitCo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_load_written_as_arguments_reads_back_the_same() {
+        #[derive(Parser)]
+        struct Just {
+            #[command(flatten)]
+            load: LoadConfig,
+        }
+        let back = |load: &LoadConfig| {
+            let mut parsed =
+                Just::try_parse_from(std::iter::once("loadgen".to_string()).chain(load.to_args()))
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .load;
+            parsed.normalize();
+            parsed
+        };
+        let mut load = crate::test_load();
+        assert_eq!(back(&load), load);
+        load.message_type = MessageType::Text;
+        load.duration = 2.5;
+        load.warmup = 0.0;
+        load.threads = 3;
+        load.no_pin = true;
+        load.cores = vec![1, 3];
+        load.source_addr = vec!["127.0.0.2".parse().unwrap(), "::1".parse().unwrap()];
+        load.io = Io::IoUring;
+        load.rate = Some(1234.5);
+        load.send_slack_us = 7;
+        load.deflate = true;
+        load.payload = PayloadKind::Words;
+        load.shard = Some(Shard { index: 2, count: 5 });
+        assert_eq!(back(&load), load);
+        load.rate = None;
+        load.send_slack_us = DEFAULT_SEND_SLACK_US;
+        load.in_flight = 4;
+        load.protocol = Protocol::Hub;
+        assert_eq!(back(&load), load);
+    }
 
     #[test]
     fn shards_split_the_connections_and_the_schedule_of_one_load() {

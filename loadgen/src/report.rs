@@ -63,7 +63,22 @@ pub fn summary(result: &RunResult) -> String {
         load.warmup,
         server_name(result),
     );
-    if let (Some(p), Some((user, system, total))) = (&s.server_process, s.cpu_per_million()) {
+    if let (Some(p), Some(shard)) = (&s.server_process, load.shard) {
+        // The server served every shard over this window: its CPU per
+        // message is the merged result's to say.
+        out.push_str(&format!(
+            "server (pid {}, {}): {:.0} % of a core, {:.1} MiB resident, serving all {} shards (CPU per message: see the merged result)\n",
+            p.pid,
+            match p.source {
+                crate::result::ProcessSource::Proc => "from /proc",
+                crate::result::ProcessSource::Stats => "from its /stats",
+            },
+            crate::result::utilisation(p, s.duration_secs) * 100.0,
+            p.rss_bytes_end as f64 / (1024.0 * 1024.0),
+            shard.count
+        ));
+    } else if let (Some(p), Some((user, system, total))) = (&s.server_process, s.cpu_per_million())
+    {
         out.push_str(&format!(
             "server (pid {}, {}): {total:.2} CPU s per million messages ({user:.2} user, {system:.2} system), {:.0} % of a core, {:.1} MiB resident\n",
             p.pid,
@@ -114,6 +129,9 @@ pub fn summary(result: &RunResult) -> String {
             s.unpinned_threads
         ));
     }
+    if !result.parts.is_empty() {
+        out.push_str(&parts(result));
+    }
     let e = &s.errors;
     if e.total() > 0 || s.unanswered > 0 {
         out.push_str(&format!(
@@ -122,6 +140,46 @@ pub fn summary(result: &RunResult) -> String {
         ));
     }
     out
+}
+
+/// A merged result's parts, a line each: what each host did and what its
+/// own load generator cost it.
+fn parts(result: &RunResult) -> String {
+    let mut t = table(Style::Terminal);
+    t.set_header([
+        "part",
+        "host",
+        "msgs/s",
+        "p50 µs",
+        "p99 µs",
+        "max µs",
+        "errors",
+        "loadgen CPU",
+    ]);
+    for part in &result.parts {
+        let s = &part.summary;
+        t.add_row([
+            part.shard
+                .map_or("part".to_string(), |shard| format!("shard {shard}")),
+            part.host.clone(),
+            format!("{:.0}", s.msgs_per_sec),
+            s.latency_us.p50.to_string(),
+            s.latency_us.p99.to_string(),
+            s.latency_us.max.to_string(),
+            s.errors.total().to_string(),
+            s.loadgen_process.as_ref().map_or("—".to_string(), |p| {
+                format!(
+                    "{:.0} % of {} core{}",
+                    crate::result::utilisation(p, s.duration_secs) / result.load.threads as f64
+                        * 100.0,
+                    result.load.threads,
+                    if result.load.threads == 1 { "" } else { "s" }
+                )
+            }),
+        ]);
+    }
+    right_align(&mut t, 2);
+    format!("each part:\n{t}\n")
 }
 
 fn server_name(result: &RunResult) -> String {

@@ -148,8 +148,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         start + Duration::from_secs_f64(load.warmup),
         start + Duration::from_secs_f64(load.warmup + load.duration),
     );
-    // The server's CPU and memory: from /proc with --server-pid, else from
-    // its own /stats when it reports them (from any host).
     // The measured window on the wall clock, for merging shards.
     let wall = |at: std::time::Instant| {
         let now = (std::time::Instant::now(), std::time::SystemTime::now());
@@ -161,6 +159,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         start_unix_secs: wall(from),
         end_unix_secs: wall(to),
     };
+    // The server's CPU and memory: from /proc with --server-pid, else from
+    // its own /stats when it reports them (from any host).
     let server_process = match args.server_pid {
         Some(pid) => Some(std::thread::spawn(move || watch_process(pid, from, to))),
         None if server["known"] == true => {

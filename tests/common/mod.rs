@@ -20,12 +20,27 @@ pub struct Engine {
 
 impl Engine {
     pub fn start(backend: &str, args: &[&str]) -> Engine {
+        Engine::start_in(&[], "127.0.0.1:0", backend, args)
+    }
+
+    /// The engine started through `prefix` (such as `ip netns exec NS`,
+    /// which executes it in place: the PID stays the engine's), listening
+    /// on `listen`.
+    pub fn start_in(prefix: &[&str], listen: &str, backend: &str, args: &[&str]) -> Engine {
         // RINGECHO_BIN runs the tests against another build (an older
         // commit's, to see that a test catches what it is meant to).
         let binary = std::env::var_os("RINGECHO_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_ringecho").into());
-        let mut child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0", "--backend", backend])
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
+            .args(["--listen", listen, "--backend", backend])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

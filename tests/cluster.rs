@@ -1,0 +1,316 @@
+//! `loadgen cluster` across real separate hosts on one machine: the engine
+//! in one network namespace, three load "hosts" in three others, joined by
+//! a bridge in a fifth; the launcher is `ip netns exec {host}`. Where
+//! namespaces cannot be made (no root), the same shards run as local
+//! processes against an engine on loopback, and the test says so.
+//! No test here asserts a speed: the offered rate is checked, not latency.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Engine;
+use loadgen::result::ProcessSource;
+use loadgen::RunResult;
+
+const SHARDS: usize = 3;
+const RATE: f64 = 1500.0;
+
+/// The load hosts and the engine: namespaces, torn down when dropped.
+struct Hosts {
+    /// What `--hosts` gets.
+    names: Vec<String>,
+    /// Prepended to a command to run it on a load host: `{host}` filled in.
+    launcher: String,
+    /// The engine's namespace prefix and listening address.
+    engine_prefix: Vec<String>,
+    engine_listen: String,
+    namespaces: Vec<String>,
+}
+
+impl Hosts {
+    fn make() -> Hosts {
+        match Hosts::namespaces() {
+            Ok(hosts) => hosts,
+            Err(why) => {
+                eprintln!(
+                    "cluster test: network namespaces cannot be made here ({why}); \
+                     running the shards as local processes against an engine on loopback instead"
+                );
+                Hosts {
+                    names: (0..SHARDS).map(|k| format!("local-{k}")).collect(),
+                    launcher: "env RINGECHO_TEST_HOST={host}".into(),
+                    engine_prefix: Vec::new(),
+                    engine_listen: "127.0.0.1:0".into(),
+                    namespaces: Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn namespaces() -> Result<Hosts, String> {
+        // To try the fallback where namespaces do work.
+        if std::env::var_os("RINGECHO_TEST_NO_NETNS").is_some() {
+            return Err("RINGECHO_TEST_NO_NETNS is set".into());
+        }
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        // Unique per test process; interface names stay within 15 bytes.
+        let tag = format!("rc{}", std::process::id() % 100_000);
+        let switch = format!("{tag}sw");
+        let mut hosts = Hosts {
+            names: (0..SHARDS).map(|k| format!("{tag}l{k}")).collect(),
+            launcher: "ip netns exec {host}".into(),
+            engine_prefix: vec![
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                format!("{tag}srv"),
+            ],
+            engine_listen: "10.213.0.1:0".into(),
+            namespaces: Vec::new(),
+        };
+        ip(&["netns", "add", &switch])?;
+        hosts.namespaces.push(switch.clone());
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
+        let members: Vec<String> = std::iter::once(format!("{tag}srv"))
+            .chain(hosts.names.iter().cloned())
+            .collect();
+        for (i, ns) in members.iter().enumerate() {
+            ip(&["netns", "add", ns])?;
+            hosts.namespaces.push(ns.clone());
+            let (inside, outside) = (format!("{tag}e{i}"), format!("{tag}b{i}"));
+            ip(&[
+                "link", "add", &inside, "netns", ns, "type", "veth", "peer", "name", &outside,
+                "netns", &switch,
+            ])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.213.0.{}/24", i + 1),
+                "dev",
+                &inside,
+            ])?;
+            ip(&["-n", ns, "link", "set", &inside, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", &switch, "link", "set", &outside, "master", "br0"])?;
+            ip(&["-n", &switch, "link", "set", &outside, "up"])?;
+        }
+        Ok(hosts)
+    }
+
+    fn start_engine(&self) -> Engine {
+        let prefix: Vec<&str> = self.engine_prefix.iter().map(String::as_str).collect();
+        Engine::start_in(
+            &prefix,
+            &self.engine_listen,
+            "io-uring",
+            &["--threads", "1"],
+        )
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The loadgen binary beside the engine's, built if this test runs alone.
+fn loadgen_binary() -> PathBuf {
+    let engine = Path::new(env!("CARGO_BIN_EXE_ringecho"));
+    let release = engine.parent().is_some_and(|d| d.ends_with("release"));
+    let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    build.args(["build", "--quiet", "-p", "loadgen", "--bin", "loadgen"]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build for loadgen");
+    assert!(status.success(), "building loadgen failed");
+    engine.with_file_name("loadgen")
+}
+
+fn cluster(engine: &Engine, hosts: &Hosts, launcher: &str, dir: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(loadgen_binary());
+    command
+        .args(["cluster", "--url", &engine.url("/ws")])
+        .args(["--hosts", &hosts.names.join(",")])
+        .args(["--launcher", launcher])
+        .args(["--connections", "30", "--size", "64"])
+        .args(["--rate", &RATE.to_string()])
+        .args([
+            "--duration",
+            "2",
+            "--warmup",
+            "0.5",
+            "--start-in",
+            "4",
+            "--no-pin",
+        ])
+        .arg("--parts")
+        .arg(dir.join("parts"))
+        .arg("--out")
+        .arg(dir.join("merged.json"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn three_hosts_make_one_exact_result_and_a_lost_one_is_named() {
+    let hosts = Hosts::make();
+    let engine = hosts.start_engine();
+    let dir = std::env::temp_dir().join(format!("ringecho-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Every shard delivers: one merged result, exactly the sum of its parts.
+    let out = cluster(&engine, &hosts, &hosts.launcher, &dir, &[])
+        .output()
+        .unwrap();
+    let said = text(&out);
+    println!("{said}");
+    assert!(out.status.success(), "cluster failed:\n{said}");
+    let merged = RunResult::load(&dir.join("merged.json")).unwrap();
+    let parts: Vec<RunResult> = (0..SHARDS)
+        .map(|k| {
+            RunResult::load(&dir.join(format!("parts/shard-{k}-of-{SHARDS}.json")))
+                .unwrap_or_else(|e| panic!("shard {k}'s own result: {e}\n{said}"))
+        })
+        .collect();
+    assert_eq!(merged.parts.len(), SHARDS, "{said}");
+    let sum: u64 = parts.iter().map(|p| p.summary.messages).sum();
+    assert_eq!(merged.summary.messages, sum);
+    assert_eq!(
+        merged.latency().unwrap().len(),
+        sum,
+        "histograms add up exactly"
+    );
+    assert_eq!(
+        merged.summary.connections, 30,
+        "each shard opened its share of the global connections"
+    );
+    for (k, part) in parts.iter().enumerate() {
+        let shard = part.load.shard.expect("a shard's result says so");
+        assert_eq!((shard.index, shard.count), (k as u32, SHARDS as u32));
+        assert_eq!(part.summary.connections, 10);
+        assert!(
+            part.machine.host.starts_with(&hosts.names[k]),
+            "{}",
+            part.machine.host
+        );
+        assert_eq!(part.summary.errors.total(), 0, "{said}");
+    }
+    // The offered rate is the global rate, not N times it: every send was
+    // on schedule, so the echoes came at the rate asked for.
+    assert_eq!(merged.load.rate, Some(RATE));
+    let per_sec = merged.summary.msgs_per_sec;
+    assert!(
+        (per_sec - RATE).abs() < RATE * 0.1,
+        "{per_sec:.0} msgs/s merged against {RATE} offered\n{said}"
+    );
+    // The server's CPU, read by the shards from its /stats, not from /proc.
+    let server = merged
+        .summary
+        .server_process
+        .as_ref()
+        .unwrap_or_else(|| panic!("no server CPU in the merged result\n{said}"));
+    assert_eq!(server.source, ProcessSource::Stats);
+    assert_eq!(server.pid, engine.pid() as u32);
+    assert!(said.contains("from its /stats"), "{said}");
+    for k in 0..SHARDS {
+        assert!(said.contains(&format!("shard {k}/{SHARDS}")), "{said}");
+    }
+
+    // A shard killed mid-run is named, and nothing is merged without it.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pids = dir.join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    // `exec` keeps the PID: the one written is loadgen's own.
+    let launcher = format!(
+        "sh -c 'echo $$ > {}/{{host}}.pid; exec {} \"$0\" \"$@\"'",
+        pids.display(),
+        hosts.launcher
+    );
+    let child = cluster(&engine, &hosts, &launcher, &dir, &[])
+        .spawn()
+        .unwrap();
+    let victim = pids.join(format!("{}.pid", hosts.names[1]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&victim)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "shard 1 never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Into its measured window (4 s to the start, then 0.5 s of warm-up).
+    std::thread::sleep(Duration::from_secs(5));
+    // A process this test started (through the launcher), by its PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("shard 1/{SHARDS} on {}: FAILED", hosts.names[1])),
+        "{said}"
+    );
+    assert!(said.contains("nothing merged"), "{said}");
+    assert!(!dir.join("merged.json").exists());
+    assert!(dir.join(format!("parts/shard-0-of-{SHARDS}.json")).exists());
+
+    // A shard that never reports is stopped at the deadline and named late.
+    let launcher = format!(
+        "sh -c 'if [ {{host}} = {} ]; then exec sleep 60; fi; exec {} \"$0\" \"$@\"'",
+        hosts.names[2], hosts.launcher
+    );
+    let started = Instant::now();
+    let out = cluster(&engine, &hosts, &launcher, &dir, &["--grace", "1"])
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("shard 2/{SHARDS} on {}: LATE", hosts.names[2])),
+        "{said}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
