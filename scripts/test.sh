@@ -21,18 +21,19 @@ if [ -z "${KOSOKU:-}" ]; then
 fi
 export KOSOKU
 
-# Prometheus's official Python client, whose parser reads /metrics in
-# tests/metrics.rs.
-if [ -z "${PROMETHEUS_PYTHON:-}" ]; then
-  venv=target/tools/prometheus
-  if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c "import prometheus_client" 2>/dev/null; then
-    echo "test.sh: installing prometheus_client (the /metrics parser) into $venv"
+# Python packages the tests read with: Prometheus's official client, whose
+# parser reads /metrics (tests/metrics.rs), and PyYAML, which reads the
+# Kubernetes manifest (tests/cluster.rs).
+if [ -z "${RINGECHO_TEST_PYTHON:-}" ]; then
+  venv=target/tools/python
+  if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c "import prometheus_client, yaml" 2>/dev/null; then
+    echo "test.sh: installing prometheus_client and PyYAML into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check prometheus_client
+    "$venv/bin/pip" install --quiet --disable-pip-version-check prometheus_client pyyaml
   fi
-  PROMETHEUS_PYTHON=$PWD/$venv/bin/python3
+  RINGECHO_TEST_PYTHON=$PWD/$venv/bin/python3
 fi
-export PROMETHEUS_PYTHON
+export RINGECHO_TEST_PYTHON
 
 # The official SignalR client (@microsoft/signalr), run by Node.js.
 if ! command -v node >/dev/null 2>&1; then

@@ -16,6 +16,10 @@ use loadgen::result::ProcessSource;
 use loadgen::RunResult;
 
 const SHARDS: usize = 3;
+
+/// Each test runs a paced load on both cores; one at a time, so that
+/// neither starves the other's schedule.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const RATE: f64 = 1500.0;
 
 /// The load hosts and the engine: namespaces, torn down when dropped.
@@ -192,6 +196,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn three_hosts_make_one_exact_result_and_a_lost_one_is_named() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let hosts = Hosts::make();
     let engine = hosts.start_engine();
     let dir = std::env::temp_dir().join(format!("ringecho-cluster-{}", std::process::id()));
@@ -312,5 +317,140 @@ fn three_hosts_make_one_exact_result_and_a_lost_one_is_named() {
         "{said}"
     );
     assert!(started.elapsed() < Duration::from_secs(30), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The Kubernetes Job read as Kubernetes would (PyYAML), its pods' command
+/// run as local processes with the index each pod gets, their logs (both
+/// streams, as `kubectl logs` gives them) merged as the manifest says.
+#[test]
+fn the_kubernetes_job_runs_its_shards_as_its_pods_would() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let manifest = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/loadgen-job.yaml"
+    );
+    let python = common::test_python();
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            manifest,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["apiVersion"], "batch/v1");
+    assert_eq!(job["kind"], "Job");
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    let pods = spec["completions"].as_u64().unwrap();
+    assert_eq!(
+        spec["parallelism"], spec["completions"],
+        "every shard at once"
+    );
+    let container = &spec["template"]["spec"]["containers"][0];
+    let mut env: std::collections::BTreeMap<String, String> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        env["SHARDS"],
+        pods.to_string(),
+        "SHARDS matches completions"
+    );
+    assert_eq!(env["START_AT"], "${START_AT}", "filled in by envsubst");
+
+    let engine = Engine::start("io-uring", &["--threads", "1"]);
+    let start_at = std::time::SystemTime::now() + Duration::from_secs(4);
+    // What a user edits, made small; what envsubst fills in.
+    for (name, value) in [
+        (
+            "START_AT",
+            humantime::format_rfc3339_seconds(start_at).to_string(),
+        ),
+        ("URL", engine.url("/ws")),
+        ("CONNECTIONS", "30".into()),
+        ("RATE", RATE.to_string()),
+        ("WARMUP", "0.5".into()),
+        ("DURATION", "2".into()),
+    ] {
+        assert!(env.contains_key(name), "the manifest sets {name}");
+        env.insert(name.into(), value);
+    }
+    let loadgen = loadgen_binary();
+    let path = format!(
+        "{}:{}",
+        loadgen.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let dir = std::env::temp_dir().join(format!("ringecho-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let command: Vec<String> = container["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(container["args"].as_array().unwrap())
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    let logs: Vec<PathBuf> = (0..pods)
+        .map(|k| dir.join(format!("shard-{k}.json")))
+        .collect();
+    let running: Vec<_> = logs
+        .iter()
+        .enumerate()
+        .map(|(k, log)| {
+            let file = std::fs::File::create(log).unwrap();
+            Command::new(&command[0])
+                .args(&command[1..])
+                .envs(&env)
+                .env("JOB_COMPLETION_INDEX", k.to_string())
+                .env("PATH", &path)
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (k, mut pod) in running.into_iter().enumerate() {
+        let status = pod.wait().unwrap();
+        let log = std::fs::read_to_string(&logs[k]).unwrap();
+        assert!(status.success(), "pod {k}: {status}\n{log}");
+    }
+    let merged_path = dir.join("merged.json");
+    let out = Command::new(&loadgen)
+        .arg("merge")
+        .args(&logs)
+        .arg("-o")
+        .arg(&merged_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let merged = RunResult::load(&merged_path).unwrap();
+    assert_eq!(merged.parts.len() as u64, pods);
+    assert_eq!(merged.summary.connections, 30);
+    assert_eq!(merged.summary.errors.total(), 0);
+    let per_sec = merged.summary.msgs_per_sec;
+    assert!(
+        (per_sec - RATE).abs() < RATE * 0.1,
+        "{per_sec:.0} msgs/s merged against {RATE} offered"
+    );
+    assert_eq!(
+        merged.summary.server_process.as_ref().map(|p| p.source),
+        Some(ProcessSource::Stats)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

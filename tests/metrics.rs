@@ -13,26 +13,9 @@ use common::Engine;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-/// The Python with prometheus_client: $PROMETHEUS_PYTHON, else the one
-/// scripts/test.sh installs, else python3 from PATH.
-fn python() -> String {
-    if let Ok(python) = std::env::var("PROMETHEUS_PYTHON") {
-        return python;
-    }
-    let installed = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/tools/prometheus/bin/python3"
-    );
-    if std::path::Path::new(installed).exists() {
-        installed.to_string()
-    } else {
-        "python3".to_string()
-    }
-}
-
 /// The families prometheus_client parsed from `text`, by name.
 fn parse(text: &str) -> HashMap<String, Value> {
-    let python = python();
+    let python = common::test_python();
     let mut child = Command::new(&python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),

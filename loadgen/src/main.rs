@@ -28,7 +28,11 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             let result = loadgen::run::run(&args)?;
             let to_stdout = args.out.as_deref() == Some(std::path::Path::new("-"));
             if to_stdout {
-                eprint!("{}", report::summary(&result));
+                // Quiet: standard error stays clear too, so that a log that
+                // mixes both streams (kubectl logs) holds just the result.
+                if !args.quiet {
+                    eprint!("{}", report::summary(&result));
+                }
                 println!("{}", serde_json::to_string(&result)?);
             } else {
                 print!("{}", report::summary(&result));

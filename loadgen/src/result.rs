@@ -293,8 +293,29 @@ impl RunResult {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read result file {}", path.display()))?;
-        let result: RunResult = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a loadgen result file", path.display()))?;
+        let result: RunResult = match serde_json::from_str(&text) {
+            Ok(result) => result,
+            // A log with the result on a line of its own (`run --out -`
+            // under kubectl logs, say), among other lines.
+            Err(e) => {
+                let mut found = text
+                    .lines()
+                    .filter(|line| line.starts_with('{'))
+                    .filter_map(|line| serde_json::from_str::<RunResult>(line).ok());
+                match (found.next(), found.next()) {
+                    (Some(result), None) => result,
+                    (Some(_), Some(_)) => anyhow::bail!(
+                        "{} holds more than one loadgen result: give each its own file",
+                        path.display()
+                    ),
+                    (None, _) => {
+                        return Err(e).with_context(|| {
+                            format!("{} is not a loadgen result file", path.display())
+                        })
+                    }
+                }
+            }
+        };
         anyhow::ensure!(
             result.schema == SCHEMA,
             "{} has schema {:?}; this loadgen reads {SCHEMA:?}",
@@ -749,6 +770,13 @@ mod tests {
         std::fs::write(&path, "{\"hello\": 1}").unwrap();
         let err = RunResult::load(&path).unwrap_err().to_string();
         assert!(err.contains("not a loadgen result file"), "{err}");
+        // A pod's log: the result on its own line among others.
+        let line = serde_json::to_string(&crate::test_result(&[5, 7], 2)).unwrap();
+        std::fs::write(&path, format!("starting\n{line}\nWARNING: x\n")).unwrap();
+        assert_eq!(RunResult::load(&path).unwrap().summary.messages, 2);
+        std::fs::write(&path, format!("{line}\n{line}\n")).unwrap();
+        let err = RunResult::load(&path).unwrap_err().to_string();
+        assert!(err.contains("more than one loadgen result"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -190,3 +190,21 @@ pub fn startup_address(line: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("the engine did not start: {e}"))
         .listen
 }
+
+/// The Python with the packages tests read with (prometheus_client,
+/// PyYAML): $RINGECHO_TEST_PYTHON, else the one scripts/test.sh installs,
+/// else python3 from PATH.
+pub fn test_python() -> String {
+    if let Ok(python) = std::env::var("RINGECHO_TEST_PYTHON") {
+        return python;
+    }
+    let installed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/tools/python/bin/python3"
+    );
+    if std::path::Path::new(installed).exists() {
+        installed.to_string()
+    } else {
+        "python3".to_string()
+    }
+}
