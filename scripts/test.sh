@@ -22,14 +22,15 @@ fi
 export KOSOKU
 
 # Python packages the tests read with: Prometheus's official client, whose
-# parser reads /metrics (tests/metrics.rs), and PyYAML, which reads the
-# Kubernetes manifest (tests/cluster.rs).
+# parser reads /metrics (tests/metrics.rs), PyYAML, which reads the
+# Kubernetes manifest (tests/cluster.rs), and HdrHistogram's Python port,
+# which reads loadgen's interval logs (tests/loadgen.rs).
 if [ -z "${RINGECHO_TEST_PYTHON:-}" ]; then
   venv=target/tools/python
-  if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c "import prometheus_client, yaml" 2>/dev/null; then
-    echo "test.sh: installing prometheus_client and PyYAML into $venv"
+  if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c "import prometheus_client, yaml, hdrh" 2>/dev/null; then
+    echo "test.sh: installing prometheus_client, PyYAML and hdrhistogram into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check prometheus_client pyyaml
+    "$venv/bin/pip" install --quiet --disable-pip-version-check prometheus_client pyyaml hdrhistogram
   fi
   RINGECHO_TEST_PYTHON=$PWD/$venv/bin/python3
 fi

@@ -292,6 +292,7 @@ fn measure(
         },
         out: Some(out_dir.join(format!("{file}.json"))),
         hgrm: Some(out_dir.join(format!("{file}.hgrm"))),
+        hlog: Some(out_dir.join(format!("{file}.hlog"))),
         quiet: options.quiet,
         label: Some(if options.repeat > 1 {
             format!("{config_name} (round {})", round + 1)
@@ -300,6 +301,7 @@ fn measure(
         }),
         server_pid: Some(engine.child.id()),
         start_at: None,
+        limits: Default::default(),
     };
     let result = loadgen::run::run(&args)?;
     loadgen::save_outputs(&args, &result)?;

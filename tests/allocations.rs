@@ -127,12 +127,14 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
             },
             out: None,
             hgrm: None,
+            hlog: None,
             quiet: true,
             label: None,
             // The engine is this process: its CPU from /proc, so that
             // loadgen reads no /stats (whose answer allocates) in the window.
             server_pid: Some(std::process::id()),
             start_at: None,
+            limits: Default::default(),
         };
         let first = echoed();
         let load = std::thread::spawn(move || loadgen::run::run(&args));

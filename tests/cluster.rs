@@ -224,6 +224,13 @@ fn three_hosts_make_one_exact_result_and_a_lost_one_is_named() {
         sum,
         "histograms add up exactly"
     );
+    // Second by second too: every host's n-th second in the n-th.
+    let per_second = |r: &RunResult| r.intervals.iter().map(|i| i.messages).sum::<u64>();
+    assert!(!merged.intervals.is_empty());
+    assert_eq!(
+        per_second(&merged),
+        parts.iter().map(per_second).sum::<u64>()
+    );
     assert_eq!(
         merged.summary.connections, 30,
         "each shard opened its share of the global connections"

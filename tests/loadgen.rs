@@ -49,10 +49,12 @@ fn args(
         },
         out: Some(out),
         hgrm: None,
+        hlog: None,
         quiet: true,
         label: None,
         server_pid: Some(engine.pid() as u32),
         start_at: None,
+        limits: Default::default(),
     }
 }
 
@@ -143,6 +145,100 @@ fn both_modes_run_check_every_echo_and_save_their_results() {
     // Runs made one after another with different loads are not one load.
     let refused = RunResult::merge(&results, 1.0).unwrap_err().to_string();
     assert!(refused.contains("were not one load"), "{refused}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A run's seconds, in its result and as an interval log that
+/// HdrHistogram's own Python port reads back; its limits, judged.
+#[test]
+fn a_run_keeps_its_seconds_and_is_judged_by_its_limits() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-seconds-{}", std::process::id()));
+    let engine = Engine::start("io-uring", &["--threads", "1"]);
+    let mut run = args(
+        &engine,
+        Protocol::Raw,
+        Some(1000.0),
+        Io::Auto,
+        dir.join("r.json"),
+    );
+    run.load.warmup = 1.0;
+    run.load.duration = 3.0;
+    run.hlog = Some(dir.join("r.hlog"));
+    run.limits = loadgen::options::Limits {
+        max_p99: Some(10_000_000),
+        min_rate: Some(1e9),
+        ..Default::default()
+    };
+    let result = loadgen::run::run(&run).expect("the run completes");
+    loadgen::save_outputs(&run, &result).unwrap();
+
+    // One interval a second, warm-up included, from every echo.
+    let intervals = &result.intervals;
+    assert_eq!(intervals.len(), 4, "{intervals:?}");
+    for (n, i) in intervals.iter().enumerate() {
+        assert_eq!((i.offset_secs, i.length_secs), (n as f64, 1.0));
+        assert_eq!(i.latency().unwrap().len(), i.messages);
+        assert!(
+            (900..=1100).contains(&i.messages),
+            "second {n}: {} echoes at 1000/s",
+            i.messages
+        );
+    }
+    let held: Vec<bool> = result.limits.iter().map(|v| v.held).collect();
+    assert_eq!(
+        held,
+        [true, false],
+        "p99 under 10 s holds; 1e9 msgs/s does not"
+    );
+
+    // The interval log, read by HdrHistogram's Python port.
+    let python = common::test_python();
+    let out = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/loadgen/hlog.py"
+        ))
+        .arg(dir.join("r.hlog"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(read.len(), intervals.len());
+    let window = result.summary.window.unwrap();
+    let start_ms = (window.start_unix_secs - run.load.warmup) * 1000.0;
+    for (n, (theirs, ours)) in read.iter().zip(intervals).enumerate() {
+        assert_eq!(theirs["count"], ours.messages, "second {n}");
+        // The same histogram: their p99 is ours, give or take the rank
+        // rounding of each implementation.
+        let h = ours.latency().unwrap();
+        let slack = 2.0 / h.len().max(1) as f64;
+        let (low, high) = (
+            h.value_at_quantile((0.99 - slack).max(0.0)),
+            h.value_at_quantile((0.99 + slack).min(1.0)),
+        );
+        let p99 = theirs["p99"].as_u64().unwrap();
+        assert!(
+            (low..=high).contains(&p99),
+            "second {n}: their p99 {p99} µs, ours between {low} and {high}"
+        );
+        let at = theirs["start_ms"].as_f64().unwrap();
+        assert!(
+            (at - (start_ms + n as f64 * 1000.0)).abs() < 2.0,
+            "second {n} starts at {at} ms, not {start_ms} + {n} s"
+        );
+    }
+
+    // And drawn over time.
+    let svg = dir.join("seconds.svg");
+    loadgen::plot::plot(&[result], &svg).unwrap();
+    assert!(std::fs::read_to_string(&svg)
+        .unwrap()
+        .contains("Throughput over time"));
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -184,6 +184,7 @@ pub fn cluster(args: &ClusterArgs) -> anyhow::Result<ClusterReport> {
                 merged.load.default_label()
             )
         });
+        merged.limits = crate::limits::judge(&merged, &args.limits);
         if let Some(path) = &args.out {
             merged.save(path)?;
         }
@@ -402,6 +403,7 @@ mod tests {
             parts: None,
             label: None,
             window_tolerance: 1.0,
+            limits: Default::default(),
             dry_run: false,
         };
         args.load.rate = Some(3000.0);

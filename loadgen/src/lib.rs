@@ -9,6 +9,7 @@
 pub mod client;
 pub mod cluster;
 pub mod hub;
+pub mod limits;
 pub mod options;
 pub mod payload;
 pub mod plot;
@@ -19,6 +20,8 @@ pub mod run;
 pub mod schedule;
 pub mod server_info;
 pub mod soak;
+
+use anyhow::Context as _;
 
 pub use options::{LoadConfig, RunArgs};
 pub use result::RunResult;
@@ -31,6 +34,10 @@ pub fn save_outputs(args: &RunArgs, result: &RunResult) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.hgrm {
         std::fs::write(path, result::hgrm(&result.latency()?))?;
+    }
+    if let Some(path) = &args.hlog {
+        std::fs::write(path, result::hlog(result)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
@@ -105,5 +112,7 @@ pub(crate) fn test_result(values: &[u64], messages: u64) -> RunResult {
             connect_us: encode_histogram(&connect),
         },
         parts: Vec::new(),
+        intervals: Vec::new(),
+        limits: Vec::new(),
     }
 }

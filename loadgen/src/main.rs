@@ -41,17 +41,41 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(path) = args.out.as_ref().filter(|_| !to_stdout) {
                 println!("result written to {}", path.display());
             }
-            // A run that saw a broken echo is not a measurement.
-            Ok(if result.summary.errors.total() > 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(verdict(&result, &args.limits))
         }
-        Command::Compare { files } => {
+        Command::Compare {
+            files,
+            max_regression,
+            regression_in,
+        } => {
+            if let Err(why) = loadgen::limits::check_figures(&regression_in) {
+                eprintln!("loadgen: {why}");
+                return Ok(ExitCode::from(2));
+            }
             let results = load_all(&files)?;
             print!("{}", report::compare(&results, Style::Terminal));
-            Ok(ExitCode::SUCCESS)
+            let Some(share) = max_regression else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            let found = loadgen::limits::regressions(&results, share, &regression_in);
+            for (label, figure, base, value, worse) in &found {
+                println!(
+                    "REGRESSION: {label}: {figure} {value:.0} against {base:.0} in the baseline, {:.1} % worse (more than {:.1} %)",
+                    worse * 100.0,
+                    share * 100.0
+                );
+            }
+            Ok(if found.is_empty() {
+                println!(
+                    "no regression over {:.1} % in {} against {}",
+                    share * 100.0,
+                    regression_in.join(", "),
+                    results[0].label
+                );
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(loadgen::options::EXIT_LIMIT_BROKEN)
+            })
         }
         Command::Plot { files, output } => {
             let results = load_all(&files)?;
@@ -100,14 +124,9 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(dir) = &args.parts {
                 println!("each shard's result written under {}", dir.display());
             }
-            let clean = outcome
-                .merged
-                .as_ref()
-                .is_some_and(|m| m.summary.errors.total() == 0);
-            Ok(if clean {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+            Ok(match &outcome.merged {
+                Some(merged) => verdict(merged, &args.limits),
+                None => ExitCode::from(1),
             })
         }
         Command::Merge {
@@ -121,6 +140,18 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("merged result written to {}", output.display());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A run's exit status: 1 when it saw errors it was not told to tolerate
+/// (it measured nothing), 3 when it broke a limit, else 0.
+fn verdict(result: &RunResult, limits: &loadgen::options::Limits) -> ExitCode {
+    if result.summary.errors.total() > 0 && !limits.tolerate_errors() {
+        ExitCode::from(1)
+    } else if result.limits.iter().any(|v| !v.held) {
+        ExitCode::from(loadgen::options::EXIT_LIMIT_BROKEN)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

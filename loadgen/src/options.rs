@@ -27,9 +27,23 @@ pub enum Command {
     Run(RunArgs),
     /// One table of several result files, ratios against the first.
     Compare {
-        /// Result files (JSON, from `run --out`).
+        /// Result files (JSON, from `run --out`); the first is the baseline.
         #[arg(required = true, num_args = 1..)]
         files: Vec<PathBuf>,
+        /// Gate on the baseline: exit with status 3 when any other file is
+        /// worse than the first by more than this share (5% or 0.05) in
+        /// one of the --regression-in figures. [default: no gate]
+        #[arg(long, value_name = "SHARE", value_parser = parse_share)]
+        max_regression: Option<f64>,
+        /// The figures --max-regression looks at: msgs/s (lower is worse),
+        /// p50, p90, p99, p99.9, p99.99, max (higher is worse).
+        #[arg(
+            long,
+            value_name = "LIST",
+            value_delimiter = ',',
+            default_value = "msgs/s,p99"
+        )]
+        regression_in: Vec<String>,
     },
     /// Latency percentiles and throughput of several result files, as SVG.
     Plot {
@@ -75,12 +89,21 @@ pub struct RunArgs {
     /// Write HdrHistogram's percentile-distribution text (microseconds) to this file.
     #[arg(long, value_name = "FILE")]
     pub hgrm: Option<PathBuf>,
+    /// Write the run second by second as an HdrHistogram interval log
+    /// (values in microseconds, time from the start of the warm-up), which
+    /// HdrHistogram's own tools read: HistogramLogProcessor, the Python
+    /// and Go ports. The result file holds the same histograms.
+    #[arg(long, value_name = "FILE.hlog")]
+    pub hlog: Option<PathBuf>,
     /// No live line, only the final table.
     #[arg(long)]
     pub quiet: bool,
     /// A name for this run in tables and plots. [default: derived from the load]
     #[arg(long)]
     pub label: Option<String>,
+
+    #[command(flatten)]
+    pub limits: Limits,
 
     /// When the warm-up starts, on the wall clock: RFC 3339
     /// (2026-12-01T15:00:00Z) or +SECS from now. Shards on several hosts
@@ -155,6 +178,10 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "SECS", default_value_t = crate::result::DEFAULT_WINDOW_TOLERANCE_SECS)]
     pub window_tolerance: f64,
 
+    /// Limits judged on the merged result (the shards are not given them).
+    #[command(flatten)]
+    pub limits: Limits,
+
     /// Print the command each host would run, and run nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -183,6 +210,92 @@ impl ClusterArgs {
                 self.launcher
             )),
         }
+    }
+}
+
+/// Pass/fail limits on a run, for gating CI on it: a run that breaks one
+/// says which and exits with status 3 (see `EXIT_LIMIT_BROKEN`).
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Limits {
+    /// Fail the run when its median latency is above this (e.g. 500us,
+    /// 1.5ms, 2s; a bare number is microseconds). [default: no limit]
+    #[arg(long, value_name = "TIME", value_parser = parse_micros)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p50: Option<u64>,
+    /// Fail the run when its 99th-percentile latency is above this.
+    /// [default: no limit]
+    #[arg(long, value_name = "TIME", value_parser = parse_micros)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99: Option<u64>,
+    /// Fail the run when its 99.9th-percentile latency is above this.
+    /// [default: no limit]
+    #[arg(long = "max-p99.9", value_name = "TIME", value_parser = parse_micros)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p999: Option<u64>,
+    /// Fail the run when fewer echoes than this came back per second.
+    /// [default: no limit]
+    #[arg(long, value_name = "MSGS/S")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rate: Option<f64>,
+    /// Tolerate up to this many errors (mismatched echoes, unexpected
+    /// frames or closes, failed connections, unanswered messages); more
+    /// fail the run with status 3. [default: any error fails the run, with
+    /// status 1: it measured nothing]
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<u64>,
+    /// Fail the run when errors are more than this share of the messages
+    /// (0.1% or 0.001). Setting it tolerates errors below it, as
+    /// --max-errors does. [default: no limit]
+    #[arg(long, value_name = "SHARE", value_parser = parse_share)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+}
+
+impl Limits {
+    pub fn any(&self) -> bool {
+        *self != Limits::default()
+    }
+
+    /// Whether errors are judged by a limit rather than failing the run.
+    pub fn tolerate_errors(&self) -> bool {
+        self.max_errors.is_some() || self.max_error_rate.is_some()
+    }
+}
+
+/// The exit status of a run (or `compare`) that broke a limit; 1 is a run
+/// that failed or saw errors it did not tolerate, 2 a bad command line.
+pub const EXIT_LIMIT_BROKEN: u8 = 3;
+
+/// "500us", "1.5ms", "2s" or a bare number of microseconds, as µs.
+pub fn parse_micros(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let factor = match unit.trim() {
+        "" | "us" | "µs" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        _ => return Err(format!("{s:?}: give a time such as 500us, 1.5ms or 2s")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: give a time such as 500us, 1.5ms or 2s"))?;
+    Ok((value * factor).round() as u64)
+}
+
+/// "0.1%" or "0.001", as a fraction.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (number, scale) = match t.strip_suffix('%') {
+        Some(n) => (n, 100.0),
+        None => (t, 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v / scale),
+        _ => Err(format!("{s:?}: give a share such as 5%, 0.1% or 0.001")),
     }
 }
 
@@ -632,6 +745,20 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("gives some of the 3 shards none"));
+    }
+
+    #[test]
+    fn limits_read_times_and_shares_as_people_write_them() {
+        assert_eq!(parse_micros("500us"), Ok(500));
+        assert_eq!(parse_micros("500µs"), Ok(500));
+        assert_eq!(parse_micros("1.5ms"), Ok(1500));
+        assert_eq!(parse_micros("2s"), Ok(2_000_000));
+        assert_eq!(parse_micros("250"), Ok(250));
+        assert!(parse_micros("1h").unwrap_err().contains("such as 500us"));
+        assert!(parse_micros("ms").is_err());
+        assert_eq!(parse_share("5%"), Ok(0.05));
+        assert_eq!(parse_share("0.001"), Ok(0.001));
+        assert!(parse_share("-1%").is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The picture of several runs: latency by percentile on the usual
-//! "1/(1-p)" log axis (0 % to 99.999 %), and a throughput bar per run.
+//! "1/(1-p)" log axis (0 % to 99.999 %), the runs second by second
+//! (throughput, p50 and p99 over time) when they kept their intervals, and
+//! a throughput bar per run.
 
 use std::path::Path;
 
@@ -48,10 +50,16 @@ pub fn plot(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
         .max(1.0)
         / 1.5;
 
-    let height = 560 + 40 * results.len() as u32;
+    let over_time = results.iter().all(|r| !r.intervals.is_empty());
+    let time_height = if over_time { 380 } else { 0 };
+    let height = 560 + time_height + 40 * results.len() as u32;
     let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (top, bottom) = root.split_vertically(520);
+    let (top, rest) = root.split_vertically(520);
+    let (middle, bottom) = rest.split_vertically(time_height);
+    if over_time {
+        plot_over_time(results, &middle)?;
+    }
 
     let mut chart = ChartBuilder::on(&top)
         .caption("Echo latency by percentile", ("sans-serif", 22))
@@ -120,6 +128,101 @@ pub fn plot(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
     }
     root.present()
         .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Throughput, p50 (thin) and p99 (thick) second by second; the warm-up
+/// seconds shaded.
+fn plot_over_time<DB: DrawingBackend>(
+    results: &[RunResult],
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    struct Series {
+        warmup: f64,
+        // (second's end, msgs/s, p50 µs, p99 µs)
+        points: Vec<(f64, f64, f64, f64)>,
+    }
+    let mut all = Vec::new();
+    for r in results {
+        let mut points = Vec::new();
+        for i in &r.intervals {
+            let h = i.latency()?;
+            points.push((
+                i.offset_secs + i.length_secs,
+                i.messages as f64 / i.length_secs.max(1e-9),
+                h.value_at_quantile(0.5).max(1) as f64,
+                h.value_at_quantile(0.99).max(1) as f64,
+            ));
+        }
+        all.push(Series {
+            warmup: r.load.warmup,
+            points,
+        });
+    }
+    let points = || all.iter().flat_map(|s| s.points.iter());
+    let t_max = points().map(|p| p.0).fold(1.0, f64::max);
+    let rate_max = points().map(|p| p.1).fold(1.0, f64::max) * 1.15;
+    let lat_max = points().map(|p| p.3).fold(1.0, f64::max) * 1.5;
+    let lat_min = points().map(|p| p.2).fold(f64::MAX, f64::min).max(1.0) / 1.5;
+    let warmup = all.iter().map(|s| s.warmup).fold(0.0, f64::max);
+    let (left, right) = area.split_horizontally(500);
+
+    let mut rate = ChartBuilder::on(&left)
+        .caption("Throughput over time (msgs/s)", ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..t_max, 0.0..rate_max)?;
+    rate.configure_mesh()
+        .x_desc("seconds from the start (warm-up shaded)")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    rate.draw_series(std::iter::once(Rectangle::new(
+        [(0.0, 0.0), (warmup, rate_max)],
+        BLACK.mix(0.06).filled(),
+    )))?;
+    for (i, s) in all.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        rate.draw_series(LineSeries::new(
+            s.points.iter().map(|p| (p.0, p.1)),
+            color.stroke_width(2),
+        ))?;
+    }
+
+    let mut latency = ChartBuilder::on(&right)
+        .caption(
+            "p50 (thin) and p99 (thick) over time (µs)",
+            ("sans-serif", 18),
+        )
+        .margin(15)
+        .margin_right(30)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, (lat_min..lat_max).log_scale())?;
+    latency
+        .configure_mesh()
+        .x_desc("seconds from the start")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    latency.draw_series(std::iter::once(Rectangle::new(
+        [(0.0, lat_min), (warmup, lat_max)],
+        BLACK.mix(0.06).filled(),
+    )))?;
+    for (i, s) in all.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        latency.draw_series(LineSeries::new(
+            s.points.iter().map(|p| (p.0, p.2)),
+            color.stroke_width(1),
+        ))?;
+        // The colours are the runs' in the legend above.
+        latency.draw_series(LineSeries::new(
+            s.points.iter().map(|p| (p.0, p.3)),
+            color.stroke_width(3),
+        ))?;
+    }
     Ok(())
 }
 

@@ -132,6 +132,14 @@ pub fn summary(result: &RunResult) -> String {
     if !result.parts.is_empty() {
         out.push_str(&parts(result));
     }
+    for v in &result.limits {
+        out.push_str(&format!(
+            "limit {}: {} ({})\n",
+            v.limit,
+            if v.held { "held" } else { "BROKEN" },
+            v.measured
+        ));
+    }
     let e = &s.errors;
     if e.total() > 0 || s.unanswered > 0 {
         out.push_str(&format!(

@@ -38,6 +38,103 @@ pub struct RunResult {
     /// A merged result's parts: each host's or process's own summary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<Part>,
+    /// The run second by second, warm-up included: what happened at
+    /// second 37. Every thread's (and, merged, every host's) echoes of that
+    /// second in one histogram.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<Interval>,
+    /// The pass/fail limits the run was given (`--max-p99` …), judged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<crate::limits::Verdict>,
+}
+
+/// One second of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Interval {
+    /// Seconds from the start of the warm-up to the start of this interval.
+    pub offset_secs: f64,
+    pub length_secs: f64,
+    /// Echoes received in it.
+    pub messages: u64,
+    /// Their latency, µs, encoded as `histograms` are.
+    pub latency_us: String,
+}
+
+impl Interval {
+    pub fn new(offset_secs: f64, length_secs: f64, h: &Histogram<u64>) -> Interval {
+        Interval {
+            offset_secs,
+            length_secs,
+            messages: h.len(),
+            latency_us: encode_histogram(h),
+        }
+    }
+
+    pub fn latency(&self) -> anyhow::Result<Histogram<u64>> {
+        decode_histogram(&self.latency_us)
+    }
+}
+
+/// Intervals of runs that started together added second by second: the
+/// n-th of each goes into the n-th of the sum.
+pub fn add_intervals(into: &mut Vec<Interval>, other: &[Interval]) -> anyhow::Result<()> {
+    for (n, interval) in other.iter().enumerate() {
+        if n < into.len() {
+            let mut sum = into[n].latency()?;
+            sum.add(interval.latency()?)?;
+            into[n] = Interval::new(into[n].offset_secs, into[n].length_secs, &sum);
+        } else {
+            into.push(interval.clone());
+        }
+    }
+    Ok(())
+}
+
+/// The HdrHistogram interval log (`.hlog`) of a run's intervals, as
+/// HdrHistogram's own tools read it (Java's HistogramLogProcessor, the
+/// Python and Go ports): compressed V2 histograms, values in µs, time
+/// stamps in seconds from the start of the warm-up (BaseTime).
+pub fn hlog(result: &RunResult) -> anyhow::Result<Vec<u8>> {
+    use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    let start = result
+        .summary
+        .window
+        .map(|w| w.start_unix_secs - result.load.warmup)
+        .unwrap_or(0.0);
+    let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(start.max(0.0));
+    let mut out = Vec::new();
+    let mut serializer = V2DeflateSerializer::new();
+    IntervalLogWriterBuilder::new()
+        .add_comment(&format!(
+            "loadgen {}: {}",
+            result.tool.version, result.label
+        ))
+        .add_comment("values in microseconds; the first seconds are the warm-up")
+        .add_comment(&format!(
+            "warm-up {} s, then {} s measured",
+            result.load.warmup, result.load.duration
+        ))
+        .with_start_time(start)
+        .with_base_time(start)
+        .begin_log_with(&mut out, &mut serializer)?;
+    // The column legend, as Java's HistogramLogWriter writes it.
+    out.extend_from_slice(
+        b"\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"\n",
+    );
+    let mut writer = IntervalLogWriterBuilder::new().begin_log_with(&mut out, &mut serializer)?;
+    for interval in &result.intervals {
+        writer
+            .write_histogram(
+                &interval.latency()?,
+                std::time::Duration::from_secs_f64(interval.offset_secs),
+                std::time::Duration::from_secs_f64(interval.length_secs),
+                None,
+            )
+            .map_err(|e| anyhow::anyhow!("writing the interval log: {e}"))?;
+    }
+    drop(writer);
+    Ok(out)
 }
 
 /// One of the results a merge added up, as it was.
@@ -389,6 +486,12 @@ impl RunResult {
             Some(format!("{} ({}): {why}", r.machine.host, part_name(r)))
         });
         merged.load.shard = None;
+        // Limits are judged on what a run measured; a merge judges anew.
+        merged.limits = Vec::new();
+        merged.intervals = first.intervals.clone();
+        for r in rest {
+            add_intervals(&mut merged.intervals, &r.intervals)?;
+        }
         merged.summary.latency_us = Percentiles::of(&latency);
         merged.summary.connect_us = Percentiles::of(&connect);
         merged.histograms = Histograms {
@@ -678,13 +781,32 @@ mod tests {
 
     #[test]
     fn shards_merge_into_the_global_load_with_each_part_kept() {
-        let parts = [
+        let mut parts = [
             shard(&[10, 20], 0, 3, 1e9),
             shard(&[30], 1, 3, 1e9 + 0.2),
             shard(&[40, 50, 60], 2, 3, 1e9 + 0.1),
         ];
+        // Their seconds: the first shard's two, the others' one each.
+        let second = |values: &[u64], n: f64| {
+            let mut h = new_histogram();
+            values.iter().for_each(|&v| h.record(v).unwrap());
+            Interval::new(n, 1.0, &h)
+        };
+        parts[0].intervals = vec![second(&[10], 0.0), second(&[20], 1.0)];
+        parts[1].intervals = vec![second(&[30], 0.0)];
+        parts[2].intervals = vec![second(&[40, 50], 0.0), second(&[60], 1.0)];
         let merged = RunResult::merge(&parts, 1.0).unwrap();
         assert_eq!(merged.summary.messages, 6);
+        let seconds: Vec<(u64, u64)> = merged
+            .intervals
+            .iter()
+            .map(|i| (i.messages, i.latency().unwrap().max()))
+            .collect();
+        assert_eq!(
+            seconds,
+            [(4, 50), (2, 60)],
+            "second by second, every host's"
+        );
         // The shards carried the global load: it is not added up again.
         assert_eq!(merged.load.rate, Some(3000.0));
         assert_eq!(merged.load.connections, crate::test_load().connections);

@@ -226,6 +226,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     }
 
     errors.add(&counts.errors);
+    // The whole seconds of warm-up and measurement that every thread
+    // reported; the drain after the end is not part of the run.
+    let whole = (load.warmup + load.duration).ceil() as usize;
+    let intervals: Vec<result::Interval> = seconds
+        .iter()
+        .take(whole)
+        .take_while(|(_, _, threads)| *threads == load.threads as usize)
+        .enumerate()
+        .map(|(n, (h, _, _))| result::Interval::new(n as f64, 1.0, h))
+        .collect();
     let messages = latency.len();
     let mut summary = Summary {
         duration_secs: load.duration,
@@ -246,7 +256,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         window: Some(window),
     };
     summary.bottleneck = summary.bottleneck_warning(load.threads, load.rate.is_none());
-    Ok(RunResult {
+    let mut result = RunResult {
         schema: result::SCHEMA.to_string(),
         label: args.label.clone().unwrap_or_else(|| {
             format!(
@@ -270,7 +280,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
             connect_us: result::encode_histogram(&connect),
         },
         parts: Vec::new(),
-    })
+        intervals,
+        limits: Vec::new(),
+    };
+    result.limits = crate::limits::judge(&result, &args.limits);
+    Ok(result)
 }
 
 /// Which client runs the load: the ring where it can, tokio otherwise.

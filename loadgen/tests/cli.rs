@@ -1,5 +1,5 @@
 //! The loadgen command line against echo servers it did not write:
-//! tokio-tungstenite, once honest and once corrupting every tenth echo.
+//! tokio-tungstenite, honest, corrupting every tenth echo, or slow.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,9 +8,19 @@ use std::process::{Command, Output};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Starts a tokio-tungstenite echo server on its own thread; with `corrupt`,
-/// every tenth data message comes back with one byte flipped.
-fn echo_server(corrupt: bool) -> SocketAddr {
+/// How the test server answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Server {
+    Honest,
+    /// Every tenth data message comes back with one byte flipped.
+    Corrupt,
+    /// Every echo waits this long first.
+    Slow(std::time::Duration),
+}
+
+/// Starts a tokio-tungstenite echo server on its own thread.
+fn echo_server(behaviour: Server) -> SocketAddr {
+    let corrupt = behaviour == Server::Corrupt;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -41,6 +51,9 @@ fn echo_server(corrupt: bool) -> SocketAddr {
                             Message::Close(_) => break,
                             _ => continue,
                         };
+                        if let Server::Slow(delay) = behaviour {
+                            tokio::time::sleep(delay).await;
+                        }
                         if ws.send(reply).await.is_err() {
                             break;
                         }
@@ -84,7 +97,7 @@ fn run(addr: SocketAddr, extra: &[&str], out: &Path) -> Output {
 fn an_honest_server_passes_and_results_compare_and_plot() {
     let dir = std::env::temp_dir().join(format!("loadgen-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let addr = echo_server(false);
+    let addr = echo_server(Server::Honest);
     let files: Vec<String> = ["a", "b", "c"]
         .iter()
         .map(|n| dir.join(format!("{n}.json")).display().to_string())
@@ -134,7 +147,7 @@ fn an_honest_server_passes_and_results_compare_and_plot() {
 #[test]
 fn a_corrupting_server_is_caught_and_the_run_fails() {
     let dir = std::env::temp_dir().join(format!("loadgen-corrupt-{}", std::process::id()));
-    let addr = echo_server(true);
+    let addr = echo_server(Server::Corrupt);
     // Both clients check every echo: the io_uring loop's and tokio's.
     for io in ["io-uring", "epoll"] {
         let path = dir.join(format!("bad-{io}.json"));
@@ -173,4 +186,65 @@ fn bad_flags_and_missing_servers_say_what_to_do() {
     ]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("is the server running?"));
+}
+
+#[test]
+fn limits_gate_a_run_and_compare_gates_on_a_baseline() {
+    let dir = std::env::temp_dir().join(format!("loadgen-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let honest = echo_server(Server::Honest);
+    let slow = echo_server(Server::Slow(std::time::Duration::from_millis(3)));
+    let said = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    // Limits an honest server keeps: status 0, each one said to hold.
+    let fast = dir.join("fast.json");
+    let output = run(honest, &["--max-p99", "2s", "--min-rate", "10"], &fast);
+    assert_eq!(output.status.code(), Some(0), "{}", said(&output));
+    assert!(said(&output).contains("limit --max-p99 2000000 µs: held"));
+    // A server 3 ms slow breaks a 1 ms median: status 3, and which limit.
+    let slowed = dir.join("slow.json");
+    let output = run(slow, &["--max-p50", "1ms", "--max-p99", "2s"], &slowed);
+    assert_eq!(output.status.code(), Some(3), "{}", said(&output));
+    let text = said(&output);
+    assert!(text.contains("limit --max-p50 1000 µs: BROKEN"), "{text}");
+    assert!(text.contains("limit --max-p99 2000000 µs: held"), "{text}");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&slowed).unwrap()).unwrap();
+    assert_eq!(result["limits"][0]["held"], false, "the result records it");
+
+    // Errors: tolerated under --max-error-rate, over --max-errors status 3.
+    let corrupt = echo_server(Server::Corrupt);
+    let output = run(corrupt, &["--max-error-rate", "50%"], &dir.join("c1.json"));
+    assert_eq!(output.status.code(), Some(0), "{}", said(&output));
+    let output = run(corrupt, &["--max-errors", "0"], &dir.join("c2.json"));
+    assert_eq!(output.status.code(), Some(3), "{}", said(&output));
+    assert!(said(&output).contains("limit --max-errors 0: BROKEN"));
+
+    // compare against a baseline: the slow run is a regression of the fast.
+    let (fast, slowed) = (fast.display().to_string(), slowed.display().to_string());
+    let output = loadgen(&["compare", &fast, &slowed, "--max-regression", "5%"]);
+    assert_eq!(output.status.code(), Some(3), "{}", said(&output));
+    assert!(said(&output).contains("REGRESSION"), "{}", said(&output));
+    let output = loadgen(&["compare", &fast, &fast, "--max-regression", "5%"]);
+    assert_eq!(output.status.code(), Some(0), "{}", said(&output));
+    assert!(said(&output).contains("no regression"));
+    let output = loadgen(&[
+        "compare",
+        &fast,
+        "--max-regression",
+        "5%",
+        "--regression-in",
+        "p95",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = loadgen(&["run", "--url", "ws://127.0.0.1:1/", "--max-p99", "soon"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(said(&output).lines().count(), 1, "{}", said(&output));
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -192,7 +192,7 @@ pub fn startup_address(line: &str) -> SocketAddr {
 }
 
 /// The Python with the packages tests read with (prometheus_client,
-/// PyYAML): $RINGECHO_TEST_PYTHON, else the one scripts/test.sh installs,
+/// PyYAML, hdrhistogram): $RINGECHO_TEST_PYTHON, else the one scripts/test.sh installs,
 /// else python3 from PATH.
 pub fn test_python() -> String {
     if let Ok(python) = std::env::var("RINGECHO_TEST_PYTHON") {
