@@ -288,6 +288,7 @@ fn measure(
             send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
             deflate: engine.deflate != deflate::Mode::Off,
             payload: options.payload,
+            stages: Vec::new(),
             shard: None,
         },
         out: Some(out_dir.join(format!("{file}.json"))),

@@ -123,6 +123,7 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
                 send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
                 deflate: false,
                 payload: loadgen::options::PayloadKind::Random,
+                stages: Vec::new(),
                 shard: None,
             },
             out: None,

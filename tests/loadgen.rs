@@ -45,6 +45,7 @@ fn args(
             send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
             deflate: false,
             payload: loadgen::options::PayloadKind::Random,
+            stages: Vec::new(),
             shard: None,
         },
         out: Some(out),
@@ -240,6 +241,36 @@ fn a_run_keeps_its_seconds_and_is_judged_by_its_limits() {
         .unwrap()
         .contains("Throughput over time"));
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Stages ramp the offered rate: up from nothing, held, down again; each
+/// second carries what the ramp says.
+#[test]
+fn stages_ramp_the_offered_rate_second_by_second() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-stages-{}", std::process::id()));
+    let engine = Engine::start("io-uring", &["--threads", "1"]);
+    let mut run = args(&engine, Protocol::Raw, None, Io::Auto, dir.join("s.json"));
+    run.load.warmup = 0.0;
+    run.load.stages = ["1s:2000/s", "1s:2000/s", "1s:0/s"]
+        .map(|s| loadgen::options::RateStage::parse(s).unwrap())
+        .to_vec();
+    let result = loadgen::run::run(&run).expect("the run completes");
+    assert_eq!(
+        result.load.duration, 3.0,
+        "the stages are the measured window"
+    );
+    assert_eq!(result.load.mode(), "staged-rate");
+    let seconds: Vec<u64> = result.intervals.iter().map(|i| i.messages).collect();
+    assert_eq!(seconds.len(), 3, "{seconds:?}");
+    for (got, want) in seconds.iter().zip([1000, 2000, 1000]) {
+        assert!(
+            (*got as f64 - want as f64).abs() <= want as f64 * 0.1,
+            "{seconds:?} against 1000, 2000, 1000"
+        );
+    }
+    assert_eq!(result.summary.errors.total(), 0);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

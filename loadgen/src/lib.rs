@@ -64,6 +64,7 @@ pub(crate) fn test_load() -> LoadConfig {
         send_slack_us: options::DEFAULT_SEND_SLACK_US,
         deflate: false,
         payload: options::PayloadKind::Random,
+        stages: Vec::new(),
         shard: None,
     }
 }

@@ -377,6 +377,16 @@ pub struct LoadConfig {
     #[arg(long, value_name = "R")]
     pub rate: Option<f64>,
 
+    /// Stages that ramp the rate, after the warm-up at --rate (0 if not
+    /// given): each SECS:TARGET goes linearly from the rate before it to
+    /// TARGET messages per second over SECS seconds (`10s:1000/s,30s:5000/s,
+    /// 10s:0/s`; `0s:` jumps). The measured window is the stages, so
+    /// --duration becomes their sum; every second is kept (see --hlog) to
+    /// show where latency turned up. [default: one rate throughout]
+    #[arg(long, value_name = "SECS:R,…", value_delimiter = ',', value_parser = RateStage::parse, conflicts_with = "in_flight")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<RateStage>,
+
     /// Constant rate, io-uring client: how many microseconds a due send may
     /// wait for a wake-up that a reply still on its way brings anyway,
     /// before the loop arms a timer of its own for it. Every timer armed and
@@ -422,6 +432,46 @@ pub enum PayloadKind {
     Random,
     /// Words from a small vocabulary, separated by spaces.
     Words,
+}
+
+/// One stage of a ramped rate: to `target` messages per second over `secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RateStage {
+    pub secs: f64,
+    pub target: f64,
+}
+
+impl RateStage {
+    pub fn parse(s: &str) -> Result<RateStage, String> {
+        let bad = || format!("{s:?} is not a stage: give SECS:RATE, such as 30s:5000/s");
+        let (time, rate) = s.trim().split_once(':').ok_or_else(bad)?;
+        let time = time.trim();
+        let secs = match time.strip_suffix("ms") {
+            Some(ms) => ms.parse::<f64>().map(|v| v / 1e3),
+            None => match time.strip_suffix('m') {
+                Some(m) => m.parse::<f64>().map(|v| v * 60.0),
+                None => time.strip_suffix('s').unwrap_or(time).parse::<f64>(),
+            },
+        }
+        .map_err(|_| bad())?;
+        let rate = rate.trim();
+        let target: f64 = rate
+            .strip_suffix("/s")
+            .unwrap_or(rate)
+            .trim()
+            .parse()
+            .map_err(|_| bad())?;
+        if !(secs.is_finite() && secs >= 0.0 && target.is_finite() && target >= 0.0) {
+            return Err(format!("{s:?}: seconds and rate are zero or more"));
+        }
+        Ok(RateStage { secs, target })
+    }
+}
+
+impl std::fmt::Display for RateStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}s:{}/s", self.secs, self.target)
+    }
 }
 
 /// One shard of a load spread over several hosts: `index` of `count`.
@@ -493,7 +543,9 @@ pub enum Protocol {
 
 impl LoadConfig {
     pub fn mode(&self) -> &'static str {
-        if self.rate.is_some() {
+        if !self.stages.is_empty() {
+            "staged-rate"
+        } else if self.rate.is_some() {
             "constant-rate"
         } else {
             "closed-loop"
@@ -508,6 +560,12 @@ impl LoadConfig {
         }
         self.text = false;
         self.binary = false;
+        // Stages pace the sends from --rate (0 by default), and measure
+        // themselves.
+        if !self.stages.is_empty() {
+            self.rate = Some(self.rate.unwrap_or(0.0));
+            self.duration = self.stages.iter().map(|s| s.secs).sum();
+        }
     }
 
     /// Checks what clap cannot express; the message says what to do.
@@ -519,9 +577,18 @@ impl LoadConfig {
             ));
         }
         if let Some(rate) = self.rate {
-            if !(rate.is_finite() && rate > 0.0) {
+            // Stages may start from nothing.
+            let least = if self.stages.is_empty() {
+                f64::MIN_POSITIVE
+            } else {
+                0.0
+            };
+            if !(rate.is_finite() && rate >= least) {
                 return Err("--rate must be a positive number of messages per second".into());
             }
+        }
+        if !self.stages.is_empty() && self.stages.iter().map(|s| s.secs).sum::<f64>() <= 0.0 {
+            return Err("--stages: the stages last 0 s in all; give them time".into());
         }
         if !(self.warmup.is_finite() && self.warmup >= 0.0) {
             return Err("--warmup must be zero or more seconds".into());
@@ -605,6 +672,9 @@ impl LoadConfig {
             ]),
             None => args.extend(["--in-flight".into(), self.in_flight.to_string()]),
         }
+        if !self.stages.is_empty() {
+            args.extend(["--stages".into(), list(&self.stages)]);
+        }
         if self.deflate {
             args.push("--deflate".into());
         }
@@ -616,6 +686,13 @@ impl LoadConfig {
 
     pub fn default_label(&self) -> String {
         let mode = match self.rate {
+            Some(rate) if !self.stages.is_empty() => {
+                let targets: Vec<String> = std::iter::once(rate)
+                    .chain(self.stages.iter().map(|s| s.target))
+                    .map(|r| format!("{r}"))
+                    .collect();
+                format!("stages {} msg/s", targets.join("→"))
+            }
             Some(rate) => format!("{rate} msg/s"),
             None if self.in_flight > 1 => format!("closed loop ×{}", self.in_flight),
             None => "closed loop".to_string(),
@@ -714,6 +791,19 @@ mod tests {
         load.payload = PayloadKind::Words;
         load.shard = Some(Shard { index: 2, count: 5 });
         assert_eq!(back(&load), load);
+        load.stages = vec![
+            RateStage {
+                secs: 1.5,
+                target: 10.0,
+            },
+            RateStage {
+                secs: 0.0,
+                target: 0.0,
+            },
+        ];
+        load.duration = 1.5;
+        assert_eq!(back(&load), load);
+        load.stages.clear();
         load.rate = None;
         load.send_slack_us = DEFAULT_SEND_SLACK_US;
         load.in_flight = 4;
@@ -745,6 +835,45 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("gives some of the 3 shards none"));
+    }
+
+    #[test]
+    fn stages_read_as_people_write_them_and_measure_themselves() {
+        assert_eq!(
+            RateStage::parse("30s:5000/s"),
+            Ok(RateStage {
+                secs: 30.0,
+                target: 5000.0
+            })
+        );
+        assert_eq!(
+            RateStage::parse("500ms:0"),
+            Ok(RateStage {
+                secs: 0.5,
+                target: 0.0
+            })
+        );
+        assert_eq!(
+            RateStage::parse("2m:10/s"),
+            Ok(RateStage {
+                secs: 120.0,
+                target: 10.0
+            })
+        );
+        assert!(RateStage::parse("fast").unwrap_err().contains("SECS:RATE"));
+        assert!(RateStage::parse("-1s:5").is_err());
+        let mut load = crate::test_load();
+        load.stages = vec![
+            RateStage::parse("10s:1000/s").unwrap(),
+            RateStage::parse("5s:0/s").unwrap(),
+        ];
+        load.normalize();
+        assert_eq!((load.rate, load.duration), (Some(0.0), 15.0));
+        assert_eq!(load.mode(), "staged-rate");
+        assert!(load.default_label().contains("stages 0→1000→0 msg/s"));
+        assert_eq!(load.validate(), Ok(()));
+        load.stages = vec![RateStage::parse("0s:1000/s").unwrap()];
+        assert!(load.validate().unwrap_err().contains("0 s in all"));
     }
 
     #[test]

@@ -431,9 +431,10 @@ impl Thread<'_> {
         let load = self.load;
         // Constant rate: the next due send of every connection, earliest first.
         let tokio_start = tokio::time::Instant::from_std(start);
+        let profile = std::rc::Rc::new(crate::schedule::Profile::of(load));
         let schedules: Vec<Schedule> = ids
             .iter()
-            .map(|&id| Schedule::new(tokio_start, load.rate.unwrap_or(1.0), load.connections, id))
+            .map(|&id| Schedule::new(tokio_start, profile.clone(), load.connections, id))
             .collect();
         let mut due: uring_loop::Timers<(u64, usize)> = uring_loop::Timers::default();
         if load.rate.is_some() {

@@ -493,9 +493,10 @@ async fn load_thread(
             tokio::task::spawn_local(connection(stream, leftover, talk, state.clone()))
         })
         .collect();
-    let pacer = load
-        .rate
-        .map(|rate| tokio::task::spawn_local(pace(start, rate, state.clone(), talks)));
+    let pacer = load.rate.map(|_| {
+        let profile = crate::schedule::Profile::of(&load);
+        tokio::task::spawn_local(pace(start, profile, state.clone(), talks))
+    });
 
     // The live line: this thread's last second, every second.
     let ticker = {
@@ -611,14 +612,15 @@ pub(crate) async fn connect_share(
 /// blocking the thread) through the rest: a busy thread, but sends on time.
 async fn pace(
     start: Instant,
-    rate: f64,
+    profile: crate::schedule::Profile,
     state: Rc<ThreadState>,
     talks: Vec<(u32, Rc<Conversation>)>,
 ) {
     use std::cmp::Reverse;
+    let profile = Rc::new(profile);
     let schedules: Vec<Schedule> = talks
         .iter()
-        .map(|(id, _)| Schedule::new(start, rate, state.connections, *id))
+        .map(|(id, _)| Schedule::new(start, profile.clone(), state.connections, *id))
         .collect();
     let mut next: std::collections::BinaryHeap<Reverse<(Instant, usize, u64)>> = schedules
         .iter()

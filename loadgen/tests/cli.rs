@@ -248,3 +248,35 @@ fn limits_gate_a_run_and_compare_gates_on_a_baseline() {
     assert_eq!(said(&output).lines().count(), 1, "{}", said(&output));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn stages_ramp_the_rate_on_both_clients() {
+    let dir = std::env::temp_dir().join(format!("loadgen-stages-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = echo_server(Server::Honest);
+    for io in ["io-uring", "epoll"] {
+        let path = dir.join(format!("{io}.json"));
+        let output = run(addr, &["--io", io, "--stages", "1s:2000/s,1s:0/s"], &path);
+        assert!(
+            output.status.success(),
+            "{io}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        // Nothing through the warm-up (no --rate), then up to 2000/s and
+        // back down: 1000 + 1000 messages, measured and second by second.
+        let measured = result["summary"]["messages"].as_u64().unwrap();
+        assert!((1800..=2200).contains(&measured), "{io}: {measured}");
+        let seconds: Vec<u64> = result["intervals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["messages"].as_u64().unwrap())
+            .collect();
+        let total: u64 = seconds.iter().sum();
+        assert!((1800..=2200).contains(&total), "{io}: {seconds:?}");
+        assert_eq!(result["load"]["duration"], 2.0);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
