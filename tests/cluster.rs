@@ -144,18 +144,39 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The loadgen binary beside the engine's, built if this test runs alone.
+/// The loadgen binary beside the engine's. `cargo test --workspace` builds
+/// it; when it is missing or older than loadgen's sources (this test run
+/// alone after an edit), it is built here. A build here resolves features
+/// apart from the test build's and may take a while: callers take their
+/// start times after it.
 fn loadgen_binary() -> PathBuf {
-    let engine = Path::new(env!("CARGO_BIN_EXE_ringecho"));
-    let release = engine.parent().is_some_and(|d| d.ends_with("release"));
-    let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-    build.args(["build", "--quiet", "-p", "loadgen", "--bin", "loadgen"]);
-    if release {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build for loadgen");
-    assert!(status.success(), "building loadgen failed");
-    engine.with_file_name("loadgen")
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let engine = Path::new(env!("CARGO_BIN_EXE_ringecho"));
+            let binary = engine.with_file_name("loadgen");
+            let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let newest_source = ["loadgen/src", "uring-loop/src", "permessage-deflate/src"]
+                .iter()
+                .flat_map(|dir| std::fs::read_dir(root.join(dir)).into_iter().flatten())
+                .flatten()
+                .filter_map(|entry| modified(&entry.path()))
+                .max();
+            if modified(&binary).is_some_and(|built| Some(built) >= newest_source) {
+                return binary;
+            }
+            let release = engine.parent().is_some_and(|d| d.ends_with("release"));
+            let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+            build.args(["build", "--quiet", "-p", "loadgen", "--bin", "loadgen"]);
+            if release {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build for loadgen");
+            assert!(status.success(), "building loadgen failed");
+            binary
+        })
+        .clone()
 }
 
 fn cluster(engine: &Engine, hosts: &Hosts, launcher: &str, dir: &Path, extra: &[&str]) -> Command {
@@ -381,6 +402,7 @@ fn the_kubernetes_job_runs_its_shards_as_its_pods_would() {
     assert_eq!(env["START_AT"], "${START_AT}", "filled in by envsubst");
 
     let engine = Engine::start("io-uring", &["--threads", "1"]);
+    let loadgen = loadgen_binary();
     let start_at = std::time::SystemTime::now() + Duration::from_secs(4);
     // What a user edits, made small; what envsubst fills in.
     for (name, value) in [
@@ -397,7 +419,6 @@ fn the_kubernetes_job_runs_its_shards_as_its_pods_would() {
         assert!(env.contains_key(name), "the manifest sets {name}");
         env.insert(name.into(), value);
     }
-    let loadgen = loadgen_binary();
     let path = format!(
         "{}:{}",
         loadgen.parent().unwrap().display(),

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod cluster;
 pub mod hub;
+pub mod knee;
 pub mod limits;
 pub mod options;
 pub mod payload;

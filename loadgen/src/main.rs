@@ -129,6 +129,40 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 None => ExitCode::from(1),
             })
         }
+        Command::Knee(args) => {
+            if let Err(why) = args.validate() {
+                eprintln!("loadgen: {why}");
+                return Ok(ExitCode::from(2));
+            }
+            let mut n = 0;
+            let knee = loadgen::knee::search(&args, |step| {
+                n += 1;
+                let s = &step.result.summary;
+                println!(
+                    "step {n}: {:.0} msgs/s offered, {:.0} echoed, p50 {} µs, p99 {} µs, p99.9 {} µs: {}",
+                    step.offered,
+                    s.msgs_per_sec,
+                    s.latency_us.p50,
+                    s.latency_us.p99,
+                    s.latency_us.p999,
+                    if step.held { "held" } else { "BROKE" }
+                );
+            })?;
+            print!("{}", loadgen::knee::describe(&knee));
+            if let Some(path) = &args.out {
+                std::fs::write(path, serde_json::to_string_pretty(&knee)? + "\n")?;
+                println!("steps written to {}", path.display());
+            }
+            if let Some(path) = &args.plot {
+                loadgen::plot::plot_knee(&knee, &args.limits, path)?;
+                println!("latency–throughput curve drawn in {}", path.display());
+            }
+            Ok(if knee.knee_rate.is_some() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(loadgen::options::EXIT_LIMIT_BROKEN)
+            })
+        }
         Command::Merge {
             files,
             output,

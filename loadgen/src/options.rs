@@ -61,6 +61,12 @@ pub enum Command {
     /// the shards' results and merges them. A failed or late shard is
     /// reported, and nothing is merged without it.
     Cluster(ClusterArgs),
+    /// Find the knee: the highest rate the server sustains within limits.
+    /// Paced runs step the rate up (doubling, then bisecting) until a limit
+    /// (--max-p99 and the others) breaks or the echoes fall behind the
+    /// offered rate; reports the highest rate that held, with its latency,
+    /// and can draw latency against the offered rate.
+    Knee(KneeArgs),
     /// Add up runs made at the same time from several processes or hosts:
     /// the shards of one load (run --shard K/N), or separate loads on one
     /// server. Refuses results that were not one load at one time.
@@ -212,6 +218,49 @@ impl ClusterArgs {
         }
     }
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct KneeArgs {
+    /// The load at each step; --rate is the first step's rate
+    /// [default: 1000], --duration and --warmup each step's.
+    #[command(flatten)]
+    pub load: LoadConfig,
+
+    /// What "sustained" means: each step must keep these, and its echoes
+    /// must keep up with at least 95 % of the offered rate. At least one
+    /// latency limit (--max-p50, --max-p99, --max-p99.9) is needed.
+    #[command(flatten)]
+    pub limits: Limits,
+
+    /// Stop bisecting when the highest rate that held and the lowest that
+    /// broke are this close (a share of the first).
+    #[arg(long, value_name = "SHARE", default_value = "5%", value_parser = parse_share)]
+    pub precision: f64,
+
+    /// At most this many steps.
+    #[arg(long, value_name = "N", default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_steps: u32,
+
+    /// Write every step's result, and the knee, to this JSON file.
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<PathBuf>,
+
+    /// Draw p50, p99 and p99.9 against the offered rate (the
+    /// latency–throughput curve) into this SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+
+    /// Process ID of the server, when it runs on this machine (see `run`).
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+
+    /// No live line; a line per step and the final table.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The first step's rate when `knee` is given no --rate.
+pub const DEFAULT_KNEE_START_RATE: f64 = 1000.0;
 
 /// Pass/fail limits on a run, for gating CI on it: a run that breaks one
 /// says which and exits with status 3 (see `EXIT_LIMIT_BROKEN`).

@@ -226,6 +226,122 @@ where
     Ok(())
 }
 
+/// The latency–throughput curve of a knee search: p50, p99 and p99.9
+/// against the offered rate, each step a point (hollow where it broke),
+/// the latency limits dashed and the knee marked.
+pub fn plot_knee(
+    knee: &crate::knee::Knee,
+    limits: &crate::options::Limits,
+    path: &Path,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(!knee.steps.is_empty(), "no step to plot");
+    let mut steps: Vec<&crate::knee::Step> = knee.steps.iter().collect();
+    steps.sort_by(|a, b| a.offered.total_cmp(&b.offered));
+    type Pick = fn(&crate::result::Percentiles) -> u64;
+    let lines: [(&str, Pick, Option<u64>); 3] = [
+        ("p50", |l| l.p50, limits.max_p50),
+        ("p99", |l| l.p99, limits.max_p99),
+        ("p99.9", |l| l.p999, limits.max_p999),
+    ];
+    let values = || {
+        steps.iter().flat_map(|s| {
+            let l = &s.result.summary.latency_us;
+            lines.iter().map(move |(_, pick, _)| pick(l).max(1) as f64)
+        })
+    };
+    let limit_values = lines
+        .iter()
+        .filter_map(|(_, _, limit)| limit.map(|v| v as f64));
+    let y_max = values().chain(limit_values.clone()).fold(1.0, f64::max) * 2.0;
+    let y_min = values()
+        .chain(limit_values)
+        .fold(f64::MAX, f64::min)
+        .max(1.0)
+        / 2.0;
+    let x_max = steps.last().map_or(1.0, |s| s.offered) * 1.08;
+
+    let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let first = &steps[0].result;
+    let caption = format!(
+        "Latency against offered rate: {} B × {} connections{}",
+        first.load.size,
+        first.load.connections,
+        match first.server["backend"].as_str() {
+            Some(backend) => format!(", ringecho {backend}"),
+            None => String::new(),
+        }
+    );
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(15)
+        .margin_right(40)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, (y_min..y_max).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("offered rate (messages per second); hollow: the step broke; dashed: the limits")
+        .y_desc("latency (µs)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    for (i, (name, pick, limit)) in lines.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(f64, f64)> = steps
+            .iter()
+            .map(|s| (s.offered, pick(&s.result.summary.latency_us).max(1) as f64))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(steps.iter().zip(&points).map(|(s, &p)| {
+            let style = if s.held {
+                color.filled()
+            } else {
+                color.stroke_width(2)
+            };
+            Circle::new(p, 5, style)
+        }))?;
+        if let Some(limit) = limit {
+            chart.draw_series(DashedLineSeries::new(
+                [(0.0, *limit as f64), (x_max, *limit as f64)],
+                8,
+                6,
+                color.stroke_width(1),
+            ))?;
+        }
+    }
+    if let Some(rate) = knee.knee_rate {
+        chart.draw_series(DashedLineSeries::new(
+            [(rate, y_min), (rate, y_max)],
+            4,
+            4,
+            BLACK.stroke_width(1),
+        ))?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("knee {rate:.0}/s"),
+            (rate, y_max / 1.6),
+            ("sans-serif", 14).into_font().color(&BLACK),
+        )))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 fn percentile_label(x: f64) -> String {
     let nines = x.log10().round() as i32;
     match nines {

@@ -280,3 +280,68 @@ fn stages_ramp_the_rate_on_both_clients() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn knee_finds_the_rate_a_server_of_limited_capacity_sustains() {
+    let dir = std::env::temp_dir().join(format!("loadgen-knee-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 8 connections, each answering one echo at a time 2 ms late: at most
+    // 4000 msgs/s, less with timer slack. Beyond it, echoes fall behind.
+    let addr = echo_server(Server::Slow(std::time::Duration::from_millis(2)));
+    let url = format!("ws://{addr}/");
+    let (json, svg) = (dir.join("knee.json"), dir.join("knee.svg"));
+    let output = loadgen(&[
+        "knee",
+        "--url",
+        &url,
+        "--connections",
+        "8",
+        "--rate",
+        "500",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.3",
+        "--max-p99",
+        "50ms",
+        "--precision",
+        "10%",
+        "--max-steps",
+        "8",
+        "--quiet",
+        "--no-pin",
+        "--out",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(0), "{said}");
+    let knee: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let held = knee["knee_rate"].as_f64().expect(&said);
+    let broke = knee["broke_at"].as_f64().expect(&said);
+    assert!((1000.0..=4000.0).contains(&held), "knee at {held}\n{said}");
+    assert!(broke > held && broke <= 8000.0, "broke at {broke}\n{said}");
+    // Doubling from 500, then bisecting: 500, 1000, 2000, … each recorded.
+    let offered: Vec<f64> = knee["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["offered"].as_f64().unwrap())
+        .collect();
+    assert_eq!(offered[..3], [500.0, 1000.0, 2000.0], "{said}");
+    assert!(said.contains("held ← knee"), "{said}");
+    assert!(std::fs::read_to_string(&svg)
+        .unwrap()
+        .contains("Latency against offered rate"));
+    // No latency limit: nothing to find the knee by.
+    let output = loadgen(&["knee", "--url", &url]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--max-p99"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
