@@ -83,14 +83,22 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
     } else {
         0
     };
+    let knee = options.knee_p99 > 0 && raw_runs > 0 && options.cases.contains(&Case::Small);
     let per_config = (raw_runs + hub_runs) * options.repeat as usize
-        + usize::from(options.rate_duration > 0.0 && raw_runs > 0);
+        + usize::from(options.rate_duration > 0.0 && raw_runs > 0)
+        + usize::from(knee);
     let total = configs.len() * per_config;
     let seconds_each = options.warmup + options.duration;
     let estimate = configs.len() as f64
         * ((raw_runs + hub_runs) as f64 * options.repeat as f64 * (seconds_each + 1.0)
             + if options.rate_duration > 0.0 {
                 options.warmup + options.rate_duration + 3.0
+            } else {
+                0.0
+            }
+            + if knee {
+                // Typically 6 to 8 steps, each connecting and draining.
+                7.0 * (options.warmup + options.knee_duration + 1.0)
             } else {
                 0.0
             });
@@ -102,6 +110,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
     );
 
     let mut measured = Vec::new();
+    let mut knees: Vec<(String, String, loadgen::knee::Knee)> = Vec::new();
     let mut index = 0;
     for config in &configs {
         let engine = EngineProcess::start(config)?;
@@ -176,10 +185,53 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
                 });
             }
         }
+        if knee {
+            if let Some(&(case, max)) = closed_loop.iter().find(|(c, _)| *c == Case::Small) {
+                index += 1;
+                println!(
+                    "[{index}/{total}] {name} · {}: the knee (p99 ≤ {} µs), {} s steps",
+                    case.name(),
+                    options.knee_p99,
+                    options.knee_duration
+                );
+                let found = find_knee(&engine, options, &spare, case, max)?;
+                let stem = format!("{}-{}-knee", engine.file_stem, case.name());
+                std::fs::write(
+                    out_dir.join(format!("{stem}.json")),
+                    serde_json::to_string_pretty(&found)? + "\n",
+                )?;
+                let limits = loadgen::options::Limits {
+                    max_p99: Some(options.knee_p99),
+                    ..Default::default()
+                };
+                loadgen::plot::plot_knee(&found, &limits, &out_dir.join(format!("{stem}.svg")))?;
+                print!("{}", loadgen::knee::describe(&found));
+                knees.push((name.clone(), stem, found));
+            }
+        }
         engine.stop()?;
     }
 
     let summary = write_summary(options, &configs, &measured, &out_dir)?;
+    if !knees.is_empty() {
+        let mut markdown = format!(
+            "\n## The knee: the highest rate with p99 ≤ {} µs (small case)\n\n\
+             Each step a paced run of {} s after {} s warm-up; the rate doubles from a quarter \
+             of the closed-loop maximum while p99 holds and echoes keep up (≥ 95 %), then \
+             bisects to 5 %.\n",
+            options.knee_p99, options.knee_duration, options.warmup
+        );
+        for (name, stem, found) in &knees {
+            markdown.push_str(&format!(
+                "\n### {name}\n\n```\n{}```\n\n![{stem}]({stem}.svg)\n",
+                loadgen::knee::describe(found)
+            ));
+        }
+        let path = out_dir.join("summary.md");
+        let mut text = std::fs::read_to_string(&path)?;
+        text.push_str(&markdown);
+        std::fs::write(&path, text)?;
+    }
     println!("\n{summary}");
     if let Some(table) = write_raw_vs_hub(&measured, &out_dir, options.out.is_none())? {
         println!("raw WebSocket against SignalR hub (hub/raw):\n{table}");
@@ -262,35 +314,16 @@ fn measure(
     if options.repeat > 1 {
         file.push_str(&format!("-round{}", round + 1));
     }
-    let (connections, size) = job.case.shape();
-    let path = match job.protocol {
-        Protocol::Raw => "/ws",
-        Protocol::Hub => "/hub",
-    };
     let args = RunArgs {
-        load: LoadConfig {
-            url: format!("ws://{}{path}", engine.addr),
-            connections,
-            size,
-            message_type: MessageType::Binary,
-            text: false,
-            binary: false,
+        load: load_for(
+            engine,
+            options,
+            spare_cores,
+            job.case,
+            job.protocol,
+            job.rate,
             duration,
-            warmup: options.warmup,
-            threads: spare_cores.len().max(1) as u16,
-            no_pin: spare_cores.is_empty(),
-            cores: spare_cores.to_vec(),
-            source_addr: Vec::new(),
-            protocol: job.protocol,
-            in_flight: 1,
-            io: loadgen::options::Io::Auto,
-            rate: job.rate,
-            send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
-            deflate: engine.deflate != deflate::Mode::Off,
-            payload: options.payload,
-            stages: Vec::new(),
-            shard: None,
-        },
+        ),
         out: Some(out_dir.join(format!("{file}.json"))),
         hgrm: Some(out_dir.join(format!("{file}.hgrm"))),
         hlog: Some(out_dir.join(format!("{file}.hlog"))),
@@ -322,6 +355,91 @@ fn measure(
         s.errors.total()
     );
     Ok(result)
+}
+
+/// The load of one case against the engine, on the cores left to loadgen.
+fn load_for(
+    engine: &EngineProcess,
+    options: &BenchOptions,
+    spare_cores: &[usize],
+    case: Case,
+    protocol: Protocol,
+    rate: Option<f64>,
+    duration: f64,
+) -> LoadConfig {
+    let (connections, size) = case.shape();
+    let path = match protocol {
+        Protocol::Raw => "/ws",
+        Protocol::Hub => "/hub",
+    };
+    LoadConfig {
+        url: format!("ws://{}{path}", engine.addr),
+        connections,
+        size,
+        message_type: MessageType::Binary,
+        text: false,
+        binary: false,
+        duration,
+        warmup: options.warmup,
+        threads: spare_cores.len().max(1) as u16,
+        no_pin: spare_cores.is_empty(),
+        cores: spare_cores.to_vec(),
+        source_addr: Vec::new(),
+        protocol,
+        in_flight: 1,
+        io: loadgen::options::Io::Auto,
+        rate,
+        send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
+        deflate: engine.deflate != deflate::Mode::Off,
+        payload: options.payload,
+        stages: Vec::new(),
+        shard: None,
+    }
+}
+
+/// The case's knee under --knee-p99, searched from a quarter of its
+/// closed-loop maximum.
+fn find_knee(
+    engine: &EngineProcess,
+    options: &BenchOptions,
+    spare_cores: &[usize],
+    case: Case,
+    closed_loop_max: f64,
+) -> anyhow::Result<loadgen::knee::Knee> {
+    let start = (closed_loop_max / 4.0).round().max(100.0);
+    let args = loadgen::options::KneeArgs {
+        load: load_for(
+            engine,
+            options,
+            spare_cores,
+            case,
+            Protocol::Raw,
+            Some(start),
+            options.knee_duration,
+        ),
+        limits: loadgen::options::Limits {
+            max_p99: Some(options.knee_p99),
+            ..Default::default()
+        },
+        precision: 0.05,
+        max_steps: options.knee_max_steps,
+        out: None,
+        plot: None,
+        server_pid: Some(engine.child.id()),
+        quiet: options.quiet,
+    };
+    args.validate().map_err(anyhow::Error::msg)?;
+    loadgen::knee::search(&args, |step| {
+        let s = &step.result.summary;
+        println!(
+            "    {:.0} msgs/s offered: {:.0} echoed, p50 {} µs, p99 {} µs: {}",
+            step.offered,
+            s.msgs_per_sec,
+            s.latency_us.p50,
+            s.latency_us.p99,
+            if step.held { "held" } else { "broke" }
+        );
+    })
 }
 
 /// Tables per case (configurations side by side), plots, and summary.md.

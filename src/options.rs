@@ -114,6 +114,20 @@ pub struct BenchOptions {
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub rate_duration: f64,
 
+    /// The small case's knee: the highest rate whose p99 stays under this
+    /// (as `loadgen knee --max-p99`), with its latency–throughput curve;
+    /// 0 skips it.
+    #[arg(long, value_name = "TIME", default_value = "1ms", value_parser = loadgen::options::parse_micros)]
+    pub knee_p99: u64,
+
+    /// Measured seconds of each knee step.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    pub knee_duration: f64,
+
+    /// At most this many knee steps.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub knee_max_steps: u32,
+
     /// Folder for result files, tables and plots.
     /// [default: results/bench/DATE]
     #[arg(long, value_name = "DIR")]

@@ -295,6 +295,10 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
             "0.2",
             "--rate-duration",
             "0.5",
+            "--knee-duration",
+            "0.3",
+            "--knee-max-steps",
+            "2",
             "--quiet",
         ])
         .arg("--out")
@@ -308,9 +312,22 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("[6/6]"),
-        "two configurations × (small raw, small hub, constant rate): {stdout}"
+        stdout.contains("[8/8]"),
+        "two configurations × (small raw, small hub, constant rate, knee): {stdout}"
     );
+    for backend in ["tokio-uring", "epoll"] {
+        let knee = dir.join(format!("{backend}-buf4096-t1-small-knee.json"));
+        let knee = loadgen::knee::Knee::load(&knee).unwrap();
+        // Two steps at most; one when the first already ends the search
+        // (loadgen behind on a busy machine, say), which it must say.
+        assert!(
+            (1..=2).contains(&knee.steps.len()) && !knee.stopped.is_empty(),
+            "--knee-max-steps 2: {knee:?}"
+        );
+        assert!(dir
+            .join(format!("{backend}-buf4096-t1-small-knee.svg"))
+            .exists());
+    }
     let comparison = std::fs::read_to_string(dir.join("raw-vs-hub.md")).unwrap();
     assert!(
         comparison.contains("| 20 B | 100 |") && comparison.contains("hub/raw throughput"),
@@ -326,6 +343,7 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
         summary.contains("(1.00×)") && summary.contains("small-rate"),
         "{summary}"
     );
+    assert!(summary.contains("The knee"), "{summary}");
     for file in [
         "small.svg",
         "small-rate.svg",
