@@ -393,6 +393,9 @@ fn load_for(
         deflate: engine.deflate != deflate::Mode::Off,
         payload: options.payload,
         stages: Vec::new(),
+        origin: None,
+        headers: Vec::new(),
+        subprotocols: Vec::new(),
         shard: None,
     }
 }

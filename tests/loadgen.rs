@@ -46,6 +46,9 @@ fn args(
             deflate: false,
             payload: loadgen::options::PayloadKind::Random,
             stages: Vec::new(),
+            origin: None,
+            headers: Vec::new(),
+            subprotocols: Vec::new(),
             shard: None,
         },
         out: Some(out),
@@ -270,6 +273,30 @@ fn stages_ramp_the_offered_rate_second_by_second() {
         );
     }
     assert_eq!(result.summary.errors.total(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The engine checks origins: loadgen's --origin passes or gets the 403.
+#[test]
+fn the_engine_sees_loadgens_origin_and_headers() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-origin-{}", std::process::id()));
+    let engine = Engine::start("io-uring", &["--allowed-origin", "https://a.example"]);
+    let mut run = args(&engine, Protocol::Raw, None, Io::Auto, dir.join("o.json"));
+    run.load.duration = 0.5;
+    run.load.warmup = 0.0;
+    run.load.origin = Some("https://a.example".into());
+    run.load.headers = vec!["X-Load-Test: 1".into()];
+    let result = loadgen::run::run(&run).expect("an allowed origin connects");
+    assert_eq!(result.summary.connections, 20);
+    run.load.origin = Some("https://b.example".into());
+    let refused = loadgen::run::run(&run).unwrap_err().to_string();
+    assert!(refused.contains("could be opened"), "{refused}");
+    let stats = engine.wait_for_no_connections();
+    assert!(
+        stats["totals"]["origins_refused"].as_u64().unwrap() >= 20,
+        "{stats}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -12,12 +12,35 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Where to connect, parsed once from the URL.
+/// Where to connect, parsed once from the URL, and what the opening
+/// handshake says besides the essentials.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
     pub path: String,
+    pub handshake: Handshake,
+}
+
+/// The opening handshake's optional parts (`--origin`, `--header`,
+/// `--subprotocol`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Handshake {
+    pub origin: Option<String>,
+    /// "Name: value", each sent as given.
+    pub headers: Vec<String>,
+    /// Offered in order; the server must choose one of them.
+    pub subprotocols: Vec<String>,
+}
+
+impl Handshake {
+    pub fn of(load: &crate::options::LoadConfig) -> Handshake {
+        Handshake {
+            origin: load.origin.clone(),
+            headers: load.headers.clone(),
+            subprotocols: load.subprotocols.clone(),
+        }
+    }
 }
 
 impl Target {
@@ -44,6 +67,7 @@ impl Target {
             addr,
             host: format!("{host}:{port}"),
             path,
+            handshake: Handshake::default(),
         })
     }
 }
@@ -68,7 +92,7 @@ pub async fn connect(
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::with_capacity(512);
     let end = loop {
-        if let Some(end) = upgrade_response(&response, &key)? {
+        if let Some(end) = upgrade_response(target, &response, &key)? {
             break end;
         }
         let mut chunk = [0u8; 1024];
@@ -91,11 +115,26 @@ pub fn upgrade_request(target: &Target, deflate: bool) -> (String, String) {
     } else {
         String::new()
     };
-    let request = format!(
+    let mut request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extensions}\r\n",
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extensions}",
         target.path, target.host
     );
+    let h = &target.handshake;
+    if let Some(origin) = &h.origin {
+        request.push_str(&format!("Origin: {origin}\r\n"));
+    }
+    if !h.subprotocols.is_empty() {
+        request.push_str(&format!(
+            "Sec-WebSocket-Protocol: {}\r\n",
+            h.subprotocols.join(", ")
+        ));
+    }
+    for header in &h.headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
     (request, key)
 }
 
@@ -113,7 +152,11 @@ pub fn agreed_deflate(head: &[u8]) -> Option<permessage_deflate::Params> {
 /// Checks the server's answer to [`upgrade_request`] as far as it has
 /// arrived: `Ok(None)` while its head is incomplete, `Ok(Some(end))` once it
 /// is a valid 101 for `key` (`end`: where the WebSocket's bytes begin).
-pub fn upgrade_response(response: &[u8], key: &str) -> anyhow::Result<Option<usize>> {
+pub fn upgrade_response(
+    target: &Target,
+    response: &[u8],
+    key: &str,
+) -> anyhow::Result<Option<usize>> {
     let Some(at) = find(response, b"\r\n\r\n") else {
         anyhow::ensure!(response.len() < 16 * 1024, "handshake response too long");
         return Ok(None);
@@ -135,6 +178,31 @@ pub fn upgrade_response(response: &[u8], key: &str) -> anyhow::Result<Option<usi
         accepted,
         "handshake answer has no valid Sec-WebSocket-Accept"
     );
+    let chosen = head.lines().find_map(|line| {
+        line.split_once(':')
+            .filter(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-protocol"))
+            .map(|(_, value)| value.trim().to_string())
+    });
+    let offered = &target.handshake.subprotocols;
+    match chosen {
+        // RFC 6455 §4.1: a subprotocol the client did not offer fails it.
+        Some(chosen) => anyhow::ensure!(
+            offered.contains(&chosen),
+            "the server chose subprotocol {chosen:?}, which was not offered{}",
+            if offered.is_empty() {
+                String::new()
+            } else {
+                format!(" (offered: {})", offered.join(", "))
+            }
+        ),
+        // Allowed by the RFC, but a load that asked for a subprotocol
+        // would measure something else without it.
+        None => anyhow::ensure!(
+            offered.is_empty(),
+            "the server accepted none of the offered subprotocols ({})",
+            offered.join(", ")
+        ),
+    }
     Ok(Some(end))
 }
 

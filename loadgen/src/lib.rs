@@ -66,6 +66,9 @@ pub(crate) fn test_load() -> LoadConfig {
         deflate: false,
         payload: options::PayloadKind::Random,
         stages: Vec::new(),
+        origin: None,
+        headers: Vec::new(),
+        subprotocols: Vec::new(),
         shard: None,
     }
 }

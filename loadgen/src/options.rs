@@ -316,6 +316,56 @@ impl Limits {
 /// that failed or saw errors it did not tolerate, 2 a bad command line.
 pub const EXIT_LIMIT_BROKEN: u8 = 3;
 
+/// The handshake headers loadgen writes itself, which --header may not set.
+const OWN_HEADERS: [&str; 8] = [
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "origin",
+];
+
+/// "Name: value", with a header name and no line breaks.
+pub fn parse_header(s: &str) -> Result<String, String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not a header: give \"Name: value\""))?;
+    let name = name.trim();
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!("{name:?} is not a header name"));
+    }
+    if value.contains(['\r', '\n']) {
+        return Err(format!("the value of {name} has a line break"));
+    }
+    if OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "{name} is loadgen's own to send{}",
+            match name.to_ascii_lowercase().as_str() {
+                "origin" => ": use --origin",
+                "sec-websocket-protocol" => ": use --subprotocol",
+                "sec-websocket-extensions" => ": use --deflate",
+                _ => "",
+            }
+        ));
+    }
+    Ok(format!("{name}: {}", value.trim()))
+}
+
+/// Result files keep a header's name, not its value (tokens stay out).
+fn header_names<S: serde::Serializer>(headers: &[String], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(headers.len()))?;
+    for header in headers {
+        let name = header.split_once(':').map_or(header.as_str(), |(n, _)| n);
+        seq.serialize_element(&format!("{name}: (not recorded)"))?;
+    }
+    seq.end()
+}
+
 /// "500us", "1.5ms", "2s" or a bare number of microseconds, as µs.
 pub fn parse_micros(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -454,6 +504,30 @@ pub struct LoadConfig {
     #[arg(long)]
     #[serde(default)]
     pub deflate: bool,
+
+    /// Send this Origin header in the opening handshake (servers that check
+    /// origins refuse others with 403). [default: none]
+    #[arg(long, value_name = "URL")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+
+    /// An extra header for the opening handshake, "Name: value"
+    /// (repeatable), such as an Authorization token. Result files record
+    /// the names only, so that secrets stay out of them. [default: none]
+    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "header_names"
+    )]
+    pub headers: Vec<String>,
+
+    /// Offer this subprotocol (repeatable, or comma-separated, in order of
+    /// preference); the server must choose one of them, or the connection
+    /// fails with the reason. [default: none offered]
+    #[arg(long = "subprotocol", value_name = "NAME", value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subprotocols: Vec<String>,
 
     /// Run one shard of a load spread over N hosts (or processes): this one
     /// opens connections K, K+N, K+2N, … of the global --connections and
@@ -724,6 +798,15 @@ impl LoadConfig {
         if !self.stages.is_empty() {
             args.extend(["--stages".into(), list(&self.stages)]);
         }
+        if let Some(origin) = &self.origin {
+            args.extend(["--origin".into(), origin.clone()]);
+        }
+        for header in &self.headers {
+            args.extend(["--header".into(), header.clone()]);
+        }
+        if !self.subprotocols.is_empty() {
+            args.extend(["--subprotocol".into(), self.subprotocols.join(",")]);
+        }
         if self.deflate {
             args.push("--deflate".into());
         }
@@ -853,6 +936,18 @@ mod tests {
         load.duration = 1.5;
         assert_eq!(back(&load), load);
         load.stages.clear();
+        load.origin = Some("https://example.com".into());
+        load.headers = vec!["Authorization: Bearer a b".into(), "X-Run: 7".into()];
+        load.subprotocols = vec!["chat".into(), "superchat".into()];
+        assert_eq!(back(&load), load);
+        let recorded = serde_json::to_value(&load).unwrap();
+        assert_eq!(
+            recorded["headers"],
+            serde_json::json!(["Authorization: (not recorded)", "X-Run: (not recorded)"])
+        );
+        load.origin = None;
+        load.headers.clear();
+        load.subprotocols.clear();
         load.rate = None;
         load.send_slack_us = DEFAULT_SEND_SLACK_US;
         load.in_flight = 4;
@@ -923,6 +1018,24 @@ mod tests {
         assert_eq!(load.validate(), Ok(()));
         load.stages = vec![RateStage::parse("0s:1000/s").unwrap()];
         assert!(load.validate().unwrap_err().contains("0 s in all"));
+    }
+
+    #[test]
+    fn headers_are_names_and_values_and_not_loadgens_own() {
+        assert_eq!(parse_header("X-Token:  abc "), Ok("X-Token: abc".into()));
+        assert!(parse_header("no colon")
+            .unwrap_err()
+            .contains("Name: value"));
+        assert!(parse_header("Bad Name: x")
+            .unwrap_err()
+            .contains("not a header name"));
+        assert!(parse_header("Origin: x").unwrap_err().contains("--origin"));
+        assert!(parse_header("sec-websocket-key: x")
+            .unwrap_err()
+            .contains("loadgen's own"));
+        assert!(parse_header("X: a\r\nEvil: b")
+            .unwrap_err()
+            .contains("line break"));
     }
 
     #[test]

@@ -831,7 +831,7 @@ impl Thread<'_> {
         let opening = conn.opening.as_mut().expect("opening");
         let began = opening.began;
         if !opening.upgraded {
-            match client::upgrade_response(&conn.rx, &opening.key) {
+            match client::upgrade_response(self.target, &conn.rx, &opening.key) {
                 Ok(None) => return,
                 Ok(Some(end)) => {
                     if self.load.deflate {

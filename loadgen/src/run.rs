@@ -47,7 +47,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         "--deflate needs the io_uring client, and this kernel does not allow io_uring here"
     );
     let load = &load;
-    let target = Target::parse(&load.url)?;
+    let mut target = Target::parse(&load.url)?;
+    target.handshake = crate::client::Handshake::of(load);
     let server = crate::server_info::fetch(&target);
     let cores = pick_cores(load);
     let unpinned = Arc::new(AtomicU32::new(0));
