@@ -375,6 +375,8 @@ fn guarded_server() -> SocketAddr {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((stream, _)) = listener.accept().await {
                 tokio::spawn(async move {
+                    // The callback's error type is tungstenite's, large or not.
+                    #[allow(clippy::result_large_err)]
                     let check = |request: &Request, mut response: Response| {
                         let header = |name: &str| {
                             request
@@ -404,10 +406,10 @@ fn guarded_server() -> SocketAddr {
                         if message.is_close() {
                             break;
                         }
-                        if message.is_binary() || message.is_text() {
-                            if ws.send(message).await.is_err() {
-                                break;
-                            }
+                        if (message.is_binary() || message.is_text())
+                            && ws.send(message).await.is_err()
+                        {
+                            break;
                         }
                     }
                 });
