@@ -393,6 +393,7 @@ fn load_for(
         deflate: engine.deflate != deflate::Mode::Off,
         payload: options.payload,
         stages: Vec::new(),
+        connect_rate: None,
         origin: None,
         headers: Vec::new(),
         subprotocols: Vec::new(),

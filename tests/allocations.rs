@@ -124,6 +124,7 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
                 deflate: false,
                 payload: loadgen::options::PayloadKind::Random,
                 stages: Vec::new(),
+                connect_rate: None,
                 origin: None,
                 headers: Vec::new(),
                 subprotocols: Vec::new(),

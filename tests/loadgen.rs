@@ -46,6 +46,7 @@ fn args(
             deflate: false,
             payload: loadgen::options::PayloadKind::Random,
             stages: Vec::new(),
+            connect_rate: None,
             origin: None,
             headers: Vec::new(),
             subprotocols: Vec::new(),
@@ -273,6 +274,46 @@ fn stages_ramp_the_offered_rate_second_by_second() {
         );
     }
     assert_eq!(result.summary.errors.total(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A connection storm at a known rate against an engine that admits 50:
+/// the rest get the engine's 503, counted as such.
+#[test]
+fn a_connection_storm_beyond_the_engines_limit_is_counted_by_kind() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-storm-{}", std::process::id()));
+    let engine = Engine::start("io-uring", &["--max-connections", "50", "--threads", "1"]);
+    let mut run = args(
+        &engine,
+        Protocol::Raw,
+        None,
+        Io::Auto,
+        dir.join("storm.json"),
+    );
+    run.load.connections = 80;
+    run.load.connect_rate = Some(400.0);
+    run.load.duration = 0.5;
+    run.load.warmup = 0.0;
+    let started = std::time::Instant::now();
+    let result = loadgen::run::run(&run).expect("the admitted connections run");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(190),
+        "80 connections at 400 per second take 0.2 s to open"
+    );
+    let e = &result.summary.errors;
+    // The start-up read of /stats may still hold one place as the storm begins.
+    assert!((49..=50).contains(&result.summary.connections), "{e:?}");
+    assert_eq!(result.summary.connections + e.connect_failures, 80, "{e:?}");
+    assert_eq!(
+        e.connect_failures_by_kind.get("HTTP 503"),
+        Some(&e.connect_failures),
+        "{e:?}"
+    );
+    assert_eq!(result.summary.connect_us.count, result.summary.connections);
+    // Counts go back to zero after the storm.
+    let stats = engine.wait_for_no_connections();
+    assert_eq!(stats["totals"]["open_websockets"], 0);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -103,6 +103,30 @@ pub async fn connect(
     Ok((stream, response[end..].to_vec()))
 }
 
+/// What kind of connect failure `why` (an error's text) was: "refused",
+/// "timeout", "reset", "HTTP 503" for a handshake answered with a status,
+/// or "other".
+pub fn failure_kind(why: &str) -> String {
+    let lower = why.to_ascii_lowercase();
+    if let Some(status) = why.strip_prefix("handshake refused: ") {
+        // "HTTP/1.1 503 Service Unavailable"
+        return match status.split_whitespace().nth(1) {
+            Some(code) => format!("HTTP {code}"),
+            None => "HTTP ?".into(),
+        };
+    }
+    let kind = if lower.contains("refused") {
+        "refused"
+    } else if lower.contains("timed out") || lower.contains("no answer within") {
+        "timeout"
+    } else if lower.contains("reset") || lower.contains("closed during the handshake") {
+        "reset"
+    } else {
+        "other"
+    };
+    kind.into()
+}
+
 /// The offer `--deflate` makes: what browsers offer.
 pub const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
 
@@ -506,6 +530,23 @@ impl<R: AsyncRead + Unpin> Decoder<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_failures_are_told_apart_by_kind() {
+        let kinds = [
+            "Connection refused (os error 111)",
+            "handshake refused: HTTP/1.1 503 Service Unavailable",
+            "no answer within 10 s",
+            "Connection reset by peer (os error 104)",
+            "server closed during the handshake",
+            "the server accepted none of the offered subprotocols (chat)",
+        ]
+        .map(failure_kind);
+        assert_eq!(
+            kinds,
+            ["refused", "HTTP 503", "timeout", "reset", "reset", "other"]
+        );
+    }
 
     fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![(fin as u8) << 7 | opcode];

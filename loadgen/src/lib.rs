@@ -66,6 +66,7 @@ pub(crate) fn test_load() -> LoadConfig {
         deflate: false,
         payload: options::PayloadKind::Random,
         stages: Vec::new(),
+        connect_rate: None,
         origin: None,
         headers: Vec::new(),
         subprotocols: Vec::new(),

@@ -505,6 +505,16 @@ pub struct LoadConfig {
     #[serde(default)]
     pub deflate: bool,
 
+    /// Open the connections at this rate (per second, over all threads and
+    /// shards) instead of as fast as the server takes them: a connection
+    /// storm at a known rate. The connect histogram is then the connect and
+    /// handshake time at that rate; failures are counted by kind (refused,
+    /// timeout, reset, HTTP status). [default: as fast as possible, a few
+    /// hundred at a time]
+    #[arg(long, value_name = "R")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_rate: Option<f64>,
+
     /// Send this Origin header in the opening handshake (servers that check
     /// origins refuse others with 403). [default: none]
     #[arg(long, value_name = "URL")]
@@ -713,6 +723,13 @@ impl LoadConfig {
         if !self.stages.is_empty() && self.stages.iter().map(|s| s.secs).sum::<f64>() <= 0.0 {
             return Err("--stages: the stages last 0 s in all; give them time".into());
         }
+        if let Some(rate) = self.connect_rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(
+                    "--connect-rate must be a positive number of connections per second".into(),
+                );
+            }
+        }
         if !(self.warmup.is_finite() && self.warmup >= 0.0) {
             return Err("--warmup must be zero or more seconds".into());
         }
@@ -797,6 +814,9 @@ impl LoadConfig {
         }
         if !self.stages.is_empty() {
             args.extend(["--stages".into(), list(&self.stages)]);
+        }
+        if let Some(rate) = self.connect_rate {
+            args.extend(["--connect-rate".into(), rate.to_string()]);
         }
         if let Some(origin) = &self.origin {
             args.extend(["--origin".into(), origin.clone()]);
@@ -936,6 +956,7 @@ mod tests {
         load.duration = 1.5;
         assert_eq!(back(&load), load);
         load.stages.clear();
+        load.connect_rate = Some(250.0);
         load.origin = Some("https://example.com".into());
         load.headers = vec!["Authorization: Bearer a b".into(), "X-Run: 7".into()];
         load.subprotocols = vec!["chat".into(), "superchat".into()];
@@ -946,6 +967,7 @@ mod tests {
             serde_json::json!(["Authorization: (not recorded)", "X-Run: (not recorded)"])
         );
         load.origin = None;
+        load.connect_rate = None;
         load.headers.clear();
         load.subprotocols.clear();
         load.rate = None;

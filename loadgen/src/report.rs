@@ -129,6 +129,34 @@ pub fn summary(result: &RunResult) -> String {
             s.unpinned_threads
         ));
     }
+    if load.connect_rate.is_some() || s.errors.connect_failures > 0 {
+        let c = &s.connect_us;
+        let failed: Vec<String> = s
+            .errors
+            .connect_failures_by_kind
+            .iter()
+            .map(|(kind, n)| format!("{kind} ×{n}"))
+            .collect();
+        out.push_str(&format!(
+            "connect + handshake{}: p50 {} µs, p99 {} µs, max {} µs over {} connections{}\n",
+            load.connect_rate
+                .map(|r| format!(" at {r} per second"))
+                .unwrap_or_default(),
+            c.p50,
+            c.p99,
+            c.max,
+            s.connections,
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} failed: {}",
+                    s.errors.connect_failures,
+                    failed.join(", ")
+                )
+            }
+        ));
+    }
     if !result.parts.is_empty() {
         out.push_str(&parts(result));
     }

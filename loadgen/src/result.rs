@@ -2,6 +2,7 @@
 //! summary and the histograms themselves (HdrHistogram V2, base64), so that
 //! runs can be compared, merged exactly and re-plotted later.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -315,6 +316,10 @@ pub struct Errors {
     /// Connections the server closed or reset during the run.
     pub unexpected_closes: u64,
     pub connect_failures: u64,
+    /// The connect failures by kind: "refused", "timeout", "reset",
+    /// "HTTP 503" (the handshake's answer), "other".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connect_failures_by_kind: BTreeMap<String, u64>,
 }
 
 impl Errors {
@@ -327,6 +332,21 @@ impl Errors {
         self.unexpected_frames += other.unexpected_frames;
         self.unexpected_closes += other.unexpected_closes;
         self.connect_failures += other.connect_failures;
+        for (kind, n) in &other.connect_failures_by_kind {
+            *self
+                .connect_failures_by_kind
+                .entry(kind.clone())
+                .or_default() += n;
+        }
+    }
+
+    /// Counts one connect failure, of the kind `why` says.
+    pub fn connect_failed(&mut self, why: &str) {
+        self.connect_failures += 1;
+        *self
+            .connect_failures_by_kind
+            .entry(crate::client::failure_kind(why))
+            .or_default() += 1;
     }
 }
 

@@ -332,9 +332,13 @@ pub(crate) fn load_thread(
         Err(e) => {
             // The main thread waits for every thread's connections: these
             // all failed.
+            let mut failures = Errors::default();
+            for _ in &ids {
+                failures.connect_failed(&e.to_string());
+            }
             let _ = to_main.send(Report::Connected {
                 histogram: result::new_histogram(),
-                failures: ids.len() as u64,
+                failures,
             });
             return Err(e.into());
         }
@@ -559,20 +563,31 @@ impl Thread<'_> {
     /// Opens every connection of the thread through the ring, a few hundred
     /// at a time: connect, send the upgrade request, check the 101. Returns
     /// the open-and-upgrade times and the number that failed.
-    fn open_all(&mut self, ids: &[u32]) -> (Histogram<u64>, u64) {
+    fn open_all(&mut self, ids: &[u32]) -> (Histogram<u64>, Errors) {
         let mut times = result::new_histogram();
-        let mut failures = 0u64;
+        let mut failures = Errors::default();
         let mut fail = |why: &str, key: usize| {
-            if failures == 0 {
+            if failures.connect_failures == 0 {
                 eprintln!("loadgen: connection {} failed: {why}", ids[key]);
             }
-            failures += 1;
+            failures.connect_failed(why);
         };
         let (mut next, mut active) = (0, 0);
         let mut batch = [Cqe::default(); 256];
         let mut next_check = Instant::now();
+        // At --connect-rate, connection id is due at id / rate from here,
+        // its place in one schedule over all threads and shards.
+        let t0 = Instant::now();
+        let due = |next: usize| {
+            self.load
+                .connect_rate
+                .map(|rate| t0 + Duration::from_secs_f64(ids[next] as f64 / rate))
+        };
         while next < self.conns.len() || active > 0 {
-            while active < OPENING_AT_ONCE && next < self.conns.len() {
+            while active < OPENING_AT_ONCE
+                && next < self.conns.len()
+                && due(next).is_none_or(|at| Instant::now() >= at)
+            {
                 let source = (!self.load.source_addr.is_empty()).then(|| {
                     self.load.source_addr[ids[next] as usize % self.load.source_addr.len()]
                 });
@@ -601,7 +616,14 @@ impl Thread<'_> {
             for key in std::mem::take(&mut self.to_send) {
                 self.start_send(key);
             }
-            if self.ring.wait(Some(Duration::from_millis(10))).is_err() {
+            // Until the next connection is due, if sooner than 10 ms.
+            let wait = match (next < self.conns.len()).then(|| due(next)).flatten() {
+                Some(at) => at
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(10)),
+                None => Duration::from_millis(10),
+            };
+            if self.ring.wait(Some(wait)).is_err() {
                 break;
             }
             let n = self.ring.reap(&mut batch);

@@ -112,7 +112,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
             } => {
                 connected += histogram.len();
                 connect.add(histogram)?;
-                errors.connect_failures += failures;
+                errors.add(&failures);
             }
             _ => unreachable!("threads report their connections first"),
         }
@@ -400,7 +400,8 @@ fn group(n: u64) -> String {
 pub(crate) enum Report {
     Connected {
         histogram: Histogram<u64>,
-        failures: u64,
+        /// Only the connect failures are counted here.
+        failures: Errors,
     },
     Second {
         index: usize,
@@ -536,7 +537,7 @@ async fn load_thread(
             mismatches: state.mismatches.get(),
             unexpected_frames: state.unexpected_frames.get(),
             unexpected_closes: state.unexpected_closes.get(),
-            connect_failures: 0,
+            ..Errors::default()
         },
         unanswered: state.unanswered.get(),
     };
@@ -559,7 +560,7 @@ pub(crate) async fn connect_share(
 ) -> (
     Vec<(u32, tokio::net::TcpStream, Vec<u8>)>,
     Histogram<u64>,
-    u64,
+    Errors,
 ) {
     // This process's connections (its shard's), dealt out to its threads.
     let ids: Vec<u32> = load
@@ -569,36 +570,54 @@ pub(crate) async fn connect_share(
         .step_by(load.threads as usize)
         .collect();
     let mut connect = result::new_histogram();
-    let mut failures = 0;
+    let mut failures = Errors::default();
     let mut streams = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(CONNECTING_AT_ONCE) {
-        let attempts = chunk.iter().map(|&id| {
-            let source = source_for(&load.source_addr, id);
-            let protocol = load.protocol;
-            async move {
-                let began = std::time::Instant::now();
-                let connected = match client::connect(target, source).await {
-                    Ok((mut stream, leftover)) if protocol == Protocol::Hub => {
-                        client::hub_handshake(&mut stream, leftover)
-                            .await
-                            .map(|leftover| (stream, leftover))
-                    }
-                    other => other,
-                };
-                (id, began.elapsed(), connected)
+    let attempt = |id: u32, due: Option<Instant>| {
+        let source = source_for(&load.source_addr, id);
+        let protocol = load.protocol;
+        async move {
+            if let Some(due) = due {
+                tokio::time::sleep_until(due).await;
             }
-        });
-        for (id, took, connected) in futures_util::future::join_all(attempts).await {
+            let began = std::time::Instant::now();
+            let connected = match client::connect(target, source).await {
+                Ok((mut stream, leftover)) if protocol == Protocol::Hub => {
+                    client::hub_handshake(&mut stream, leftover)
+                        .await
+                        .map(|leftover| (stream, leftover))
+                }
+                other => other,
+            };
+            (id, began.elapsed(), connected)
+        }
+    };
+    // At --connect-rate, every connection at its place in one schedule
+    // (over all threads and shards); else a few dozen at a time.
+    let rounds: Vec<Vec<_>> = match load.connect_rate {
+        Some(rate) => {
+            let t0 = Instant::now();
+            vec![ids
+                .iter()
+                .map(|&id| attempt(id, Some(t0 + Duration::from_secs_f64(id as f64 / rate))))
+                .collect()]
+        }
+        None => ids
+            .chunks(CONNECTING_AT_ONCE)
+            .map(|chunk| chunk.iter().map(|&id| attempt(id, None)).collect())
+            .collect(),
+    };
+    for round in rounds {
+        for (id, took, connected) in futures_util::future::join_all(round).await {
             match connected {
                 Ok((stream, leftover)) => {
                     let _ = connect.record(took.as_micros().max(1) as u64);
                     streams.push((id, stream, leftover));
                 }
                 Err(e) => {
-                    if failures == 0 {
+                    if failures.connect_failures == 0 {
                         eprintln!("loadgen: connection {id} failed: {e:#}");
                     }
-                    failures += 1;
+                    failures.connect_failed(&format!("{e:#}"));
                 }
             }
         }

@@ -471,3 +471,50 @@ fn headers_origin_and_subprotocols_reach_the_server_and_are_checked() {
     assert!(said(&output).contains("use --origin"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn connections_open_at_the_connect_rate_and_failures_have_kinds() {
+    let _turn = one_at_a_time();
+    let dir = std::env::temp_dir().join(format!("loadgen-storm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = echo_server(Server::Honest);
+    for io in ["io-uring", "epoll"] {
+        let path = dir.join(format!("{io}.json"));
+        let started = std::time::Instant::now();
+        // 8 connections (run's) at 20 per second.
+        let args = ["--io", io, "--connect-rate", "20"];
+        let output = run(addr, &args, &path);
+        let took = started.elapsed();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{io}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // 8 at 20 per second: 0.35 s of opening before 1.2 s of load.
+        assert!(
+            took >= std::time::Duration::from_millis(1500),
+            "{io}: {took:?}"
+        );
+        assert!(stdout.contains("at 20 per second"), "{io}: {stdout}");
+    }
+    // Nothing listens on port 1: refused, and counted so.
+    let path = dir.join("refused.json");
+    let output = loadgen(&[
+        "run",
+        "--url",
+        "ws://127.0.0.1:1/",
+        "--connections",
+        "5",
+        "--connect-rate",
+        "50",
+        "--duration",
+        "1",
+        "--quiet",
+        "--out",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("refused"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
