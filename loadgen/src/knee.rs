@@ -5,8 +5,10 @@
 //! between the highest rate that held and the lowest that broke, until the
 //! two are within `--precision`. A step holds when its limits hold, it saw
 //! no error it was not told to tolerate, and its echoes kept up with 95 %
-//! of the offered rate. A step where loadgen itself fell behind ends the
-//! search: past it, the curve would be loadgen's.
+//! of the offered rate. A step where loadgen itself fell behind says
+//! nothing of the server: it does not count as the server's break, but
+//! caps the search, which goes on below it; the knee is then "at least"
+//! what held, and the result names loadgen's ceiling.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +26,13 @@ pub struct Knee {
     pub schema: String,
     /// The highest offered rate that held, if any did.
     pub knee_rate: Option<f64>,
-    /// The lowest offered rate that broke, if any did.
+    /// The lowest offered rate at which the server broke a limit, if any
+    /// did (steps where loadgen fell behind are not counted).
     pub broke_at: Option<f64>,
+    /// The lowest offered rate at which loadgen itself fell behind: above
+    /// it this search could not see the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loadgen_ceiling: Option<f64>,
     /// Why the search stopped.
     pub stopped: String,
     /// Every step, in the order run: its offered rate, whether it held, and
@@ -37,6 +44,9 @@ pub struct Knee {
 pub struct Step {
     pub offered: f64,
     pub held: bool,
+    /// loadgen fell behind: the step measured loadgen, not the server.
+    #[serde(default)]
+    pub loadgen_bound: bool,
     pub result: RunResult,
 }
 
@@ -114,7 +124,9 @@ pub fn next_rate(good: Option<f64>, bad: Option<f64>, precision: f64) -> Option<
 /// Runs the search; `progress` hears of each step as it ends.
 pub fn search(args: &KneeArgs, mut progress: impl FnMut(&Step)) -> anyhow::Result<Knee> {
     let mut rate = args.load.rate.unwrap_or(DEFAULT_KNEE_START_RATE);
-    let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
+    let (mut good, mut bad, mut ceiling): (Option<f64>, Option<f64>, Option<f64>) =
+        (None, None, None);
+    let lower = |a: Option<f64>, b: f64| Some(a.map_or(b, |a| a.min(b)));
     let mut steps = Vec::new();
     let mut stopped = format!("{} steps, the most --max-steps allows", args.max_steps);
     for _ in 0..args.max_steps {
@@ -134,32 +146,37 @@ pub fn search(args: &KneeArgs, mut progress: impl FnMut(&Step)) -> anyhow::Resul
         let mut result = crate::run::run(&run)?;
         let (held, kept_up) = judge_step(&result, rate, args.limits.tolerate_errors());
         result.limits.push(kept_up);
-        let loadgen_bound = result.summary.bottleneck.clone();
+        let loadgen_bound = !held && result.summary.bottleneck.is_some();
         let step = Step {
             offered: rate,
             held,
+            loadgen_bound,
             result,
         };
         progress(&step);
         steps.push(step);
         if held {
             good = Some(good.map_or(rate, |g: f64| g.max(rate)));
+        } else if loadgen_bound {
+            ceiling = lower(ceiling, rate);
         } else {
-            bad = Some(bad.map_or(rate, |b: f64| b.min(rate)));
+            bad = lower(bad, rate);
         }
-        if let Some(why) = loadgen_bound {
-            stopped = format!(
-                "loadgen could not keep up at {rate:.0} msgs/s ({why}): beyond it the curve would be loadgen's; give it more --threads or hosts"
-            );
-            break;
-        }
-        match next_rate(good, bad, args.precision) {
+        // loadgen's ceiling bounds the search as a break would.
+        let upper = match (bad, ceiling) {
+            (Some(b), Some(c)) => Some(b.min(c)),
+            (b, c) => b.or(c),
+        };
+        match next_rate(good, upper, args.precision) {
             Some(next) => rate = next,
             None => {
-                stopped = match (good, bad) {
-                    (Some(g), Some(b)) => format!(
+                stopped = match (good, bad, ceiling) {
+                    (Some(g), Some(b), c) if c.is_none_or(|c| b <= c) => format!(
                         "held at {g:.0} msgs/s, broke at {b:.0}: within {:.1} %",
                         args.precision * 100.0
+                    ),
+                    (Some(g), _, Some(c)) => format!(
+                        "held at {g:.0} msgs/s; at {c:.0} loadgen itself fell behind, so the knee is at least {g:.0}: give loadgen more --threads or hosts to see further"
                     ),
                     _ => "no rate of 1 msg/s or more held".to_string(),
                 };
@@ -171,6 +188,7 @@ pub fn search(args: &KneeArgs, mut progress: impl FnMut(&Step)) -> anyhow::Resul
         schema: SCHEMA.into(),
         knee_rate: good,
         broke_at: bad,
+        loadgen_ceiling: ceiling,
         stopped,
         steps,
     })
@@ -208,6 +226,8 @@ pub fn describe(knee: &Knee) -> String {
             "held ← knee".to_string()
         } else if step.held {
             "held".to_string()
+        } else if step.loadgen_bound {
+            "loadgen fell behind".to_string()
         } else {
             let broken: Vec<&str> = step
                 .result
@@ -244,9 +264,13 @@ pub fn describe(knee: &Knee) -> String {
                 l.p50,
                 l.p99,
                 l.p999,
-                knee.broke_at
-                    .map(|b| format!("; {b:.0} msgs/s broke"))
-                    .unwrap_or_default()
+                match (knee.broke_at, knee.loadgen_ceiling) {
+                    (Some(b), _) => format!("; {b:.0} msgs/s broke"),
+                    (None, Some(c)) => format!(
+                        "; at least: loadgen fell behind at {c:.0} msgs/s, before the server broke"
+                    ),
+                    (None, None) => String::new(),
+                }
             )
         }
         None => "knee: no rate held".to_string(),

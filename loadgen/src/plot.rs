@@ -318,6 +318,19 @@ pub fn plot_knee(
             ))?;
         }
     }
+    if let Some(rate) = knee.loadgen_ceiling {
+        chart.draw_series(DashedLineSeries::new(
+            [(rate, y_min), (rate, y_max)],
+            2,
+            6,
+            RGBColor(127, 127, 127).stroke_width(2),
+        ))?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("loadgen fell behind at {rate:.0}/s"),
+            (rate, y_max / 3.0),
+            ("sans-serif", 13).into_font().color(&RGBColor(90, 90, 90)),
+        )))?;
+    }
     if let Some(rate) = knee.knee_rate {
         chart.draw_series(DashedLineSeries::new(
             [(rate, y_min), (rate, y_max)],
