@@ -337,7 +337,12 @@ fn knee_finds_the_rate_a_server_of_limited_capacity_sustains() {
     let knee: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let held = knee["knee_rate"].as_f64().expect(&said);
-    let broke = knee["broke_at"].as_f64().expect(&said);
+    // The bound above: the server's break, or (a busy machine making
+    // loadgen's own sends late) loadgen's ceiling, which caps it as well.
+    let broke = knee["broke_at"]
+        .as_f64()
+        .or(knee["loadgen_ceiling"].as_f64())
+        .expect(&said);
     assert!((400.0..=1600.0).contains(&held), "knee at {held}\n{said}");
     assert!(broke > held && broke <= 3200.0, "broke at {broke}\n{said}");
     // Doubling from 250, then bisecting: 250, 500, 1000, … each recorded.
