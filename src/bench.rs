@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use loadgen::options::{LoadConfig, MessageType, Protocol, RunArgs};
+use loadgen::options::{LoadConfig, Protocol, RunArgs};
 use loadgen::report::{self, Style};
 use loadgen::RunResult;
 
@@ -372,33 +372,20 @@ fn load_for(
         Protocol::Raw => "/ws",
         Protocol::Hub => "/hub",
     };
-    LoadConfig {
-        url: format!("ws://{}{path}", engine.addr),
-        connections,
-        size,
-        message_type: MessageType::Binary,
-        text: false,
-        binary: false,
-        duration,
-        warmup: options.warmup,
-        threads: spare_cores.len().max(1) as u16,
-        no_pin: spare_cores.is_empty(),
-        cores: spare_cores.to_vec(),
-        source_addr: Vec::new(),
-        protocol,
-        in_flight: 1,
-        io: loadgen::options::Io::Auto,
-        rate,
-        send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
-        deflate: engine.deflate != deflate::Mode::Off,
-        payload: options.payload,
-        stages: Vec::new(),
-        connect_rate: None,
-        origin: None,
-        headers: Vec::new(),
-        subprotocols: Vec::new(),
-        shard: None,
-    }
+    let mut load = LoadConfig::with_defaults(&format!("ws://{}{path}", engine.addr));
+    load.connections = connections;
+    load.size = size;
+    load.duration = duration;
+    load.warmup = options.warmup;
+    load.threads = spare_cores.len().max(1) as u16;
+    load.no_pin = spare_cores.is_empty();
+    load.cores = spare_cores.to_vec();
+    load.protocol = protocol;
+    load.rate = rate;
+    load.deflate = engine.deflate != deflate::Mode::Off;
+    load.payload = options.payload;
+    load.normalize();
+    load
 }
 
 /// The case's knee under --knee-p99, searched from a quarter of its

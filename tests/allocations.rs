@@ -102,34 +102,15 @@ fn echoing_allocates_nothing_per_message_on_the_io_uring_backend() {
             Protocol::Raw => ("/ws", MessageType::Binary),
             Protocol::Hub => ("/hub", MessageType::Text),
         };
+        let mut load = LoadConfig::with_defaults(&format!("ws://{addr}{path}"));
+        load.connections = 50;
+        load.size = size;
+        load.message_type = message_type;
+        load.duration = 3.0;
+        load.no_pin = true;
+        load.protocol = protocol;
         let args = RunArgs {
-            load: LoadConfig {
-                url: format!("ws://{addr}{path}"),
-                connections: 50,
-                size,
-                message_type,
-                text: false,
-                binary: false,
-                duration: 3.0,
-                warmup: 1.0,
-                threads: 1,
-                no_pin: true,
-                cores: Vec::new(),
-                source_addr: Vec::new(),
-                protocol,
-                in_flight: 1,
-                io: loadgen::options::Io::Auto,
-                rate: None,
-                send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
-                deflate: false,
-                payload: loadgen::options::PayloadKind::Random,
-                stages: Vec::new(),
-                connect_rate: None,
-                origin: None,
-                headers: Vec::new(),
-                subprotocols: Vec::new(),
-                shard: None,
-            },
+            load,
             out: None,
             hgrm: None,
             hlog: None,

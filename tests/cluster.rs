@@ -358,21 +358,11 @@ fn the_kubernetes_job_runs_its_shards_as_its_pods_would() {
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/kubernetes/loadgen-job.yaml"
     );
-    let python = common::test_python();
-    let out = Command::new(&python)
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-            manifest,
-        ])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job = common::python_json([
+        "-c",
+        "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        manifest,
+    ]);
     assert_eq!(job["apiVersion"], "batch/v1");
     assert_eq!(job["kind"], "Job");
     let spec = &job["spec"];

@@ -5,7 +5,7 @@
 mod common;
 
 use common::Engine;
-use loadgen::options::{Io, LoadConfig, MessageType, Protocol, RunArgs};
+use loadgen::options::{Io, LoadConfig, Protocol, RunArgs};
 use loadgen::report::{self, Style};
 use loadgen::RunResult;
 
@@ -24,34 +24,19 @@ fn args(
         Protocol::Raw => "/ws",
         Protocol::Hub => "/hub",
     };
+    let mut load = LoadConfig::with_defaults(&engine.url(path));
+    load.connections = 20;
+    load.size = 100;
+    load.duration = 2.0;
+    load.warmup = 0.5;
+    load.no_pin = true;
+    load.source_addr = vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
+    load.protocol = protocol;
+    load.in_flight = 2;
+    load.io = io;
+    load.rate = rate;
     RunArgs {
-        load: LoadConfig {
-            url: engine.url(path),
-            connections: 20,
-            size: 100,
-            message_type: MessageType::Binary,
-            text: false,
-            binary: false,
-            duration: 2.0,
-            warmup: 0.5,
-            threads: 1,
-            no_pin: true,
-            cores: Vec::new(),
-            source_addr: vec!["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()],
-            protocol,
-            in_flight: 2,
-            io,
-            rate,
-            send_slack_us: loadgen::options::DEFAULT_SEND_SLACK_US,
-            deflate: false,
-            payload: loadgen::options::PayloadKind::Random,
-            stages: Vec::new(),
-            connect_rate: None,
-            origin: None,
-            headers: Vec::new(),
-            subprotocols: Vec::new(),
-            shard: None,
-        },
+        load,
         out: Some(out),
         hgrm: None,
         hlog: None,
@@ -198,21 +183,14 @@ fn a_run_keeps_its_seconds_and_is_judged_by_its_limits() {
     );
 
     // The interval log, read by HdrHistogram's Python port.
-    let python = common::test_python();
-    let out = std::process::Command::new(&python)
-        .arg(concat!(
+    let read = common::python_json([
+        std::path::PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/loadgen/hlog.py"
-        ))
-        .arg(dir.join("r.hlog"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let read: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        )),
+        dir.join("r.hlog"),
+    ]);
+    let read = read.as_array().expect("a list of intervals");
     assert_eq!(read.len(), intervals.len());
     let window = result.summary.window.unwrap();
     let start_ms = (window.start_unix_secs - run.load.warmup) * 1000.0;

@@ -45,33 +45,7 @@ pub fn save_outputs(args: &RunArgs, result: &RunResult) -> anyhow::Result<()> {
 
 #[cfg(test)]
 pub(crate) fn test_load() -> LoadConfig {
-    LoadConfig {
-        url: "ws://127.0.0.1:8080/ws".into(),
-        connections: 100,
-        size: 20,
-        message_type: options::MessageType::Binary,
-        text: false,
-        binary: false,
-        duration: 10.0,
-        warmup: 1.0,
-        threads: 1,
-        no_pin: false,
-        cores: Vec::new(),
-        source_addr: Vec::new(),
-        protocol: options::Protocol::Raw,
-        in_flight: 1,
-        io: crate::options::Io::Auto,
-        rate: None,
-        send_slack_us: options::DEFAULT_SEND_SLACK_US,
-        deflate: false,
-        payload: options::PayloadKind::Random,
-        stages: Vec::new(),
-        connect_rate: None,
-        origin: None,
-        headers: Vec::new(),
-        subprotocols: Vec::new(),
-        shard: None,
-    }
+    LoadConfig::with_defaults("ws://127.0.0.1:8080/ws")
 }
 
 /// A plausible result holding `values` as its latencies, for unit tests.

@@ -675,6 +675,22 @@ pub enum Protocol {
 }
 
 impl LoadConfig {
+    /// The load the command line gives for `url` alone: every default, as
+    /// `run --help` lists them, for code that builds a load and sets what
+    /// it needs.
+    pub fn with_defaults(url: &str) -> LoadConfig {
+        #[derive(Parser)]
+        struct Just {
+            #[command(flatten)]
+            load: LoadConfig,
+        }
+        let mut load = Just::try_parse_from(["loadgen", "--url", url])
+            .expect("the defaults parse")
+            .load;
+        load.normalize();
+        load
+    }
+
     pub fn mode(&self) -> &'static str {
         if !self.stages.is_empty() {
             "staged-rate"

@@ -18,9 +18,13 @@ enum Server {
     Slow(std::time::Duration),
 }
 
-/// Starts a tokio-tungstenite echo server on its own thread.
-fn echo_server(behaviour: Server) -> SocketAddr {
-    let corrupt = behaviour == Server::Corrupt;
+/// Serves each connection with `handle` on a thread of its own; returns
+/// the address it listens on.
+fn serve<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -32,37 +36,43 @@ fn echo_server(behaviour: Server) -> SocketAddr {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                        return;
-                    };
-                    let mut n = 0u64;
-                    while let Some(Ok(message)) = ws.next().await {
-                        let reply = match message {
-                            Message::Binary(data) => {
-                                n += 1;
-                                let mut data = data.to_vec();
-                                if corrupt && n.is_multiple_of(10) && !data.is_empty() {
-                                    data[0] ^= 0xFF;
-                                }
-                                Message::binary(data)
-                            }
-                            Message::Text(text) => Message::Text(text),
-                            Message::Close(_) => break,
-                            _ => continue,
-                        };
-                        if let Server::Slow(delay) = behaviour {
-                            tokio::time::sleep(delay).await;
-                        }
-                        if ws.send(reply).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+                tokio::spawn(handle(stream));
             }
         });
     });
     addr
+}
+
+/// A tokio-tungstenite echo server, honest, corrupting or slow.
+fn echo_server(behaviour: Server) -> SocketAddr {
+    let corrupt = behaviour == Server::Corrupt;
+    serve(move |stream| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+            return;
+        };
+        let mut n = 0u64;
+        while let Some(Ok(message)) = ws.next().await {
+            let reply = match message {
+                Message::Binary(data) => {
+                    n += 1;
+                    let mut data = data.to_vec();
+                    if corrupt && n.is_multiple_of(10) && !data.is_empty() {
+                        data[0] ^= 0xFF;
+                    }
+                    Message::binary(data)
+                }
+                Message::Text(text) => Message::Text(text),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if let Server::Slow(delay) = behaviour {
+                tokio::time::sleep(delay).await;
+            }
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// The tests load the machine's cores: one at a time, so that none makes
@@ -368,60 +378,42 @@ fn knee_finds_the_rate_a_server_of_limited_capacity_sustains() {
 /// sesame` (401 otherwise) and speaks the subprotocol "chat" when offered.
 fn guarded_server() -> SocketAddr {
     use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    // The callback's error type is tungstenite's, large or not.
-                    #[allow(clippy::result_large_err)]
-                    let check = |request: &Request, mut response: Response| {
-                        let header = |name: &str| {
-                            request
-                                .headers()
-                                .get(name)
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_string)
-                        };
-                        if header("authorization").as_deref() != Some("Bearer sesame") {
-                            let mut refused = ErrorResponse::new(Some("no token".into()));
-                            *refused.status_mut() = http::StatusCode::UNAUTHORIZED;
-                            return Err(refused);
-                        }
-                        let offered = header("sec-websocket-protocol").unwrap_or_default();
-                        if offered.split(',').any(|p| p.trim() == "chat") {
-                            response
-                                .headers_mut()
-                                .insert("sec-websocket-protocol", "chat".parse().unwrap());
-                        }
-                        Ok(response)
-                    };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, check).await
-                    else {
-                        return;
-                    };
-                    while let Some(Ok(message)) = ws.next().await {
-                        if message.is_close() {
-                            break;
-                        }
-                        if (message.is_binary() || message.is_text())
-                            && ws.send(message).await.is_err()
-                        {
-                            break;
-                        }
-                    }
-                });
+    serve(|stream| async move {
+        // The callback's error type is tungstenite's, large or not.
+        #[allow(clippy::result_large_err)]
+        let check = |request: &Request, mut response: Response| {
+            let header = |name: &str| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            if header("authorization").as_deref() != Some("Bearer sesame") {
+                let mut refused = ErrorResponse::new(Some("no token".into()));
+                *refused.status_mut() = http::StatusCode::UNAUTHORIZED;
+                return Err(refused);
             }
-        });
-    });
-    addr
+            let offered = header("sec-websocket-protocol").unwrap_or_default();
+            if offered.split(',').any(|p| p.trim() == "chat") {
+                response
+                    .headers_mut()
+                    .insert("sec-websocket-protocol", "chat".parse().unwrap());
+            }
+            Ok(response)
+        };
+        let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, check).await else {
+            return;
+        };
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_close() {
+                break;
+            }
+            if (message.is_binary() || message.is_text()) && ws.send(message).await.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 #[test]

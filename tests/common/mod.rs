@@ -208,3 +208,22 @@ pub fn test_python() -> String {
         "python3".to_string()
     }
 }
+
+/// Runs the test Python with `args` and reads what it prints as JSON.
+pub fn python_json<I, A>(args: I) -> serde_json::Value
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    let python = test_python();
+    let out = Command::new(&python)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "{python}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
