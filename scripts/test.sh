@@ -21,20 +21,27 @@ if [ -z "${KOSOKU:-}" ]; then
 fi
 export KOSOKU
 
-# Python packages the tests read with: Prometheus's official client, whose
+# Python packages the tests use: Prometheus's official client, whose
 # parser reads /metrics (tests/metrics.rs), PyYAML, which reads the
-# Kubernetes manifest (tests/cluster.rs), and HdrHistogram's Python port,
-# which reads loadgen's interval logs (tests/loadgen.rs).
+# Kubernetes manifest (tests/cluster.rs), HdrHistogram's Python port, which
+# reads loadgen's interval logs (tests/loadgen.rs), and websockets, the
+# foreign echo server loadgen is tested against (tests/loadgen_foreign.rs).
 if [ -z "${RINGECHO_TEST_PYTHON:-}" ]; then
   venv=target/tools/python
-  if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c "import prometheus_client, yaml, hdrh" 2>/dev/null; then
-    echo "test.sh: installing prometheus_client, PyYAML and hdrhistogram into $venv"
+  if [ ! -x "$venv/bin/python3" ] || ! "$venv/bin/python3" -c "import prometheus_client, yaml, hdrh, websockets" 2>/dev/null; then
+    echo "test.sh: installing prometheus_client, PyYAML, hdrhistogram and websockets into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check prometheus_client pyyaml hdrhistogram
+    "$venv/bin/pip" install --quiet --disable-pip-version-check prometheus_client pyyaml hdrhistogram websockets
   fi
   RINGECHO_TEST_PYTHON=$PWD/$venv/bin/python3
 fi
 export RINGECHO_TEST_PYTHON
+
+# openssl makes the test certificates for loadgen's wss:// tests.
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "test.sh: installing openssl (test certificates)"
+  apt-get update -qq && apt-get install -y -qq openssl
+fi
 
 # The official SignalR client (@microsoft/signalr), run by Node.js.
 if ! command -v node >/dev/null 2>&1; then

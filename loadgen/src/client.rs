@@ -1,6 +1,7 @@
-//! A lean WebSocket client: the opening handshake over a plain TCP socket,
-//! masked frames out, server frames in. Generic over servers: fragmented
-//! echoes are reassembled, server pings answered, anything else counted.
+//! A lean WebSocket client: the opening handshake over a TCP socket (TLS
+//! for `wss://`), masked frames out, server frames in. Generic over
+//! servers: fragmented echoes are reassembled, server pings answered,
+//! anything else counted.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -9,8 +10,10 @@ use std::ops::Range;
 use base64::Engine as _;
 use fastwebsockets::{Frame, OpCode, Payload};
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+use crate::tls::{Stream, Tls};
 
 /// Where to connect, parsed once from the URL, and what the opening
 /// handshake says besides the essentials.
@@ -20,6 +23,8 @@ pub struct Target {
     pub host: String,
     pub path: String,
     pub handshake: Handshake,
+    /// `wss://`: how to speak TLS to it.
+    pub tls: Option<Tls>,
 }
 
 /// The opening handshake's optional parts (`--origin`, `--header`,
@@ -44,16 +49,33 @@ impl Handshake {
 }
 
 impl Target {
+    /// The load's URL with its handshake options and, for `wss://`, its
+    /// TLS options (`--insecure`, `--ca`).
+    pub fn of(load: &crate::options::LoadConfig) -> anyhow::Result<Self> {
+        let mut target = Target::parse(&load.url)?;
+        target.handshake = Handshake::of(load);
+        if target.tls.is_some() {
+            let host = url::Url::parse(&load.url)?
+                .host_str()
+                .unwrap_or_default()
+                .to_string();
+            target.tls = Some(Tls::new(&host, load.insecure, load.ca.as_deref())?);
+        }
+        Ok(target)
+    }
+
+    /// `ws://` or `wss://` (checked against the built-in roots).
     pub fn parse(url: &str) -> anyhow::Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| anyhow::anyhow!("bad --url {url:?}: {e}"))?;
-        anyhow::ensure!(
-            parsed.scheme() == "ws",
-            "--url must be ws://… (got {url:?})"
-        );
+        let secure = match parsed.scheme() {
+            "ws" => false,
+            "wss" => true,
+            _ => anyhow::bail!("--url must be ws://… or wss://… (got {url:?})"),
+        };
         let host = parsed
             .host_str()
             .ok_or_else(|| anyhow::anyhow!("--url has no host"))?;
-        let port = parsed.port().unwrap_or(80);
+        let port = parsed.port().unwrap_or(if secure { 443 } else { 80 });
         let addr = (host, port)
             .to_socket_addrs()?
             .next()
@@ -63,22 +85,21 @@ impl Target {
             path.push('?');
             path.push_str(query);
         }
+        let tls = secure.then(|| Tls::new(host, false, None)).transpose()?;
         Ok(Target {
             addr,
             host: format!("{host}:{port}"),
             path,
             handshake: Handshake::default(),
+            tls,
         })
     }
 }
 
-/// Opens a TCP connection (from `source` if given) and performs the
-/// WebSocket handshake. Returns the stream and any bytes read past the
-/// server's 101 response.
-pub async fn connect(
-    target: &Target,
-    source: Option<IpAddr>,
-) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+/// Opens a TCP connection (from `source` if given), TLS over it for
+/// `wss://`, and performs the WebSocket handshake. Returns the stream and
+/// any bytes read past the server's 101 response.
+pub async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<(Stream, Vec<u8>)> {
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -86,10 +107,18 @@ pub async fn connect(
     if let Some(ip) = source {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
-    let mut stream = socket.connect(target.addr).await?;
-    stream.set_nodelay(true)?;
+    let tcp = socket.connect(target.addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream = match &target.tls {
+        Some(tls) => tls
+            .connect(tcp)
+            .await
+            .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+        None => Stream::Plain(tcp),
+    };
     let (request, key) = upgrade_request(target, false);
     stream.write_all(request.as_bytes()).await?;
+    stream.flush().await?;
     let mut response = Vec::with_capacity(512);
     let end = loop {
         if let Some(end) = upgrade_response(target, &response, &key)? {
@@ -105,7 +134,8 @@ pub async fn connect(
 
 /// What kind of connect failure `why` (an error's text) was: "refused",
 /// "timeout", "reset", "HTTP 503" for a handshake answered with a status,
-/// or "other".
+/// "TLS" for a TLS handshake that failed (an untrusted certificate), or
+/// "other".
 pub fn failure_kind(why: &str) -> String {
     let lower = why.to_ascii_lowercase();
     if let Some(status) = why.strip_prefix("handshake refused: ") {
@@ -115,7 +145,9 @@ pub fn failure_kind(why: &str) -> String {
             None => "HTTP ?".into(),
         };
     }
-    let kind = if lower.contains("refused") {
+    let kind = if why.starts_with("TLS: ") {
+        "TLS"
+    } else if lower.contains("refused") {
         "refused"
     } else if lower.contains("timed out") || lower.contains("no answer within") {
         "timeout"
@@ -232,10 +264,14 @@ pub fn upgrade_response(
 
 /// The hub handshake over an open WebSocket: JSON protocol version 1,
 /// answered by `{}`. Returns bytes read past the answer.
-pub async fn hub_handshake(stream: &mut TcpStream, leftover: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+pub async fn hub_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    leftover: Vec<u8>,
+) -> anyhow::Result<Vec<u8>> {
     let mut frame = Vec::new();
     Encoder::default().encode(OpCode::Text, crate::hub::HANDSHAKE, &mut frame);
     stream.write_all(&frame).await?;
+    stream.flush().await?;
     let mut decoder = Decoder::new(&mut *stream, &leftover, 1 << 20);
     let answer = loop {
         match decoder.next().await? {
@@ -540,11 +576,12 @@ mod tests {
             "Connection reset by peer (os error 104)",
             "server closed during the handshake",
             "the server accepted none of the offered subprotocols (chat)",
+            "TLS: invalid peer certificate: UnknownIssuer",
         ]
         .map(failure_kind);
         assert_eq!(
             kinds,
-            ["refused", "HTTP 503", "timeout", "reset", "reset", "other"]
+            ["refused", "HTTP 503", "timeout", "reset", "reset", "other", "TLS"]
         );
     }
 

@@ -21,6 +21,7 @@ pub mod run;
 pub mod schedule;
 pub mod server_info;
 pub mod soak;
+pub mod tls;
 
 use anyhow::Context as _;
 

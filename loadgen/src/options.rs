@@ -401,9 +401,24 @@ pub fn parse_share(s: &str) -> Result<f64, String> {
 /// The load, as recorded in every result file.
 #[derive(Args, Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LoadConfig {
-    /// WebSocket URL of the echo server (ws:// only).
-    #[arg(long, value_name = "ws://HOST:PORT/PATH")]
+    /// WebSocket URL of the echo server: ws://, or wss:// (TLS, through
+    /// rustls; the epoll client, see --io; certificates checked against the
+    /// Mozilla roots built in, or --ca, or not at all with --insecure).
+    #[arg(long, value_name = "ws[s]://HOST:PORT/PATH")]
     pub url: String,
+
+    /// wss://: take any certificate the server shows (self-signed test
+    /// certificates); the handshake is still encrypted. [default: checked]
+    #[arg(long, conflicts_with = "ca")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+
+    /// wss://: trust the CA certificates in this PEM file instead of the
+    /// built-in Mozilla roots (a private or test CA that signed the
+    /// server's certificate). [default: the built-in roots]
+    #[arg(long, value_name = "FILE")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<std::path::PathBuf>,
 
     /// Concurrent connections.
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
@@ -464,8 +479,8 @@ pub struct LoadConfig {
 
     /// How the connections do their I/O: io-uring (one completion-driven
     /// io_uring loop per thread), epoll (tokio, two tasks per connection), or
-    /// auto: io-uring where the kernel allows it, else epoll. A result file
-    /// records the one that ran.
+    /// auto: io-uring where the kernel allows it and the URL is ws://, else
+    /// epoll (the one that speaks TLS). A result file records the one that ran.
     #[arg(long, value_enum, default_value_t = Io::Auto)]
     #[serde(default = "Io::before_the_loop")]
     pub io: Io,
@@ -719,11 +734,36 @@ impl LoadConfig {
 
     /// Checks what clap cannot express; the message says what to do.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.url.starts_with("ws://") {
+        let secure = self.url.starts_with("wss://");
+        if !self.url.starts_with("ws://") && !secure {
             return Err(format!(
-                "--url must start with ws:// (got {:?}; wss is not supported)",
+                "--url must start with ws:// or wss:// (got {:?})",
                 self.url
             ));
+        }
+        if secure && self.io == Io::IoUring {
+            return Err(
+                "wss:// is spoken by the epoll client only: use --io epoll (or auto)".into(),
+            );
+        }
+        if secure && self.deflate {
+            return Err(
+                "--deflate needs the io_uring client, which does not speak wss://; \
+                 measure compression over ws://"
+                    .into(),
+            );
+        }
+        if !secure && (self.insecure || self.ca.is_some()) {
+            return Err(format!(
+                "--{} is for wss:// URLs, and --url is {:?}",
+                if self.insecure { "insecure" } else { "ca" },
+                self.url
+            ));
+        }
+        if let Some(ca) = &self.ca {
+            if !ca.is_file() {
+                return Err(format!("--ca {}: no such file", ca.display()));
+            }
         }
         if let Some(rate) = self.rate {
             // Stages may start from nothing.
@@ -845,6 +885,12 @@ impl LoadConfig {
         }
         if self.deflate {
             args.push("--deflate".into());
+        }
+        if self.insecure {
+            args.push("--insecure".into());
+        }
+        if let Some(ca) = &self.ca {
+            args.extend(["--ca".into(), ca.display().to_string()]);
         }
         if let Some(shard) = self.shard {
             args.extend(["--shard".into(), shard.to_string()]);

@@ -53,11 +53,15 @@ pub fn summary(result: &RunResult) -> String {
     right_align(&mut t, 0);
     let load = &result.load;
     let mut out = format!(
-        "{} — {} {:?} messages over {} connections, {} for {} s after {} s warm-up, server {}\n{t}\n",
+        "{} — {} B {} messages over {} {}connections, {} for {} s after {} s warm-up, server {}\n{t}\n",
         result.label,
         load.size,
-        load.message_type,
+        match load.message_type {
+            crate::options::MessageType::Binary => "binary",
+            crate::options::MessageType::Text => "text",
+        },
         s.connections,
+        if load.url.starts_with("wss://") { "TLS " } else { "" },
         load.mode(),
         load.duration,
         load.warmup,

@@ -16,7 +16,6 @@ use fastwebsockets::OpCode;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -26,6 +25,7 @@ use crate::options::{Io, LoadConfig, MessageType, Protocol, RunArgs};
 use crate::payload::Pattern;
 use crate::result::{self, Errors, Histograms, Percentiles, RunResult, Summary};
 use crate::schedule::Schedule;
+use crate::tls::{ReadHalf, Stream, WriteHalf};
 
 /// How long after the end of the run outstanding echoes are still awaited.
 pub(crate) const DRAIN: Duration = Duration::from_secs(2);
@@ -47,8 +47,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         "--deflate needs the io_uring client, and this kernel does not allow io_uring here"
     );
     let load = &load;
-    let mut target = Target::parse(&load.url)?;
-    target.handshake = crate::client::Handshake::of(load);
+    let target = Target::of(load)?;
     let server = crate::server_info::fetch(&target);
     let cores = pick_cores(load);
     let unpinned = Arc::new(AtomicU32::new(0));
@@ -117,12 +116,23 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
             _ => unreachable!("threads report their connections first"),
         }
     }
-    anyhow::ensure!(
-        connected > 0,
-        "no connection to {} could be opened ({} failed): is the server running?",
-        load.url,
-        errors.connect_failures
-    );
+    if connected == 0 {
+        let kinds = &errors.connect_failures_by_kind;
+        let hint = if kinds.contains_key("TLS") {
+            "is the server's certificate trusted? (--ca FILE, or --insecure for a test certificate)"
+        } else if kinds.keys().any(|k| k.starts_with("HTTP")) {
+            "the server refused the WebSocket handshake (its path, --origin, --header?)"
+        } else {
+            "is the server running?"
+        };
+        let by_kind: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        anyhow::bail!(
+            "no connection to {} could be opened ({} failed: {}): {hint}",
+            load.url,
+            errors.connect_failures,
+            by_kind.join(", ")
+        );
+    }
     let start = match args.start_at {
         None => std::time::Instant::now() + Duration::from_millis(20),
         Some(at) => match at.duration_since(std::time::SystemTime::now()) {
@@ -291,6 +301,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
 /// Which client runs the load: the ring where it can, tokio otherwise.
 fn resolve_io(load: &LoadConfig) -> anyhow::Result<Io> {
     match load.io {
+        // Only the tokio client speaks TLS.
+        Io::Auto if load.url.starts_with("wss://") => Ok(Io::Epoll),
         Io::Auto if crate::ring::available() => Ok(Io::IoUring),
         Io::Auto | Io::Epoll => Ok(Io::Epoll),
         Io::IoUring => {
@@ -557,11 +569,7 @@ pub(crate) async fn connect_share(
     thread: u32,
     load: &LoadConfig,
     target: &Target,
-) -> (
-    Vec<(u32, tokio::net::TcpStream, Vec<u8>)>,
-    Histogram<u64>,
-    Errors,
-) {
+) -> (Vec<(u32, Stream, Vec<u8>)>, Histogram<u64>, Errors) {
     // This process's connections (its shard's), dealt out to its threads.
     let ids: Vec<u32> = load
         .own_connections()
@@ -703,7 +711,7 @@ impl Conversation {
 }
 
 async fn connection(
-    stream: tokio::net::TcpStream,
+    stream: Stream,
     leftover: Vec<u8>,
     talk: Rc<Conversation>,
     state: Rc<ThreadState>,
@@ -718,7 +726,7 @@ async fn connection(
         .set(state.unanswered.get() + talk.in_flight.borrow().len() as u64);
 }
 
-async fn write_loop(mut write: OwnedWriteHalf, state: Rc<ThreadState>, talk: Rc<Conversation>) {
+async fn write_loop(mut write: WriteHalf, state: Rc<ThreadState>, talk: Rc<Conversation>) {
     let opcode = match state.message_type {
         MessageType::Binary => OpCode::Binary,
         MessageType::Text => OpCode::Text,
@@ -778,7 +786,8 @@ async fn write_loop(mut write: OwnedWriteHalf, state: Rc<ThreadState>, talk: Rc<
             let lag = now.saturating_duration_since(due).as_micros() as u64;
             state.send_lag.borrow_mut().saturating_record(lag);
         }
-        if write.write_all(&frame).await.is_err() {
+        // (flush: TLS may hold the record back; a plain socket has nothing to do.)
+        if write.write_all(&frame).await.is_err() || write.flush().await.is_err() {
             return;
         }
         seq += 1;
@@ -798,10 +807,11 @@ async fn write_loop(mut write: OwnedWriteHalf, state: Rc<ThreadState>, talk: Rc<
     frame.clear();
     encoder.encode(OpCode::Close, &1000u16.to_be_bytes(), &mut frame);
     let _ = write.write_all(&frame).await;
+    let _ = write.flush().await;
 }
 
 async fn flush_pongs(
-    write: &mut OwnedWriteHalf,
+    write: &mut WriteHalf,
     encoder: &mut Encoder,
     talk: &Conversation,
 ) -> std::io::Result<()> {
@@ -812,11 +822,12 @@ async fn flush_pongs(
     if frame.is_empty() {
         return Ok(());
     }
-    write.write_all(&frame).await
+    write.write_all(&frame).await?;
+    write.flush().await
 }
 
 async fn read_loop(
-    read: tokio::net::tcp::OwnedReadHalf,
+    read: ReadHalf,
     leftover: &[u8],
     state: Rc<ThreadState>,
     talk: Rc<Conversation>,

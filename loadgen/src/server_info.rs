@@ -37,15 +37,27 @@ pub fn short_name(server: &serde_json::Value, target: &Target) -> String {
 
 pub fn read_stats(target: &Target) -> Option<serde_json::Value> {
     let timeout = Duration::from_secs(2);
-    let mut stream = TcpStream::connect_timeout(&target.addr, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
+    let tcp = TcpStream::connect_timeout(&target.addr, timeout).ok()?;
+    tcp.set_read_timeout(Some(timeout)).ok()?;
+    tcp.set_write_timeout(Some(timeout)).ok()?;
     let request = format!(
         "GET /stats HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         target.host
     );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
+    fn exchange(mut stream: impl Read + Write, request: &str) -> Option<Vec<u8>> {
+        stream.write_all(request.as_bytes()).ok()?;
+        stream.flush().ok()?;
+        let mut response = Vec::new();
+        // A TLS server may end without close_notify; what arrived counts.
+        let _ = stream.read_to_end(&mut response);
+        Some(response)
+    }
+    // Behind wss://, /stats is asked over the same TLS (a terminator in
+    // front of ringecho passes it on).
+    let response = match &target.tls {
+        Some(tls) => exchange(tls.blocking(tcp).ok()?, &request)?,
+        None => exchange(tcp, &request)?,
+    };
     let response = String::from_utf8(response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     if head.split_whitespace().nth(1) != Some("200") {

@@ -100,6 +100,11 @@ fn bump(c: &Cell<u64>) {
 }
 
 pub fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
+    anyhow::ensure!(
+        args.url.starts_with("ws://"),
+        "soak --url must be ws://… (the soak holds plain connections; got {:?})",
+        args.url
+    );
     let target = Target::parse(&args.url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

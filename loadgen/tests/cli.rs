@@ -195,6 +195,25 @@ fn bad_flags_and_missing_servers_say_what_to_do() {
     let output = loadgen(&["run", "--url", "ws://127.0.0.1:1/", "--connections", "0"]);
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&output.stderr).lines().count(), 1);
+    // TLS options that cannot apply, each one line and status 2.
+    for (args, says) in [
+        (&["--url", "ws://127.0.0.1:1/", "--insecure"][..], "wss://"),
+        (
+            &["--url", "wss://127.0.0.1:1/", "--io", "io-uring"],
+            "--io epoll",
+        ),
+        (&["--url", "wss://127.0.0.1:1/", "--deflate"], "ws://"),
+        (
+            &["--url", "wss://127.0.0.1:1/", "--ca", "/nonexistent.pem"],
+            "no such file",
+        ),
+    ] {
+        let output = loadgen(&[&["run"], args].concat());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
     // Nothing listens on port 1.
     let output = loadgen(&[
         "run",

@@ -191,8 +191,8 @@ pub fn startup_address(line: &str) -> SocketAddr {
         .listen
 }
 
-/// The Python with the packages tests read with (prometheus_client,
-/// PyYAML, hdrhistogram): $RINGECHO_TEST_PYTHON, else the one scripts/test.sh installs,
+/// The Python with the packages tests use (prometheus_client, PyYAML,
+/// hdrhistogram, websockets): $RINGECHO_TEST_PYTHON, else the one scripts/test.sh installs,
 /// else python3 from PATH.
 pub fn test_python() -> String {
     if let Ok(python) = std::env::var("RINGECHO_TEST_PYTHON") {

@@ -1,0 +1,60 @@
+"""A WebSocket echo server written with Python's `websockets` (not by us),
+for loadgen's tests: plain or TLS, optionally requiring a header and
+choosing a subprotocol. Prints {"port": N} once it listens, then serves
+until its standard input closes (so it never outlives the test).
+
+    echo_server.py [--tls CERT KEY] [--require-header "Name: value"]
+                   [--subprotocol NAME]
+"""
+import argparse
+import asyncio
+import http
+import json
+import ssl
+import sys
+
+from websockets.asyncio.server import serve
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+parser.add_argument("--require-header")
+parser.add_argument("--subprotocol")
+args = parser.parse_args()
+
+
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+
+
+def check(connection, request):
+    if args.require_header:
+        name, value = (p.strip() for p in args.require_header.split(":", 1))
+        if request.headers.get(name) != value:
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "who are you?\n")
+    return None
+
+
+async def main():
+    context = None
+    if args.tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*args.tls)
+    async with serve(
+        echo,
+        "127.0.0.1",
+        0,
+        ssl=context,
+        process_request=check,
+        subprotocols=[args.subprotocol] if args.subprotocol else None,
+        compression=None,
+        max_size=None,
+        ping_interval=None,
+    ) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        print(json.dumps({"port": port}), flush=True)
+        # Until the test closes our standard input (or dies).
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+asyncio.run(main())

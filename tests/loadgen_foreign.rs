@@ -1,0 +1,200 @@
+//! loadgen against a WebSocket server nobody here wrote: Python's
+//! `websockets` (tests/loadgen/echo_server.py), plain and over TLS with a
+//! certificate made by `openssl` for the test. No test here asserts a speed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use loadgen::options::{Io, LoadConfig, RunArgs};
+
+/// Runs one at a time: each loads both cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The Python server, stopped (by its PID) when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/loadgen/echo_server.py");
+        let mut child = Command::new(common::test_python())
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python with websockets (scripts/test.sh installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let said: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("echo_server.py did not start: {line:?}"));
+        Server {
+            port: said["port"].as_u64().unwrap() as u16,
+            child,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test CA's certificate, and a server certificate it signed for
+/// 127.0.0.1 and localhost with its key: (ca, cert, key).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let openssl = |args: &[&str]| {
+        let done = Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl (scripts/test.sh installs it)");
+        assert!(done.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "1", "-subj", "/CN=ringecho test CA"],
+            &["-keyout", &file("ca.key"), "-out", &file("ca.pem")],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-subj", "/CN=localhost"],
+            &["-keyout", &file("key.pem"), "-out", &file("server.csr")],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &file("server.csr"),
+        "-CA",
+        &file("ca.pem"),
+        "-CAkey",
+        &file("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &file("san.ext"),
+        "-out",
+        &file("cert.pem"),
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+fn run_args(url: &str) -> RunArgs {
+    let mut load = LoadConfig::with_defaults(url);
+    load.connections = 4;
+    load.size = 100;
+    load.duration = 1.0;
+    load.warmup = 0.2;
+    load.no_pin = true;
+    RunArgs {
+        load,
+        out: None,
+        hgrm: None,
+        hlog: None,
+        quiet: true,
+        label: None,
+        server_pid: None,
+        start_at: None,
+        limits: Default::default(),
+    }
+}
+
+/// wss:// to a TLS server with a test CA's certificate, a required
+/// Authorization header and a chosen subprotocol: trusted through --ca or
+/// --insecure, refused (as a TLS failure that says what to do) without;
+/// a missing header is the server's 401.
+#[test]
+fn wss_reaches_a_tls_server_with_its_certificate_headers_and_subprotocol() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-tls-{}", std::process::id()));
+    let (ca, cert, key) = certificates(&dir);
+    let server = Server::start(&[
+        "--tls",
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        "--require-header",
+        "Authorization: Bearer sesame",
+        "--subprotocol",
+        "chat",
+    ]);
+    let mut run = run_args(&format!("wss://127.0.0.1:{}/echo", server.port));
+    run.load.headers = vec!["Authorization: Bearer sesame".into()];
+    run.load.subprotocols = vec!["chat".into()];
+
+    // Trusted through --ca, closed loop and at a constant rate.
+    run.load.ca = Some(ca.clone());
+    for rate in [None, Some(400.0)] {
+        run.load.rate = rate;
+        let result = loadgen::run::run(&run).expect("a trusted certificate connects");
+        let s = &result.summary;
+        assert_eq!(result.load.io, Io::Epoll, "auto picks the TLS client");
+        assert_eq!(s.connections, 4);
+        assert_eq!(s.errors.total(), 0, "{:?}", s.errors);
+        assert!(s.messages > 0);
+        if rate.is_some() {
+            // 400/s for 1 s, give or take the window's edges.
+            assert!((300..=440).contains(&s.messages), "{}", s.messages);
+        }
+    }
+    run.load.rate = None;
+
+    // --insecure takes the certificate unchecked.
+    run.load.ca = None;
+    run.load.insecure = true;
+    let result = loadgen::run::run(&run).expect("--insecure connects");
+    assert_eq!(result.summary.errors.total(), 0);
+    assert!(result.summary.messages > 0);
+
+    // Neither: the certificate is not trusted, and the error says what to do.
+    run.load.insecure = false;
+    let refused = loadgen::run::run(&run).unwrap_err().to_string();
+    assert!(
+        refused.contains("4 TLS") && refused.contains("--ca"),
+        "{refused}"
+    );
+
+    // Trusted, but without the header the server wants.
+    run.load.ca = Some(ca);
+    run.load.headers.clear();
+    let refused = loadgen::run::run(&run).unwrap_err().to_string();
+    assert!(refused.contains("4 HTTP 401"), "{refused}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
