@@ -319,6 +319,27 @@ fn the_engine_sees_loadgens_origin_and_headers() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `--payload utf8` and `--payload-file`, echoed by the engine, which
+/// checks every text message is UTF-8: every echo comes back exact, on
+/// both clients, and the engine counts no close for bad text.
+#[test]
+fn utf8_text_and_payload_files_echo_exactly() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-payloads-{}", std::process::id()));
+    let engine = Engine::start("io-uring", &[]);
+    for (name, load) in common::payload_loads(&engine.url("/ws"), &dir) {
+        let mut run = args(&engine, Protocol::Raw, None, Io::Auto, dir.join("p.json"));
+        run.load = load;
+        let result = loadgen::run::run(&run).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let s = &result.summary;
+        assert_eq!(s.errors.total(), 0, "{name}: {:?}", s.errors);
+        assert_eq!(s.connections, 4, "{name}");
+        assert!(s.messages > 0, "{name}: no message measured");
+    }
+    engine.wait_for_no_connections();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -198,3 +198,25 @@ fn wss_reaches_a_tls_server_with_its_certificate_headers_and_subprotocol() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--payload utf8` and `--payload-file` through a server that decodes
+/// every text message as UTF-8 (and closes with 1007 on one that is not):
+/// every echo comes back exact, on both clients.
+#[test]
+fn utf8_text_and_payload_files_echo_exactly_through_a_validating_server() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-payloads-{}", std::process::id()));
+    let server = Server::start(&[]);
+    let url = format!("ws://127.0.0.1:{}/echo", server.port);
+    for (name, load) in common::payload_loads(&url, &dir) {
+        let mut run = run_args(&url);
+        run.load = load;
+        let result = loadgen::run::run(&run).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let s = &result.summary;
+        assert_eq!(s.errors.total(), 0, "{name}: {:?}", s.errors);
+        assert_eq!(s.connections, 4, "{name}");
+        assert!(s.messages > 0, "{name}: no message measured");
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

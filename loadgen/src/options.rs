@@ -424,8 +424,16 @@ pub struct LoadConfig {
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
 
-    /// Payload bytes per message.
-    #[arg(long, value_name = "BYTES", default_value_t = 20)]
+    /// Payload bytes per message; with --payload-file, the length of the
+    /// slices the file is cycled in. [default: 20; with --payload-file, the
+    /// whole file]
+    #[arg(long = "size", value_name = "BYTES")]
+    #[serde(skip)]
+    pub size_given: Option<usize>,
+
+    /// Payload bytes per message, once [`LoadConfig::normalize`] has folded
+    /// `--size` (or the file's length, or the default) into it.
+    #[arg(skip = SIZE_UNSET)]
     pub size: usize,
 
     /// Message type.
@@ -565,12 +573,64 @@ pub struct LoadConfig {
     pub shard: Option<Shard>,
 
     /// What the payload is made of: `random` bytes (letters for text), which
-    /// DEFLATE cannot shrink, or `words`, English-like text, which it
-    /// shrinks to under half.
+    /// DEFLATE cannot shrink; `words`, English-like text, which it shrinks
+    /// to under half; or `utf8`, text of 1- to 4-byte characters (Latin,
+    /// Cyrillic, CJK, emoji), valid UTF-8 at every --size, for servers
+    /// that validate what they echo. Every message starts with its
+    /// sequence number either way.
     #[arg(long, value_enum, value_name = "KIND", default_value_t = PayloadKind::Random)]
     #[serde(default)]
     pub payload: PayloadKind,
+
+    /// Send this file's bytes: each message the whole file, or with --size
+    /// the file cycled in slices of that length (message k is bytes k·SIZE
+    /// onwards, wrapping round). Echoes are still checked byte for byte
+    /// (though identical messages cannot show their order). With --text
+    /// the file must be UTF-8 and every slice must end on a character
+    /// boundary. Raw protocol only; the file must exist on every host of
+    /// a cluster. [default: generated, see --payload]
+    #[arg(long, value_name = "FILE", conflicts_with = "payload")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_file: Option<std::path::PathBuf>,
 }
+
+/// Whether every slice of `size` bytes that `--payload-file` cycles `file`
+/// in is whole UTF-8, as a text message must be. Slices start at every
+/// multiple of gcd(size, file length) (message k at k·size, modulo the
+/// length), so those must all be character boundaries.
+pub fn text_slices_are_whole(file: &[u8], size: usize) -> Result<(), String> {
+    let text = std::str::from_utf8(file).map_err(|e| {
+        format!(
+            "the file is not UTF-8 (byte {}); send it as binary",
+            e.valid_up_to()
+        )
+    })?;
+    if size == file.len() {
+        return Ok(());
+    }
+    let (mut a, mut b) = (size, file.len());
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    match (0..file.len())
+        .step_by(a)
+        .find(|&at| !text.is_char_boundary(at))
+    {
+        None => Ok(()),
+        Some(at) => Err(format!(
+            "{size}-byte slices would cut the character at byte {at}; \
+             pick a --size that keeps characters whole, or send the whole file ({} bytes)",
+            file.len()
+        )),
+    }
+}
+
+/// `size` before `normalize` decides it.
+pub const SIZE_UNSET: usize = usize::MAX;
+/// `--size`'s default, without --payload-file.
+pub const DEFAULT_SIZE: usize = 20;
+/// The largest --payload-file: its bytes are held in memory by each thread.
+pub const MAX_PAYLOAD_FILE: u64 = 64 << 20;
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -580,6 +640,8 @@ pub enum PayloadKind {
     Random,
     /// Words from a small vocabulary, separated by spaces.
     Words,
+    /// Characters of 1 to 4 bytes in UTF-8.
+    Utf8,
 }
 
 /// One stage of a ramped rate: to `target` messages per second over `secs`.
@@ -716,8 +778,12 @@ impl LoadConfig {
         }
     }
 
-    /// Folds the --text/--binary shorthands into `message_type`.
+    /// Folds the --text/--binary shorthands into `message_type`, and
+    /// --size (or the payload file's length, or the default) into `size`.
+    /// Idempotent.
     pub fn normalize(&mut self) {
+        self.size = self.payload_size();
+        self.size_given = None;
         // Hub payloads travel as JSON strings: text.
         if self.text || self.protocol == Protocol::Hub {
             self.message_type = MessageType::Text;
@@ -729,6 +795,17 @@ impl LoadConfig {
         if !self.stages.is_empty() {
             self.rate = Some(self.rate.unwrap_or(0.0));
             self.duration = self.stages.iter().map(|s| s.secs).sum();
+        }
+    }
+
+    /// The payload's length: --size, else the payload file's length (0
+    /// when it cannot be read: validate() says why), else the default.
+    pub fn payload_size(&self) -> usize {
+        match (self.size_given, &self.payload_file) {
+            (Some(size), _) => size,
+            _ if self.size != SIZE_UNSET => self.size,
+            (None, Some(file)) => std::fs::metadata(file).map_or(0, |m| m.len() as usize),
+            (None, None) => DEFAULT_SIZE,
         }
     }
 
@@ -763,6 +840,33 @@ impl LoadConfig {
         if let Some(ca) = &self.ca {
             if !ca.is_file() {
                 return Err(format!("--ca {}: no such file", ca.display()));
+            }
+        }
+        if let Some(file) = &self.payload_file {
+            let len = std::fs::metadata(file)
+                .map_err(|e| format!("--payload-file {}: {e}", file.display()))?
+                .len();
+            if len == 0 || len > MAX_PAYLOAD_FILE {
+                return Err(format!(
+                    "--payload-file {}: {len} bytes; give a file of 1 byte to {} MiB",
+                    file.display(),
+                    MAX_PAYLOAD_FILE >> 20
+                ));
+            }
+            if self.protocol == Protocol::Hub {
+                return Err(
+                    "--payload-file sends raw WebSocket messages: leave out --protocol hub".into(),
+                );
+            }
+            if self.payload_size() == 0 {
+                return Err("--size must be at least 1 with --payload-file".into());
+            }
+            if self.text || self.message_type == MessageType::Text {
+                let bytes = std::fs::read(file)
+                    .map_err(|e| format!("--payload-file {}: {e}", file.display()))?;
+                text_slices_are_whole(&bytes, self.payload_size()).map_err(|why| {
+                    format!("--payload-file {} with --text: {why}", file.display())
+                })?;
             }
         }
         if let Some(rate) = self.rate {
@@ -834,7 +938,7 @@ impl LoadConfig {
             "--connections".into(),
             self.connections.to_string(),
             "--size".into(),
-            self.size.to_string(),
+            self.size_given.unwrap_or(self.size).to_string(),
             "--type".into(),
             name(&self.message_type),
             "--duration".into(),
@@ -847,9 +951,10 @@ impl LoadConfig {
             name(&self.protocol),
             "--io".into(),
             name(&self.io),
-            "--payload".into(),
-            name(&self.payload),
         ];
+        if self.payload_file.is_none() {
+            args.extend(["--payload".into(), name(&self.payload)]);
+        }
         if self.no_pin {
             args.push("--no-pin".into());
         }
@@ -889,6 +994,9 @@ impl LoadConfig {
         if self.insecure {
             args.push("--insecure".into());
         }
+        if let Some(file) = &self.payload_file {
+            args.extend(["--payload-file".into(), file.display().to_string()]);
+        }
         if let Some(ca) = &self.ca {
             args.extend(["--ca".into(), ca.display().to_string()]);
         }
@@ -916,9 +1024,14 @@ impl LoadConfig {
             Protocol::Hub => "hub, ",
         };
         let deflate = if self.deflate { "deflate, " } else { "" };
-        let words = match self.payload {
-            PayloadKind::Random => "",
-            PayloadKind::Words => " words",
+        let words = match (&self.payload_file, self.payload) {
+            (Some(file), _) => format!(
+                " of {}",
+                file.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            (None, PayloadKind::Random) => String::new(),
+            (None, PayloadKind::Words) => " words".into(),
+            (None, PayloadKind::Utf8) => " UTF-8".into(),
         };
         format!(
             "{protocol}{deflate}{} × {} B{words}, {mode}",
@@ -1023,6 +1136,15 @@ mod tests {
         load.headers = vec!["Authorization: Bearer a b".into(), "X-Run: 7".into()];
         load.subprotocols = vec!["chat".into(), "superchat".into()];
         assert_eq!(back(&load), load);
+        // A payload file, cycled in slices of --size; and sent whole.
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        load.payload_file = Some(file.into());
+        load.payload = PayloadKind::Random;
+        load.size = 100;
+        assert_eq!(back(&load), load);
+        load.size = std::fs::metadata(file).unwrap().len() as usize;
+        assert_eq!(back(&load), load);
+        load.payload_file = None;
         let recorded = serde_json::to_value(&load).unwrap();
         assert_eq!(
             recorded["headers"],

@@ -585,6 +585,11 @@ fn check_mergeable(results: &[RunResult], tolerance_secs: f64) -> anyhow::Result
             format!("{:?}", b.payload),
         )?;
         differ(
+            "--payload-file",
+            format!("{:?}", a.payload_file),
+            format!("{:?}", b.payload_file),
+        )?;
+        differ(
             "the shard count",
             a.shard.map_or("none".into(), |s| s.count.to_string()),
             b.shard.map_or("none".into(), |s| s.count.to_string()),

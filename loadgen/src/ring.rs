@@ -232,9 +232,7 @@ impl Frames {
         if self.hub {
             out.extend_from_slice(hub::INVOCATION_HEAD);
         }
-        let (seq_bytes, n) = pattern.head(seq);
-        out.extend_from_slice(&seq_bytes[..n]);
-        out.extend_from_slice(&pattern.block()[pattern.body_range(seq)]);
+        pattern.append(seq, out);
         if self.hub {
             out.extend_from_slice(hub::INVOCATION_ID);
             out.extend_from_slice(id);
@@ -312,6 +310,7 @@ pub(crate) fn load_thread(
     thread_index: u32,
     load: &LoadConfig,
     target: &Target,
+    pattern: Pattern,
     start: mpsc::Receiver<std::time::Instant>,
     to_main: mpsc::Sender<Report>,
 ) -> anyhow::Result<()> {
@@ -343,7 +342,6 @@ pub(crate) fn load_thread(
             return Err(e.into());
         }
     };
-    let pattern = Pattern::of(load.size, load.message_type, load.payload, load.deflate);
     let opcode = match load.message_type {
         MessageType::Binary => OpCode::Binary,
         MessageType::Text => OpCode::Text,

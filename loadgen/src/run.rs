@@ -48,6 +48,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     );
     let load = &load;
     let target = Target::of(load)?;
+    // Built once: a payload file is read once, and its bytes shared.
+    let pattern = Pattern::for_load(load)?;
     let server = crate::server_info::fetch(&target);
     let cores = pick_cores(load);
     let unpinned = Arc::new(AtomicU32::new(0));
@@ -59,6 +61,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         let (start_tx, start_rx) = mpsc::channel::<std::time::Instant>();
         starts.push(start_tx);
         let (load, target, to_main) = (load.clone(), target.clone(), to_main.clone());
+        let pattern = pattern.clone();
         let core = cores.get(thread as usize).copied();
         let unpinned = unpinned.clone();
         let handle = std::thread::Builder::new()
@@ -75,7 +78,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
                 }
                 if load.io == Io::IoUring {
                     if let Err(e) =
-                        crate::ring::load_thread(thread, &load, &target, start_rx, to_main)
+                        crate::ring::load_thread(thread, &load, &target, pattern, start_rx, to_main)
                     {
                         eprintln!("loadgen: thread {thread}: {e:#}");
                     }
@@ -88,7 +91,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
                 let local = tokio::task::LocalSet::new();
                 local.block_on(
                     &runtime,
-                    load_thread(thread, load, target, start_rx, to_main),
+                    load_thread(thread, load, target, pattern, start_rx, to_main),
                 )
             })
             .context("spawning a load thread")?;
@@ -467,6 +470,7 @@ async fn load_thread(
     thread: u32,
     load: LoadConfig,
     target: Target,
+    pattern: Pattern,
     start: mpsc::Receiver<std::time::Instant>,
     to_main: mpsc::Sender<Report>,
 ) {
@@ -480,7 +484,7 @@ async fn load_thread(
     let start = Instant::now() + start.saturating_duration_since(now_std);
 
     let state = Rc::new(ThreadState {
-        pattern: Pattern::of(load.size, load.message_type, load.payload, load.deflate),
+        pattern,
         protocol: load.protocol,
         message_type: load.message_type,
         rate: load.rate,

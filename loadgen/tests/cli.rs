@@ -214,6 +214,37 @@ fn bad_flags_and_missing_servers_say_what_to_do() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+    // Payload files that cannot be sent as asked.
+    let dir = std::env::temp_dir().join(format!("loadgen-payload-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (text, empty) = (dir.join("text.txt"), dir.join("empty"));
+    std::fs::write(&text, "añb€c").unwrap();
+    std::fs::write(&empty, "").unwrap();
+    let (text, empty) = (text.to_str().unwrap(), empty.to_str().unwrap());
+    let url = ["--url", "ws://127.0.0.1:1/"];
+    for (args, says) in [
+        (vec!["--payload-file", "/nonexistent.bin"], "No such file"),
+        (vec!["--payload-file", empty], "1 byte"),
+        (
+            vec!["--payload-file", text, "--payload", "words"],
+            "cannot be used",
+        ),
+        (
+            vec!["--payload-file", text, "--protocol", "hub"],
+            "--protocol hub",
+        ),
+        (
+            vec!["--payload-file", text, "--text", "--size", "2"],
+            "keeps characters whole",
+        ),
+    ] {
+        let output = loadgen(&[&["run"][..], &url, &args].concat());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
     // Nothing listens on port 1.
     let output = loadgen(&[
         "run",

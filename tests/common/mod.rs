@@ -227,3 +227,60 @@ where
     );
     serde_json::from_slice(&out.stdout).expect("the script prints JSON")
 }
+
+/// Loads that send what `--payload utf8` and `--payload-file` make, each
+/// named, for `url` (raw WebSocket): UTF-8 text at sizes that end on each
+/// byte of a 4-byte group, on both clients; a text file whole and in
+/// slices that keep its characters whole; a binary file whole and cycled
+/// in slices. The files are written into `dir`.
+pub fn payload_loads(url: &str, dir: &std::path::Path) -> Vec<(String, loadgen::LoadConfig)> {
+    use loadgen::options::{Io, MessageType, PayloadKind};
+    std::fs::create_dir_all(dir).unwrap();
+    // 29 bytes of characters 1 to 4 bytes wide.
+    let text = dir.join("greeting.txt");
+    std::fs::write(&text, "Grüße, 世界! 😀 échos ").unwrap();
+    let binary = dir.join("noise.bin");
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let noise: Vec<u8> = (0..3000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(&binary, noise).unwrap();
+
+    let base = {
+        let mut load = loadgen::LoadConfig::with_defaults(url);
+        load.connections = 4;
+        load.duration = 1.0;
+        load.warmup = 0.2;
+        load.no_pin = true;
+        load
+    };
+    let mut loads = Vec::new();
+    for io in [Io::Auto, Io::Epoll] {
+        for size in [3, 37, 1001, 1002, 4096] {
+            let mut load = base.clone();
+            load.io = io;
+            load.message_type = MessageType::Text;
+            load.payload = PayloadKind::Utf8;
+            load.size = size;
+            loads.push((format!("utf8 {size} B, {io:?}"), load));
+        }
+    }
+    for (file, message_type, sizes) in [
+        (&text, MessageType::Text, [29, 58]),
+        (&binary, MessageType::Binary, [3000, 100]),
+    ] {
+        for size in sizes {
+            let mut load = base.clone();
+            load.payload_file = Some(file.clone());
+            load.message_type = message_type;
+            load.size = size;
+            loads.push((format!("{} in {size} B", file.display()), load));
+        }
+    }
+    loads
+}
