@@ -283,6 +283,9 @@ fn a_connection_storm_beyond_the_engines_limit_is_counted_by_kind() {
     // The start-up read of /stats may still hold one place as the storm begins.
     assert!((49..=50).contains(&result.summary.connections), "{e:?}");
     assert_eq!(result.summary.connections + e.connect_failures, 80, "{e:?}");
+    // The refused connections' closes are part of their refusal, not
+    // closes of open connections.
+    assert_eq!(e.unexpected_closes + e.mismatches + e.unexpected_frames, 0, "{e:?}");
     assert_eq!(
         e.connect_failures_by_kind.get("HTTP 503"),
         Some(&e.connect_failures),

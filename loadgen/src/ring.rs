@@ -731,7 +731,12 @@ impl Thread<'_> {
 
     /// The end of connection `key`'s opening, once: Ok with how long it took.
     fn finish_open(&mut self, key: usize, outcome: Result<Duration, String>) {
-        if self.conns[key].opening.take().is_some() {
+        let conn = &mut self.conns[key];
+        if conn.opening.take().is_some() {
+            // A failed opening is over now: the server's close that follows
+            // its refusal (often in the same batch of completions) is no
+            // unexpected close of an open connection.
+            conn.done |= outcome.is_err();
             self.opened.push((key, outcome));
         }
     }
