@@ -84,9 +84,19 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
         0
     };
     let knee = options.knee_p99 > 0 && raw_runs > 0 && options.cases.contains(&Case::Small);
+    let storm_rates: Vec<f64> = options
+        .storm_rate
+        .iter()
+        .copied()
+        .filter(|&rate| rate > 0.0)
+        .collect();
+    let storm_limit = options
+        .storm_limit
+        .unwrap_or((options.storm_connections * 3 / 4).max(1));
     let per_config = (raw_runs + hub_runs) * options.repeat as usize
         + usize::from(options.rate_duration > 0.0 && raw_runs > 0)
-        + usize::from(knee);
+        + usize::from(knee)
+        + storm_rates.len();
     let total = configs.len() * per_config;
     let seconds_each = options.warmup + options.duration;
     let estimate = configs.len() as f64
@@ -101,7 +111,11 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
                 7.0 * (options.warmup + options.knee_duration + 1.0)
             } else {
                 0.0
-            });
+            }
+            + storm_rates
+                .iter()
+                .map(|rate| options.storm_connections as f64 / rate + STORM_ECHO_SECS + 1.0)
+                .sum::<f64>());
     println!(
         "ringecho bench: {} engine configuration(s) × {per_config} runs, about {:.0} s; results in {}",
         configs.len(),
@@ -111,9 +125,10 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
 
     let mut measured = Vec::new();
     let mut knees: Vec<(String, String, loadgen::knee::Knee)> = Vec::new();
+    let mut storms: Vec<(String, Vec<RunResult>)> = Vec::new();
     let mut index = 0;
     for config in &configs {
-        let engine = EngineProcess::start(config)?;
+        let engine = EngineProcess::start(config, None)?;
         let mut name = format!(
             "{}, {} B buffers, {} thread{}",
             engine.backend,
@@ -210,6 +225,21 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
             }
         }
         engine.stop()?;
+        if !storm_rates.is_empty() {
+            let engine = EngineProcess::start(config, Some(storm_limit))?;
+            let mut results = Vec::new();
+            for &rate in &storm_rates {
+                index += 1;
+                println!(
+                    "[{index}/{total}] {name} · storm: {} connections at {rate:.0}/s, \
+                     the engine admitting {storm_limit}",
+                    options.storm_connections
+                );
+                results.push(storm(&engine, options, &out_dir, &name, &spare, rate)?);
+            }
+            engine.stop()?;
+            storms.push((name.clone(), results));
+        }
     }
 
     let summary = write_summary(options, &configs, &measured, &out_dir)?;
@@ -232,6 +262,17 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
         text.push_str(&markdown);
         std::fs::write(&path, text)?;
     }
+    let mut storms_failed = false;
+    if !storms.is_empty() {
+        let (markdown, failed) = describe_storms(&storms, storm_limit)?;
+        storms_failed = failed;
+        loadgen::plot::plot_storms(&storms, &out_dir.join("storms.svg"))?;
+        let path = out_dir.join("summary.md");
+        let mut text = std::fs::read_to_string(&path)?;
+        text.push_str(&markdown);
+        std::fs::write(&path, text)?;
+        println!("{markdown}");
+    }
     println!("\n{summary}");
     if let Some(table) = write_raw_vs_hub(&measured, &out_dir, options.out.is_none())? {
         println!("raw WebSocket against SignalR hub (hub/raw):\n{table}");
@@ -240,7 +281,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
         "results, tables (summary.md) and plots written to {}",
         out_dir.display()
     );
-    let failed = measured.iter().any(|m| m.result.summary.errors.total() > 0);
+    let failed = storms_failed || measured.iter().any(|m| m.result.summary.errors.total() > 0);
     Ok(if failed {
         ExitCode::from(1)
     } else {
@@ -431,6 +472,146 @@ fn find_knee(
             if step.held { "held" } else { "broke" }
         );
     })
+}
+
+/// How long a storm's admitted connections echo, closed loop, once open:
+/// the storm is the connecting; this shows the admitted ones work.
+const STORM_ECHO_SECS: f64 = 1.0;
+
+/// One connection storm: `options.storm_connections` opened at `rate` per
+/// second (one schedule over loadgen's threads) against `engine`, which
+/// admits `--storm-limit`; then a second of echoes over those admitted.
+fn storm(
+    engine: &EngineProcess,
+    options: &BenchOptions,
+    out_dir: &Path,
+    config_name: &str,
+    spare_cores: &[usize],
+    rate: f64,
+) -> anyhow::Result<RunResult> {
+    let mut load = load_for(
+        engine,
+        options,
+        spare_cores,
+        Case::Small,
+        Protocol::Raw,
+        None,
+        STORM_ECHO_SECS,
+    );
+    load.connections = options.storm_connections;
+    load.connect_rate = Some(rate);
+    load.warmup = 0.0;
+    // Storm after storm on one loopback address would run short of
+    // ephemeral ports (each closed connection waits in TIME_WAIT).
+    load.source_addr = vec!["127.0.0.2".parse()?, "127.0.0.3".parse()?];
+    let file = format!("{}-storm-{rate:.0}", engine.file_stem);
+    let args = RunArgs {
+        load,
+        out: Some(out_dir.join(format!("{file}.json"))),
+        hgrm: None,
+        hlog: None,
+        quiet: options.quiet,
+        label: Some(format!("{config_name}, {rate:.0} connections/s")),
+        server_pid: Some(engine.child.id()),
+        start_at: None,
+        limits: Default::default(),
+    };
+    let result = loadgen::run::run(&args)?;
+    loadgen::save_outputs(&args, &result)?;
+    settle(engine)?;
+    let s = &result.summary;
+    println!(
+        "    {} opened, {} refused ({}), {:.0}/s achieved; connect + handshake p50 {} µs, p99 {} µs",
+        s.connections,
+        s.errors.connect_failures,
+        by_kind(s),
+        s.connect_rate_achieved().unwrap_or(f64::NAN),
+        s.connect_us.p50,
+        s.connect_us.p99
+    );
+    Ok(result)
+}
+
+/// Waits until the engine holds no connection but the one asking (its
+/// /stats): a storm leaves nothing behind, and the next starts from zero.
+fn settle(engine: &EngineProcess) -> anyhow::Result<()> {
+    let target = loadgen::client::Target::parse(&format!("ws://{}/ws", engine.addr))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = loadgen::server_info::read_stats(&target).unwrap_or_default();
+        let open = &stats["totals"];
+        let (tcp, websockets) = (
+            open["open_connections"].as_u64(),
+            open["open_websockets"].as_u64(),
+        );
+        if tcp.is_some_and(|n| n <= 1) && websockets == Some(0) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "10 s after the storm the engine still holds connections ({tcp:?} TCP, \
+             {websockets:?} WebSocket): it leaks them"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn by_kind(s: &loadgen::result::Summary) -> String {
+    let kinds: Vec<String> = s
+        .errors
+        .connect_failures_by_kind
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect();
+    if kinds.is_empty() {
+        "none".into()
+    } else {
+        kinds.join(", ")
+    }
+}
+
+/// The storms' table for summary.md, and whether any storm went wrong:
+/// a failure other than the engine's 503, or an echo that was not exact.
+fn describe_storms(
+    storms: &[(String, Vec<RunResult>)],
+    limit: u32,
+) -> anyhow::Result<(String, bool)> {
+    let first = &storms.first().context("no storm")?.1[0];
+    let mut failed = false;
+    let mut markdown = format!(
+        "\n## Connection storms: {} connections against an engine admitting {limit}\n\n\
+         Each storm opens the connections on one schedule at the rate offered (`loadgen run \
+         --connect-rate`) against an engine started with `--max-connections {limit}`: the \
+         connections beyond it get the engine's 503, as a full server refuses a storm. \
+         Connect + handshake is the time from the connect call to the checked 101; achieved \
+         is every attempt over the time from the first attempt to the last answer. The \
+         admitted connections then echo for {STORM_ECHO_SECS} s, every echo checked.\n\n\
+         | engine | offered /s | achieved /s | opened | refused, by kind | p50 µs | p90 µs | p99 µs | max µs | echo errors |\n\
+         |---|---:|---:|---:|---|---:|---:|---:|---:|---:|\n",
+        first.load.connections
+    );
+    for (name, results) in storms {
+        for r in results {
+            let s = &r.summary;
+            let e = &s.errors;
+            let echo_errors = e.mismatches + e.unexpected_frames + e.unexpected_closes;
+            let only_503 = e.connect_failures_by_kind.keys().all(|k| k == "HTTP 503");
+            failed |= echo_errors > 0 || !only_503;
+            markdown.push_str(&format!(
+                "| {name} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {echo_errors} |\n",
+                r.load.connect_rate.unwrap_or(f64::NAN),
+                s.connect_rate_achieved().unwrap_or(f64::NAN),
+                s.connections,
+                by_kind(s),
+                s.connect_us.p50,
+                s.connect_us.p90,
+                s.connect_us.p99,
+                s.connect_us.max,
+            ));
+        }
+    }
+    markdown.push_str("\n![connect + handshake time against the connection rate](storms.svg)\n");
+    Ok((markdown, failed))
 }
 
 /// Tables per case (configurations side by side), plots, and summary.md.
@@ -690,9 +871,12 @@ struct EngineProcess {
 }
 
 impl EngineProcess {
-    fn start(config: &EngineConfig) -> anyhow::Result<Self> {
+    /// `max_connections`: the engine's --max-connections, for the storms.
+    fn start(config: &EngineConfig, max_connections: Option<u32>) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the ringecho binary")?;
+        let limit = max_connections.map(|n| ["--max-connections".to_string(), n.to_string()]);
         let mut child = Command::new(exe)
+            .args(limit.iter().flatten())
             .args([
                 "--listen",
                 "127.0.0.1:0",

@@ -128,6 +128,24 @@ pub struct BenchOptions {
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub knee_max_steps: u32,
 
+    /// Connection storms: for each rate, --storm-connections connections
+    /// opened at that many per second (as `loadgen run --connect-rate`)
+    /// against an engine started with --max-connections --storm-limit, so
+    /// that the last ones are refused with 503 as a full server refuses
+    /// them. Each storm's result has the connect and handshake time at
+    /// that rate, the rate achieved, and failures by kind; 0 skips them.
+    #[arg(long, value_name = "PER_SEC,…", value_delimiter = ',', default_value = "1000,4000,16000", value_parser = parse_storm_rate)]
+    pub storm_rate: Vec<f64>,
+
+    /// Connections each storm opens.
+    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub storm_connections: u32,
+
+    /// The engine's --max-connections during the storms: connections beyond
+    /// it get 503. [default: three quarters of --storm-connections]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub storm_limit: Option<u32>,
+
     /// Folder for result files, tables and plots.
     /// [default: results/bench/DATE]
     #[arg(long, value_name = "DIR")]
@@ -385,6 +403,16 @@ fn parse_max_message_size(s: &str) -> Result<usize, String> {
         Ok(n)
     } else {
         Err("must be at least 125 bytes".into())
+    }
+}
+
+/// A storm's connection rate: per second, 0 or more (0 skips).
+fn parse_storm_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate: give connections per second, e.g. 1000 (0 skips storms)"
+        )),
     }
 }
 

@@ -285,7 +285,11 @@ fn a_connection_storm_beyond_the_engines_limit_is_counted_by_kind() {
     assert_eq!(result.summary.connections + e.connect_failures, 80, "{e:?}");
     // The refused connections' closes are part of their refusal, not
     // closes of open connections.
-    assert_eq!(e.unexpected_closes + e.mismatches + e.unexpected_frames, 0, "{e:?}");
+    assert_eq!(
+        e.unexpected_closes + e.mismatches + e.unexpected_frames,
+        0,
+        "{e:?}"
+    );
     assert_eq!(
         e.connect_failures_by_kind.get("HTTP 503"),
         Some(&e.connect_failures),
@@ -369,6 +373,12 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
             "0.3",
             "--knee-max-steps",
             "2",
+            "--storm-rate",
+            "2000",
+            "--storm-connections",
+            "300",
+            "--storm-limit",
+            "200",
             "--quiet",
         ])
         .arg("--out")
@@ -382,8 +392,8 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("[8/8]"),
-        "two configurations × (small raw, small hub, constant rate, knee): {stdout}"
+        stdout.contains("[10/10]"),
+        "two configurations × (small raw, small hub, constant rate, knee, storm): {stdout}"
     );
     for backend in ["tokio-uring", "epoll"] {
         let knee = dir.join(format!("{backend}-buf4096-t1-small-knee.json"));
@@ -426,5 +436,28 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
     }
     let result = RunResult::load(&dir.join("epoll-buf4096-t1-small-rate.json")).unwrap();
     assert!(result.load.rate.is_some() && result.summary.errors.total() == 0);
+    // The storms: 300 connections at 2000/s against an engine admitting
+    // 200; the rest refused with 503, and nothing else went wrong.
+    assert!(
+        summary.contains("## Connection storms: 300 connections against an engine admitting 200"),
+        "{summary}"
+    );
+    assert!(dir.join("storms.svg").exists());
+    for backend in ["tokio-uring", "epoll"] {
+        let storm =
+            RunResult::load(&dir.join(format!("{backend}-buf4096-t1-storm-2000.json"))).unwrap();
+        let (s, e) = (&storm.summary, &storm.summary.errors);
+        assert_eq!(storm.load.connect_rate, Some(2000.0));
+        // The start-up read of /stats may still hold one place.
+        assert!((199..=200).contains(&s.connections), "{backend}: {e:?}");
+        assert_eq!(s.connections + e.connect_failures, 300, "{backend}: {e:?}");
+        assert_eq!(
+            e.connect_failures_by_kind.get("HTTP 503"),
+            Some(&e.connect_failures)
+        );
+        assert_eq!(e.mismatches + e.unexpected_closes + e.unexpected_frames, 0);
+        let achieved = s.connect_rate_achieved().unwrap();
+        assert!(achieved > 0.0 && achieved <= 2000.0 * 1.05, "{achieved}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -355,6 +355,88 @@ pub fn plot_knee(
     Ok(())
 }
 
+/// Connection storms: connect + handshake time (p50 thin, p99 thick)
+/// against the connection rate achieved, one colour per series (an engine
+/// configuration, say), each storm a point.
+pub fn plot_storms(series: &[(String, Vec<RunResult>)], path: &Path) -> anyhow::Result<()> {
+    let point = |r: &RunResult, pick: fn(&crate::result::Percentiles) -> u64| {
+        let s = &r.summary;
+        let rate = s
+            .connect_rate_achieved()
+            .or(r.load.connect_rate)
+            .unwrap_or(1.0);
+        (rate.max(1.0), pick(&s.connect_us).max(1) as f64)
+    };
+    type Pick = fn(&crate::result::Percentiles) -> u64;
+    let picks: [(&str, Pick, u32); 2] = [("p50", |c| c.p50, 1), ("p99", |c| c.p99, 3)];
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|(_, runs)| runs.iter())
+        .flat_map(|r| picks.map(|(_, pick, _)| point(r, pick)))
+        .collect();
+    anyhow::ensure!(!all.is_empty(), "no storm to plot");
+    let (x_min, x_max) = all.iter().fold((f64::MAX, 1.0f64), |(lo, hi), &(x, _)| {
+        (lo.min(x), hi.max(x))
+    });
+    let (y_min, y_max) = all.iter().fold((f64::MAX, 1.0f64), |(lo, hi), &(_, y)| {
+        (lo.min(y), hi.max(y))
+    });
+
+    let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let first = &series[0].1[0];
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "Connect + handshake time in connection storms of {} connections",
+                first.load.connections
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .margin_right(40)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (x_min / 1.5..x_max * 1.5).log_scale(),
+            (y_min / 2.0..y_max * 2.0).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("connections per second achieved; thin: p50, thick: p99")
+        .y_desc("connect + handshake (µs)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    for (i, (name, runs)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mut runs: Vec<&RunResult> = runs.iter().collect();
+        runs.sort_by(|a, b| point(a, |c| c.p50).0.total_cmp(&point(b, |c| c.p50).0));
+        for (what, pick, width) in picks {
+            let points: Vec<(f64, f64)> = runs.iter().map(|r| point(r, pick)).collect();
+            let drawn = chart.draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(width),
+            ))?;
+            if what == "p99" {
+                drawn.label(name.as_str()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                });
+            }
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 fn percentile_label(x: f64) -> String {
     let nines = x.log10().round() as i32;
     match nines {

@@ -143,9 +143,13 @@ pub fn summary(result: &RunResult) -> String {
             .collect();
         out.push_str(&format!(
             "connect + handshake{}: p50 {} µs, p99 {} µs, max {} µs over {} connections{}\n",
-            load.connect_rate
-                .map(|r| format!(" at {r} per second"))
-                .unwrap_or_default(),
+            match (load.connect_rate, s.connect_rate_achieved()) {
+                (Some(r), Some(achieved)) => {
+                    format!(" at {r} per second ({achieved:.0} achieved)")
+                }
+                (Some(r), None) => format!(" at {r} per second"),
+                _ => String::new(),
+            },
             c.p50,
             c.p99,
             c.max,

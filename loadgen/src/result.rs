@@ -204,6 +204,11 @@ pub struct Summary {
     /// they ran where the scheduler put them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unpinned_threads: u32,
+    /// Seconds from the first connection attempt to the last answer (open
+    /// or failed): at --connect-rate, the attempts over it are the rate
+    /// achieved. Missing in results from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connecting_secs: Option<f64>,
     /// The measured window on the wall clock (missing in results from
     /// before shards); a merge checks that its parts' windows agree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +256,12 @@ pub fn utilisation(p: &ServerProcess, seconds: f64) -> f64 {
 }
 
 impl Summary {
+    /// Connection attempts per second over the connecting time.
+    pub fn connect_rate_achieved(&self) -> Option<f64> {
+        let secs = self.connecting_secs.filter(|&s| s > 0.0)?;
+        Some((self.connections + self.errors.connect_failures) as f64 / secs)
+    }
+
     /// loadgen's utilisation (of its `threads` cores) and the server's (of
     /// one core), when both were measured, and the warning when loadgen was
     /// saturated while the server was not.
@@ -475,6 +486,11 @@ impl RunResult {
             s.unanswered += o.unanswered;
             s.merged_from += o.merged_from;
             s.unpinned_threads += o.unpinned_threads;
+            // Hosts connect at the same time: the storm lasted the longest.
+            s.connecting_secs = match (s.connecting_secs, o.connecting_secs) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
             s.errors.add(&o.errors);
             // Several load generators against one server all watched the
             // same process over the same window: one of them is the figure.

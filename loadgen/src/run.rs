@@ -54,6 +54,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     let cores = pick_cores(load);
     let unpinned = Arc::new(AtomicU32::new(0));
 
+    let connecting = std::time::Instant::now();
     let (to_main, from_threads) = mpsc::channel::<Report>();
     let mut starts = Vec::new();
     let mut handles = Vec::new();
@@ -119,6 +120,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
             _ => unreachable!("threads report their connections first"),
         }
     }
+    let connecting_secs = connecting.elapsed().as_secs_f64();
     if connected == 0 {
         let kinds = &errors.connect_failures_by_kind;
         let hint = if kinds.contains_key("TLS") {
@@ -267,6 +269,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         send_lag_us: load.rate.map(|_| Percentiles::of(&send_lag)),
         bottleneck: None,
         unpinned_threads: unpinned.load(Ordering::Relaxed),
+        connecting_secs: Some(connecting_secs),
         window: Some(window),
     };
     summary.bottleneck = summary.bottleneck_warning(load.threads, load.rate.is_none());
