@@ -326,6 +326,38 @@ fn the_engine_sees_loadgens_origin_and_headers() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// --connection-stages against the engine: a second with no connection
+/// sending carries (almost) nothing, the seconds around it carry the load,
+/// on both clients, and every connection stays open throughout.
+#[test]
+fn connection_stages_pause_and_resume_connections() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-cstages-{}", std::process::id()));
+    let engine = Engine::start("io-uring", &["--threads", "1"]);
+    for io in [Io::Auto, Io::Epoll] {
+        let mut run = args(&engine, Protocol::Raw, None, io, dir.join("s.json"));
+        run.load.warmup = 0.0;
+        run.load.connection_stages = ["0s:20", "1s:20", "0s:0", "1s:0", "0s:10", "1s:10"]
+            .map(|s| loadgen::options::ConnectionStage::parse(s).unwrap())
+            .to_vec();
+        let result = loadgen::run::run(&run).expect("the staged run completes");
+        let s = &result.summary;
+        assert_eq!(s.errors.total(), 0, "{io:?}: {:?}", s.errors);
+        assert_eq!((s.connections, result.load.connections), (20, 20));
+        assert_eq!(result.load.mode(), "staged-connections");
+        let per_second: Vec<u64> = result.intervals.iter().map(|i| i.messages).collect();
+        assert!(per_second.len() >= 3, "{io:?}: {per_second:?}");
+        assert!(
+            per_second[0] > 1000 && per_second[2] > 1000,
+            "{io:?}: {per_second:?}"
+        );
+        // Only echoes already on their way as the count fell to 0.
+        assert!(per_second[1] <= 2 * 20, "{io:?}: {per_second:?}");
+    }
+    engine.wait_for_no_connections();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `--payload utf8` and `--payload-file`, echoed by the engine, which
 /// checks every text message is UTF-8: every echo comes back exact, on
 /// both clients, and the engine counts no close for bad text.

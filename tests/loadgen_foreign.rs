@@ -220,3 +220,39 @@ fn utf8_text_and_payload_files_echo_exactly_through_a_validating_server() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// --connection-stages against a server that holds each echo 10 ms, so
+/// that each connection echoes at most 100 a second: a second with 8
+/// connections sending carries about 8 times what a second with 1 does,
+/// on both clients.
+#[test]
+fn connection_stages_set_how_many_connections_send() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start(&["--delay-ms", "10"]);
+    let url = format!("ws://127.0.0.1:{}/echo", server.port);
+    for io in [Io::Auto, Io::Epoll] {
+        let mut run = run_args(&url);
+        run.load.io = io;
+        run.load.warmup = 0.0;
+        run.load.connection_stages = ["0s:1", "2s:1", "0s:8", "2s:8"]
+            .map(|s| loadgen::options::ConnectionStage::parse(s).unwrap())
+            .to_vec();
+        let result = loadgen::run::run(&run).expect("the staged run completes");
+        let s = &result.summary;
+        assert_eq!(s.errors.total(), 0, "{io:?}: {:?}", s.errors);
+        assert_eq!(result.load.connections, 8, "the peak opens");
+        assert_eq!(result.load.duration, 4.0, "the stages are the window");
+        assert_eq!(s.connections, 8);
+        let per_second: Vec<u64> = result.intervals.iter().map(|i| i.messages).collect();
+        assert!(per_second.len() >= 4, "{io:?}: {per_second:?}");
+        let (one, eight) = (per_second[1], per_second[3]);
+        assert!(
+            (50..=101).contains(&one),
+            "{io:?}: 1 connection: {per_second:?}"
+        );
+        assert!(
+            (400..=808).contains(&eight) && eight > 5 * one,
+            "{io:?}: 8 connections: {per_second:?}"
+        );
+    }
+}

@@ -110,10 +110,19 @@ pub async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<
     let tcp = socket.connect(target.addr).await?;
     tcp.set_nodelay(true)?;
     let mut stream = match &target.tls {
-        Some(tls) => tls
-            .connect(tcp)
-            .await
-            .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+        Some(tls) => tls.connect(tcp).await.map_err(|e| {
+            let why = e.to_string();
+            // A self-signed certificate given to --ca is a CA
+            // certificate serving as its own end entity, which WebPKI
+            // refuses; say what to do instead.
+            let hint = if why.contains("CaUsedAsEndEntity") {
+                " (a self-signed certificate cannot be its own --ca: use --insecure, \
+                     or give --ca the CA that signed the server's certificate)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("TLS: {why}{hint}")
+        })?,
         None => Stream::Plain(tcp),
     };
     let (request, key) = upgrade_request(target, false);

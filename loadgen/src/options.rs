@@ -509,6 +509,20 @@ pub struct LoadConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<RateStage>,
 
+    /// Stages that ramp how many connections send, closed loop: each
+    /// SECS:N goes linearly from the count before it (0 at first) to N
+    /// connections over SECS seconds (`0s:10,30s:1000,10s:100`; `0s:`
+    /// jumps, and a first `0s:N` is also the warm-up's count). Connection
+    /// i sends while the count is above i, and waits, still open, while it
+    /// is not. All connections open before the start (opening under load
+    /// is --connect-rate), so --connections becomes the peak, and
+    /// --duration the stages' sum; every second is kept (see --hlog) to
+    /// show at what count latency turned up. [default: every connection
+    /// throughout]
+    #[arg(long, value_name = "SECS:N,…", value_delimiter = ',', value_parser = ConnectionStage::parse, conflicts_with_all = ["rate", "stages"])]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connection_stages: Vec<ConnectionStage>,
+
     /// Constant rate, io-uring client: how many microseconds a due send may
     /// wait for a wake-up that a reply still on its way brings anyway,
     /// before the loop arms a timer of its own for it. Every timer armed and
@@ -684,6 +698,37 @@ impl std::fmt::Display for RateStage {
     }
 }
 
+/// One stage of a ramped connection count: to `connections` sending over
+/// `secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionStage {
+    pub secs: f64,
+    pub connections: u32,
+}
+
+impl ConnectionStage {
+    pub fn parse(s: &str) -> Result<ConnectionStage, String> {
+        let bad = || format!("{s:?} is not a stage: give SECS:CONNECTIONS, such as 30s:1000");
+        if s.trim().ends_with("/s") {
+            return Err(bad());
+        }
+        let stage = RateStage::parse(s).map_err(|_| bad())?;
+        if stage.target.fract() != 0.0 || stage.target > u32::MAX as f64 {
+            return Err(bad());
+        }
+        Ok(ConnectionStage {
+            secs: stage.secs,
+            connections: stage.target as u32,
+        })
+    }
+}
+
+impl std::fmt::Display for ConnectionStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}s:{}", self.secs, self.connections)
+    }
+}
+
 /// One shard of a load spread over several hosts: `index` of `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
@@ -771,6 +816,8 @@ impl LoadConfig {
     pub fn mode(&self) -> &'static str {
         if !self.stages.is_empty() {
             "staged-rate"
+        } else if !self.connection_stages.is_empty() {
+            "staged-connections"
         } else if self.rate.is_some() {
             "constant-rate"
         } else {
@@ -795,6 +842,12 @@ impl LoadConfig {
         if !self.stages.is_empty() {
             self.rate = Some(self.rate.unwrap_or(0.0));
             self.duration = self.stages.iter().map(|s| s.secs).sum();
+        }
+        // Connection stages open their peak, and measure themselves.
+        if !self.connection_stages.is_empty() {
+            let peak = self.connection_stages.iter().map(|s| s.connections).max();
+            self.connections = peak.unwrap_or(1).max(1);
+            self.duration = self.connection_stages.iter().map(|s| s.secs).sum();
         }
     }
 
@@ -878,6 +931,16 @@ impl LoadConfig {
             };
             if !(rate.is_finite() && rate >= least) {
                 return Err("--rate must be a positive number of messages per second".into());
+            }
+        }
+        if !self.connection_stages.is_empty() {
+            if self.connection_stages.iter().map(|s| s.secs).sum::<f64>() <= 0.0 {
+                return Err(
+                    "--connection-stages: the stages last 0 s in all; give them time".into(),
+                );
+            }
+            if self.connection_stages.iter().all(|s| s.connections == 0) {
+                return Err("--connection-stages: no stage has a connection sending".into());
             }
         }
         if !self.stages.is_empty() && self.stages.iter().map(|s| s.secs).sum::<f64>() <= 0.0 {
@@ -976,6 +1039,9 @@ impl LoadConfig {
         if !self.stages.is_empty() {
             args.extend(["--stages".into(), list(&self.stages)]);
         }
+        if !self.connection_stages.is_empty() {
+            args.extend(["--connection-stages".into(), list(&self.connection_stages)]);
+        }
         if let Some(rate) = self.connect_rate {
             args.extend(["--connect-rate".into(), rate.to_string()]);
         }
@@ -1016,6 +1082,13 @@ impl LoadConfig {
                 format!("stages {} msg/s", targets.join("→"))
             }
             Some(rate) => format!("{rate} msg/s"),
+            None if !self.connection_stages.is_empty() => {
+                let counts: Vec<String> = std::iter::once(0)
+                    .chain(self.connection_stages.iter().map(|s| s.connections))
+                    .map(|n| n.to_string())
+                    .collect();
+                format!("stages {} connections", counts.join("→"))
+            }
             None if self.in_flight > 1 => format!("closed loop ×{}", self.in_flight),
             None => "closed loop".to_string(),
         };
@@ -1131,6 +1204,17 @@ mod tests {
         load.duration = 1.5;
         assert_eq!(back(&load), load);
         load.stages.clear();
+        load.rate = None;
+        load.send_slack_us = DEFAULT_SEND_SLACK_US;
+        load.connection_stages = ["0s:10", "2.5s:40", "1s:0"]
+            .map(|s| ConnectionStage::parse(s).unwrap())
+            .to_vec();
+        load.connections = 40;
+        load.duration = 3.5;
+        assert_eq!(back(&load), load);
+        load.connection_stages.clear();
+        load.rate = Some(1234.5);
+        load.send_slack_us = 7;
         load.connect_rate = Some(250.0);
         load.origin = Some("https://example.com".into());
         load.headers = vec!["Authorization: Bearer a b".into(), "X-Run: 7".into()];

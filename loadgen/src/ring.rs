@@ -43,7 +43,7 @@ use crate::options::{LoadConfig, MessageType};
 use crate::payload::Pattern;
 use crate::result::{self, Errors};
 use crate::run::{Counts, Report, CLOSE_WAIT, DRAIN};
-use crate::schedule::Schedule;
+use crate::schedule::{Profile, Schedule};
 use permessage_deflate::{self as pmd, Compressor, Decompressor};
 
 const OP_RECV: u8 = 1;
@@ -124,6 +124,8 @@ struct Conn {
     closing: bool,
     /// Nothing more will come: the server closed, reset or broke protocol.
     done: bool,
+    /// --connection-stages: open, and waiting for the count to include it.
+    parked: bool,
 }
 
 /// permessage-deflate on one connection.
@@ -301,6 +303,11 @@ struct Thread<'a> {
     /// counted; its errors are reported, and the thread's later sends may
     /// then leave up to the slack late, which their send lag shows.
     awaited: usize,
+    /// The connections' global ids, ascending, by key.
+    ids: Vec<u32>,
+    /// --connection-stages: connections with ids below this send (closed
+    /// loop); the others wait, parked. u32::MAX without stages.
+    sending_below: u32,
 }
 
 /// One load thread on the ring: opens its share of the connections (ids
@@ -369,6 +376,7 @@ pub(crate) fn load_thread(
                 encoder,
                 closing: false,
                 done: false,
+                parked: false,
             }
         })
         .collect();
@@ -397,6 +405,8 @@ pub(crate) fn load_thread(
         errors: Errors::default(),
         opened: Vec::new(),
         awaited: 0,
+        ids: ids.clone(),
+        sending_below: u32::MAX,
         ring,
     };
     let (histogram, failures) = thread.open_all(&ids);
@@ -439,16 +449,26 @@ impl Thread<'_> {
             .map(|&id| Schedule::new(tokio_start, profile.clone(), load.connections, id))
             .collect();
         let mut due: uring_loop::Timers<(u64, usize)> = uring_loop::Timers::default();
+        let mut connection_stages = None;
         if load.rate.is_some() {
             for (key, schedule) in schedules.iter().enumerate() {
                 due.add(schedule.due(0).into_std(), (0, key));
             }
         } else {
-            for key in 0..self.conns.len() {
+            let sending = Profile::connections_of(load);
+            if let Some(profile) = &sending {
+                self.sending_below = profile.sending_at(0.0);
+            }
+            for (key, &id) in ids.iter().enumerate() {
+                if id >= self.sending_below {
+                    self.conns[key].parked = true;
+                    continue;
+                }
                 for _ in 0..load.in_flight {
                     self.queue_message(key, start, start);
                 }
             }
+            connection_stages = sending;
         }
         let mut next_second = start + Duration::from_secs(1);
         let mut second_index = 0;
@@ -460,6 +480,10 @@ impl Thread<'_> {
         self.to_send.reserve(self.conns.len());
         loop {
             let now = Instant::now();
+            if let (Some(profile), Stage::Running) = (&connection_stages, self.stage) {
+                let below = profile.sending_at(now.saturating_duration_since(start).as_secs_f64());
+                self.send_below(below, now);
+            }
             // Sends that are due, each timed from its due time.
             if self.stage == Stage::Running {
                 while let Some((at, (k, key))) = due.pop_due(now) {
@@ -513,6 +537,9 @@ impl Thread<'_> {
             let mut wake = next_second;
             if self.stage == Stage::Running {
                 wake = wake.min(self.end);
+                if connection_stages.is_some() {
+                    wake = wake.min(now + crate::run::STAGE_TICK);
+                }
                 // With a reply on its way, its wake-up can carry the send
                 // (up to `slack` late) and no timer of ours is needed.
                 if let Some(t) = due.timeout(now) {
@@ -1059,7 +1086,37 @@ impl Thread<'_> {
             self.latency.saturating_record(micros);
         }
         if self.load.rate.is_none() && self.stage == Stage::Running && now < self.end {
-            self.queue_message(key, now, now);
+            if self.ids[key] < self.sending_below {
+                // One message, or more where a fall in the count had let
+                // the connection drain partway.
+                for _ in self.conns[key].in_flight.len()..self.load.in_flight as usize {
+                    self.queue_message(key, now, now);
+                }
+            } else if self.conns[key].in_flight.is_empty() {
+                self.conns[key].parked = true;
+            }
+        }
+    }
+
+    /// --connection-stages: connections with ids below `below` send from
+    /// now; those above it park at their next echo. Only a rise has work to
+    /// do, on the connections it takes in: the work over a run is one pass
+    /// over the connections per ramp.
+    fn send_below(&mut self, below: u32, now: Instant) {
+        let was = std::mem::replace(&mut self.sending_below, below);
+        if below <= was {
+            return;
+        }
+        let from = self.ids.partition_point(|&id| id < was);
+        let to = self.ids.partition_point(|&id| id < below);
+        for key in from..to {
+            let conn = &mut self.conns[key];
+            if !std::mem::take(&mut conn.parked) {
+                continue;
+            }
+            for _ in conn.in_flight.len()..self.load.in_flight as usize {
+                self.queue_message(key, now, now);
+            }
         }
     }
 

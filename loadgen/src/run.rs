@@ -455,6 +455,8 @@ struct ThreadState {
     rate: Option<f64>,
     in_flight: u32,
     connections: u32,
+    /// --connection-stages: from the start, how many connections send.
+    sending: Option<(Instant, crate::schedule::Profile)>,
     /// Echoes completing in [measure_from, end] are measured.
     measure_from: Instant,
     end: Instant,
@@ -493,6 +495,7 @@ async fn load_thread(
         rate: load.rate,
         in_flight: load.in_flight,
         connections: load.connections,
+        sending: crate::schedule::Profile::connections_of(&load).map(|p| (start, p)),
         measure_from: start + Duration::from_secs_f64(load.warmup),
         end: start + Duration::from_secs_f64(load.warmup + load.duration),
         latency: RefCell::new(result::new_histogram()),
@@ -509,7 +512,7 @@ async fn load_thread(
     let tasks: Vec<_> = streams
         .into_iter()
         .map(|(id, stream, leftover)| {
-            let talk = Conversation::new();
+            let talk = Conversation::new(id);
             talks.push((id, talk.clone()));
             tokio::task::spawn_local(connection(stream, leftover, talk, state.clone()))
         })
@@ -702,11 +705,15 @@ struct Conversation {
     closing: Cell<bool>,
     /// The reader stopped: nothing more will be answered.
     reader_done: Cell<bool>,
+    /// The connection's id: with --connection-stages, it sends while fewer
+    /// than the count have smaller ids.
+    id: u32,
 }
 
 impl Conversation {
-    fn new() -> Rc<Self> {
+    fn new(id: u32) -> Rc<Self> {
         Rc::new(Conversation {
+            id,
             in_flight: RefCell::new(VecDeque::new()),
             wake: Notify::new(),
             pongs: RefCell::new(Vec::new()),
@@ -732,6 +739,10 @@ async fn connection(
         .unanswered
         .set(state.unanswered.get() + talk.in_flight.borrow().len() as u64);
 }
+
+/// With --connection-stages, how often a waiting connection looks at the
+/// count again: a count reached shows within this.
+pub(crate) const STAGE_TICK: Duration = Duration::from_millis(5);
 
 async fn write_loop(mut write: WriteHalf, state: Rc<ThreadState>, talk: Rc<Conversation>) {
     let opcode = match state.message_type {
@@ -767,6 +778,20 @@ async fn write_loop(mut write: WriteHalf, state: Rc<ThreadState>, talk: Rc<Conve
                 tokio::select! {
                     () = talk.wake.notified() => {}
                     () = tokio::time::sleep_until(state.end) => break,
+                }
+            }
+            // Connection stages: wait, open, until the count includes us.
+            if let Some((start, profile)) = &state.sending {
+                while profile.sending_at(start.elapsed().as_secs_f64()) <= talk.id
+                    && !talk.reader_done.get()
+                    && Instant::now() < state.end
+                {
+                    tokio::select! {
+                        () = talk.wake.notified() => {
+                            if flush_pongs(&mut write, &mut encoder, &talk).await.is_err() { return; }
+                        }
+                        () = tokio::time::sleep(STAGE_TICK) => {}
+                    }
                 }
             }
             Some(Instant::now())

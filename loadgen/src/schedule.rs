@@ -80,6 +80,33 @@ impl Profile {
         Profile::ramps(rate, &pieces)
     }
 
+    /// How many connections send over the run with --connection-stages:
+    /// the count a first `0s:N` jumps to (else 0) through the warm-up, then
+    /// the stages. None without them.
+    pub fn connections_of(load: &LoadConfig) -> Option<Profile> {
+        let first = load.connection_stages.first()?;
+        let start = if first.secs == 0.0 {
+            first.connections as f64
+        } else {
+            0.0
+        };
+        let mut pieces = vec![(load.warmup, start)];
+        pieces.extend(
+            load.connection_stages
+                .iter()
+                .map(|s| (s.secs, s.connections as f64)),
+        );
+        Some(Profile::ramps(start, &pieces))
+    }
+
+    /// Connections sending at `t` seconds from the start, by a connection
+    /// profile: those whose ids are below it.
+    pub fn sending_at(&self, t: f64) -> u32 {
+        // A hair over, so that a count reached exactly is not lost to
+        // rounding on the way.
+        (self.rate_at(t) + 1e-9).floor() as u32
+    }
+
     /// Seconds from the start at which message `n` (counting from 0) is
     /// due; None if the rate has fallen to 0 for good before it.
     pub fn time_of(&self, n: f64) -> Option<f64> {
@@ -214,5 +241,26 @@ mod tests {
         let up = Profile::ramps(0.0, &[(2.0, 1000.0)]);
         assert!((up.time_of(1000.0).unwrap() - 2.0).abs() < 1e-9);
         assert!(up.time_of(0.0).unwrap() < 1e-9);
+    }
+
+    #[test]
+    fn connection_stages_ramp_the_count_that_sends() {
+        let mut load = crate::test_load();
+        assert!(Profile::connections_of(&load).is_none());
+        load.warmup = 1.0;
+        load.connection_stages = ["0s:10", "2s:30", "1s:30", "0s:5"]
+            .map(|s| crate::options::ConnectionStage::parse(s).unwrap())
+            .to_vec();
+        let p = Profile::connections_of(&load).unwrap();
+        // The warm-up at the first jump's count, then up by 10 a second.
+        let counts: Vec<u32> = [0.0, 0.99, 1.0, 1.5, 2.0, 2.999, 3.0, 3.5, 4.0, 9.0]
+            .map(|t| p.sending_at(t))
+            .to_vec();
+        assert_eq!(counts, [10, 10, 10, 15, 20, 29, 30, 30, 5, 5]);
+        // Without a first jump, from nothing.
+        load.connection_stages.remove(0);
+        let p = Profile::connections_of(&load).unwrap();
+        assert_eq!(p.sending_at(0.5), 0);
+        assert_eq!(p.sending_at(2.0), 15);
     }
 }

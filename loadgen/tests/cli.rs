@@ -223,6 +223,13 @@ fn bad_flags_and_missing_servers_say_what_to_do() {
     let (text, empty) = (text.to_str().unwrap(), empty.to_str().unwrap());
     let url = ["--url", "ws://127.0.0.1:1/"];
     for (args, says) in [
+        (vec!["--connection-stages", "10s:5/s"], "SECS:CONNECTIONS"),
+        (vec!["--connection-stages", "10s:2.5"], "SECS:CONNECTIONS"),
+        (
+            vec!["--connection-stages", "10s:5", "--rate", "100"],
+            "cannot be used",
+        ),
+        (vec!["--connection-stages", "0s:5"], "0 s in all"),
         (vec!["--payload-file", "/nonexistent.bin"], "No such file"),
         (vec!["--payload-file", empty], "1 byte"),
         (

@@ -3,8 +3,14 @@ for loadgen's tests: plain or TLS, optionally requiring a header and
 choosing a subprotocol. Prints {"port": N} once it listens, then serves
 until its standard input closes (so it never outlives the test).
 
-    echo_server.py [--tls CERT KEY] [--require-header "Name: value"]
-                   [--subprotocol NAME]
+    echo_server.py [--port N] [--tls CERT KEY]
+                   [--require-header "Name: value"] [--subprotocol NAME]
+                   [--delay-ms MS]
+
+--delay-ms holds each echo that long: a connection then echoes at most
+1000/MS messages a second, so throughput counts the connections sending.
+
+Port 0 (the default) picks a free one.
 """
 import argparse
 import asyncio
@@ -16,14 +22,18 @@ import sys
 from websockets.asyncio.server import serve
 
 parser = argparse.ArgumentParser()
+parser.add_argument("--port", type=int, default=0)
 parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
 parser.add_argument("--require-header")
 parser.add_argument("--subprotocol")
+parser.add_argument("--delay-ms", type=float, default=0)
 args = parser.parse_args()
 
 
 async def echo(ws):
     async for message in ws:
+        if args.delay_ms:
+            await asyncio.sleep(args.delay_ms / 1000)
         await ws.send(message)
 
 
@@ -43,7 +53,7 @@ async def main():
     async with serve(
         echo,
         "127.0.0.1",
-        0,
+        args.port,
         ssl=context,
         process_request=check,
         subprotocols=[args.subprotocol] if args.subprotocol else None,
