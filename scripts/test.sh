@@ -48,8 +48,8 @@ if ! command -v node >/dev/null 2>&1; then
   echo "test.sh: installing Node.js (for the official SignalR client)"
   apt-get update -qq && apt-get install -y -qq nodejs npm
 fi
-if [ ! -d tests/signalr/node_modules/@microsoft/signalr ]; then
-  echo "test.sh: installing @microsoft/signalr into tests/signalr"
+if [ ! -d tests/signalr/node_modules/@microsoft/signalr ] || [ ! -d tests/signalr/node_modules/@microsoft/signalr-protocol-msgpack ] || [ ! -d tests/signalr/node_modules/ws ]; then
+  echo "test.sh: installing @microsoft/signalr, its MessagePack protocol and ws into tests/signalr"
   (cd tests/signalr && npm ci --no-audit --no-fund --silent)
 fi
 if [ ! -d tests/deflate/node_modules/ws ]; then

@@ -8,7 +8,9 @@ use std::process::Command;
 
 use common::{http_request, Engine, BACKENDS};
 
-fn official_client(engine: &Engine) -> serde_json::Value {
+/// Runs tests/signalr/hub-client.js with the invoking connections in
+/// `protocol` (json or messagepack); the broadcast's listeners use both.
+fn official_client(engine: &Engine, protocol: &str) -> serde_json::Value {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/signalr");
     assert!(
         std::path::Path::new(dir).join("node_modules/@microsoft/signalr").exists(),
@@ -17,6 +19,7 @@ fn official_client(engine: &Engine) -> serde_json::Value {
     let output = Command::new("node")
         .arg(format!("{dir}/hub-client.js"))
         .arg(format!("http://{}/hub", engine.addr))
+        .arg(protocol)
         .output()
         .expect("node runs (Node.js 18 or newer)");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -30,10 +33,32 @@ fn official_client(engine: &Engine) -> serde_json::Value {
 
 #[test]
 fn the_official_client_invokes_echo_receives_broadcasts_and_stops_cleanly() {
-    for backend in BACKENDS {
+    for (backend, protocol) in BACKENDS
+        .iter()
+        .flat_map(|b| [(b, "json"), (b, "messagepack")])
+    {
         let engine = Engine::start(backend, &["--threads", "2"]);
-        let r = official_client(&engine);
-        assert_eq!(r["string"], "hello", "{backend}");
+        let r = official_client(&engine, protocol);
+        assert_eq!(r["string"], "hello", "{backend} {protocol}");
+        if protocol == "messagepack" {
+            assert_eq!(
+                r["binaryEchoed"], true,
+                "{backend}: bytes as MessagePack bin"
+            );
+        }
+        assert_eq!(
+            r["listenerProtocols"],
+            serde_json::json!([
+                "json",
+                "json",
+                "messagepack",
+                "messagepack",
+                "json",
+                "json",
+                "messagepack",
+                "messagepack"
+            ])
+        );
         assert_eq!(r["number"], 42.5);
         assert_eq!(
             r["object"],

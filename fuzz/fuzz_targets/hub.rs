@@ -1,5 +1,6 @@
-//! The hub protocol's record handling: arbitrary text split into WebSocket
-//! messages at arbitrary points. Nothing may panic.
+//! The hub protocol's message handling, in both encodings: arbitrary bytes
+//! split into WebSocket messages at arbitrary points, after a JSON or a
+//! MessagePack handshake (or none). Nothing may panic.
 #![no_main]
 
 use fastwebsockets::OpCode;
@@ -15,8 +16,13 @@ fuzz_target!(|data: &[u8]| {
     let stats = WorkerStats::default();
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let hub = HubSession::new(HubWorker::new(vec![Inbox { channel: tx, doorbell: None }]), &stats, None, 1 << 16, 1 << 20);
-    // Start with a valid handshake half the time, to reach the messages.
-    let mut handshake = b"{\"protocol\":\"json\",\"version\":1}\x1e".to_vec();
+    // Start with a valid handshake half the time, to reach the messages:
+    // JSON or MessagePack, by the next bit.
+    let mut handshake = if cut & 2 == 2 {
+        b"{\"protocol\":\"messagepack\",\"version\":1}\x1e".to_vec()
+    } else {
+        b"{\"protocol\":\"json\",\"version\":1}\x1e".to_vec()
+    };
     let mut out = Vec::new();
     if cut & 1 == 1 {
         let len = handshake.len();

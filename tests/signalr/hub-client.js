@@ -1,15 +1,23 @@
 // Drives the ringecho hub endpoint with the official SignalR client and
-// prints what happened as one JSON line. Usage: node hub-client.js http://HOST:PORT/hub
+// prints what happened as one JSON line.
+// Usage: node hub-client.js http://HOST:PORT/hub [json|messagepack]
+// The protocol is that of the connections that invoke; the listeners of the
+// broadcast alternate between both, so that a broadcast crosses encodings.
 const signalR = require('@microsoft/signalr');
+const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
 
 const url = process.argv[2];
+const protocol = process.argv[3] || 'json';
 const WebSockets = signalR.HttpTransportType.WebSockets;
 
-function connect(options) {
-  return new signalR.HubConnectionBuilder()
+function connect(options, encoding = protocol) {
+  const builder = new signalR.HubConnectionBuilder()
     .withUrl(url, { transport: WebSockets, ...options })
-    .configureLogging(signalR.LogLevel.Error)
-    .build();
+    .configureLogging(signalR.LogLevel.Error);
+  if (encoding === 'messagepack') {
+    builder.withHubProtocol(new MessagePackHubProtocol());
+  }
+  return builder.build();
 }
 
 function within(ms, promise, what) {
@@ -29,6 +37,13 @@ async function main() {
   result.object = await negotiated.invoke('Echo', { a: [1, 'x', null], b: { c: true } });
   const big = 'é'.repeat(32768); // 64 KiB of UTF-8
   result.bigEchoed = (await negotiated.invoke('Echo', big)) === big;
+  if (protocol === 'messagepack') {
+    // Binary travels as MessagePack bin, and comes back as bytes.
+    const bytes = Uint8Array.from({ length: 3000 }, (_, i) => (i * 7) & 0xff);
+    const back = await negotiated.invoke('Echo', bytes);
+    result.binaryEchoed = back instanceof Uint8Array && back.length === bytes.length
+      && back.every((b, i) => b === bytes[i]);
+  }
   try {
     await negotiated.invoke('NoSuchMethod', 1);
     result.unknownMethod = 'no error';
@@ -43,8 +58,11 @@ async function main() {
   // Several listeners, so that with two workers some sit on each core.
   const listeners = [];
   const heard = [];
+  result.listenerProtocols = [];
   for (let i = 0; i < 8; i++) {
-    const listener = connect({ skipNegotiation: i % 2 === 0 });
+    const encoding = Math.floor(i / 2) % 2 === 0 ? 'json' : 'messagepack';
+    result.listenerProtocols.push(encoding);
+    const listener = connect({ skipNegotiation: i % 2 === 0 }, encoding);
     const got = new Promise((resolve) => listener.on('Receive', resolve));
     await listener.start();
     listeners.push(listener);

@@ -1,8 +1,11 @@
-//! The SignalR JSON hub protocol, as the official client speaks it.
+//! The SignalR hub protocol, as the official client speaks it, in both its
+//! encodings: JSON and MessagePack ([`msgpack`]).
 //!
 //! A hub connection is a WebSocket session whose [`Handler`] is [`HubSession`]:
-//! text records ended by 0x1E (several may share a frame, one may span
-//! frames), first the handshake, then messages. `Echo(x)` answers with a
+//! first the handshake, a JSON text record ended by 0x1E, which names the
+//! encoding; then messages: JSON text records ended by 0x1E (several may
+//! share a frame, one may span frames), or MessagePack messages behind
+//! VarInt lengths in binary frames. `Echo(x)` answers with a
 //! Completion holding x, copied as raw JSON (never re-serialized);
 //! JSON goes through serde_json, with arguments borrowed as raw JSON:
 //! benches/hub_json.rs measured it against sonic-rs and simd-json for an
@@ -29,6 +32,7 @@ use fastwebsockets::OpCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use slab::Slab;
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, Notify};
 
 use crate::codec::{self, Violation};
@@ -41,8 +45,34 @@ pub const RECORD_SEPARATOR: u8 = 0x1E;
 /// Negotiated tokens not used within this time are forgotten.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
-/// A frame for every hub connection, shared by the cores it is sent to.
-pub type Broadcast = Arc<Vec<u8>>;
+pub mod msgpack;
+
+/// A message for every hub connection, shared by the cores it is sent to:
+/// its frame in each encoding, made once by the sender.
+pub type Broadcast = Arc<Frames>;
+
+/// One hub message as a server frame in each encoding.
+pub struct Frames {
+    pub json: Vec<u8>,
+    pub messagepack: Vec<u8>,
+}
+
+impl Frames {
+    fn of(&self, encoding: Encoding) -> &[u8] {
+        match encoding {
+            Encoding::Json => &self.json,
+            Encoding::MessagePack => &self.messagepack,
+        }
+    }
+}
+
+/// A hub connection's encoding, named in its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    #[default]
+    Json,
+    MessagePack,
+}
 
 /// Negotiated connection tokens, shared by all cores (cold path only).
 #[derive(Default)]
@@ -103,6 +133,8 @@ pub struct HubWorker {
 #[derive(Default)]
 struct Mailbox {
     frames: RefCell<VecDeque<Broadcast>>,
+    /// Which of a broadcast's frames this connection takes.
+    encoding: Cell<Encoding>,
     /// Bytes in `frames`, against --max-pending-bytes.
     bytes: Cell<u64>,
     /// Set when a frame did not fit: the connection closes with 1008.
@@ -129,7 +161,12 @@ impl HubWorker {
     /// Puts one frame in every hub connection's mailbox of this worker.
     pub fn deliver_one(&self, frame: &Broadcast) {
         for (_, mailbox) in self.mailboxes.borrow().iter() {
-            let bytes = mailbox.bytes.get() + frame.len() as u64;
+            let len = frame.of(mailbox.encoding.get()).len();
+            if len == 0 {
+                // Not expressible in this connection's encoding.
+                continue;
+            }
+            let bytes = mailbox.bytes.get() + len as u64;
             if bytes > mailbox.limit {
                 mailbox.overflowed.set(true);
             } else {
@@ -140,8 +177,8 @@ impl HubWorker {
         }
     }
 
-    fn broadcast(&self, frame: Vec<u8>) {
-        let frame = Arc::new(frame);
+    fn broadcast(&self, frames: Frames) {
+        let frame = Arc::new(frames);
         for inbox in &self.inboxes {
             let _ = inbox.channel.send(frame.clone());
             if let Some(doorbell) = &inbox.doorbell {
@@ -185,8 +222,26 @@ pub struct HubSession<'a> {
 #[derive(Default)]
 struct State {
     handshaken: bool,
-    /// The start of a record whose separator has not arrived yet.
+    encoding: Encoding,
+    /// The start of a record (or MessagePack message) that has not all
+    /// arrived yet.
     partial: Vec<u8>,
+}
+
+/// An argument as it arrived, in its connection's encoding: copied into
+/// answers as is.
+#[derive(Debug, Clone, Copy)]
+enum Arg<'a> {
+    Json(&'a str),
+    Packed(&'a [u8]),
+}
+
+/// A hub message read from either encoding: what the routing needs.
+struct Call<'a> {
+    kind: u8,
+    invocation_id: Option<&'a str>,
+    target: Option<&'a str>,
+    arguments: SmallVec<[Arg<'a>; 2]>,
 }
 
 impl<'a> HubSession<'a> {
@@ -213,75 +268,153 @@ impl<'a> HubSession<'a> {
         }
     }
 
-    /// Handles the bytes of one WebSocket message: complete records are
-    /// answered in one text frame; an incomplete tail waits for the next.
+    /// Handles the bytes of one WebSocket message: the handshake, then
+    /// complete messages, answered in one frame; an incomplete tail waits
+    /// for the next.
     fn on_data(&self, data: &[u8], out: &mut Vec<Out>) -> Result<(), Violation> {
         let mut state = self.state.borrow_mut();
-        let mut replies = Replies::with_capacity(data.len());
         let joined;
-        let data = if state.partial.is_empty() {
+        let mut data = if state.partial.is_empty() {
             data
         } else {
             state.partial.extend_from_slice(data);
             joined = std::mem::take(&mut state.partial);
             &joined[..]
         };
-        // memchr finds separators 16 or 32 bytes at a time; a plain split
-        // costs more than the JSON parse on large records.
-        let mut start = 0;
-        let mut records = memchr::memchr_iter(RECORD_SEPARATOR, data).map(|end| {
-            let record = &data[start..end];
-            start = end + 1;
-            record
-        });
-        let mut outcome = Ok(());
-        for record in records.by_ref() {
-            outcome = if state.handshaken {
-                self.on_record(record, &mut replies)
-            } else {
-                state.handshaken = true;
-                on_handshake(record, &mut replies)
+        let mut handshake_answer = None;
+        if !state.handshaken {
+            let Some(end) = memchr::memchr(RECORD_SEPARATOR, data) else {
+                return self.keep_tail(&mut state, data, Replies::new(Encoding::Json), out);
             };
-            if outcome.is_err() {
-                break;
+            // The handshake is JSON, and so is its answer, in either encoding.
+            let mut replies = Replies::with_capacity(Encoding::Json, data.len());
+            let outcome = on_handshake(&data[..end], &mut replies);
+            state.handshaken = true;
+            match outcome {
+                // JSON records after it answer in the same frame.
+                Ok(Encoding::Json) => handshake_answer = Some(replies),
+                Ok(encoding) => {
+                    out.extend(replies.into_frame());
+                    state.encoding = encoding;
+                    self.mailbox.encoding.set(encoding);
+                }
+                Err(violation) => {
+                    out.extend(replies.into_frame());
+                    return Err(violation);
+                }
+            }
+            data = &data[end + 1..];
+        }
+        let mut replies =
+            handshake_answer.unwrap_or_else(|| Replies::with_capacity(state.encoding, data.len()));
+        let (used, outcome) = match state.encoding {
+            Encoding::Json => self.json_records(data, &mut replies),
+            Encoding::MessagePack => self.packed_messages(data, &mut replies),
+        };
+        match outcome {
+            Ok(()) => self.keep_tail(&mut state, &data[used..], replies, out),
+            Err(violation) => {
+                out.extend(replies.into_frame());
+                Err(violation)
             }
         }
-        drop(records);
-        let tail = &data[start..];
-        if outcome.is_ok() {
-            if state.partial.len() + tail.len() > self.max_message {
-                replies.close_with_error("record too large");
-                outcome = Err(Violation::TooBig);
-            } else {
-                state.partial.extend_from_slice(tail);
-            }
-        }
-        if let Some(frame) = replies.into_frame() {
-            out.push(frame);
-        }
+    }
+
+    /// Keeps the start of a message for the next data, within the size
+    /// limit, and sends the answers so far.
+    fn keep_tail(
+        &self,
+        state: &mut State,
+        tail: &[u8],
+        mut replies: Replies,
+        out: &mut Vec<Out>,
+    ) -> Result<(), Violation> {
+        let outcome = if state.partial.len() + tail.len() > self.max_message {
+            replies.close_with_error("record too large");
+            Err(Violation::TooBig)
+        } else {
+            state.partial.extend_from_slice(tail);
+            Ok(())
+        };
+        out.extend(replies.into_frame());
         outcome
     }
 
-    fn on_record(&self, record: &[u8], replies: &mut Replies) -> Result<(), Violation> {
-        let Ok(message) = serde_json::from_slice::<Message>(record) else {
-            replies.close_with_error("malformed hub message");
-            return Err(Violation::Ended("malformed hub message"));
-        };
-        let id = message.invocation_id.as_deref();
-        match message.kind {
+    /// Answers the whole JSON records in `data`: how many bytes they took.
+    fn json_records(&self, data: &[u8], replies: &mut Replies) -> (usize, Result<(), Violation>) {
+        // memchr finds separators 16 or 32 bytes at a time; a plain split
+        // costs more than the JSON parse on large records.
+        let mut start = 0;
+        for end in memchr::memchr_iter(RECORD_SEPARATOR, data) {
+            let record = &data[start..end];
+            start = end + 1;
+            let Ok(message) = serde_json::from_slice::<Message>(record) else {
+                replies.close_with_error("malformed hub message");
+                return (start, Err(Violation::Ended("malformed hub message")));
+            };
+            let call = Call {
+                kind: message.kind,
+                invocation_id: message.invocation_id.as_deref(),
+                target: message.target.as_deref(),
+                arguments: (message.arguments.unwrap_or_default().iter())
+                    .map(|raw| Arg::Json(raw.get()))
+                    .collect(),
+            };
+            if let Err(violation) = self.route(&call, record.len(), replies) {
+                return (start, Err(violation));
+            }
+        }
+        (start, Ok(()))
+    }
+
+    /// Answers the whole MessagePack messages in `data`: how many bytes
+    /// they took.
+    fn packed_messages(
+        &self,
+        data: &[u8],
+        replies: &mut Replies,
+    ) -> (usize, Result<(), Violation>) {
+        let mut outcome = Ok(());
+        let split = msgpack::split(data, self.max_message, |body| {
+            let message = msgpack::parse(body)?;
+            let call = Call {
+                kind: message.kind,
+                invocation_id: message.invocation_id,
+                target: message.target,
+                arguments: message.arguments.iter().map(|&a| Arg::Packed(a)).collect(),
+            };
+            outcome = self.route(&call, body.len(), replies);
+            // Stops the split; the violation is in `outcome`.
+            outcome.as_ref().map_err(|_| "")?;
+            Ok(())
+        });
+        match split {
+            Ok(used) => (used, outcome),
+            Err(_) if outcome.is_err() => (data.len(), outcome),
+            Err(why) => {
+                let violation = if why == msgpack::TOO_LARGE {
+                    Violation::TooBig
+                } else {
+                    Violation::Ended("malformed hub message")
+                };
+                replies.close_with_error(why);
+                (data.len(), Err(violation))
+            }
+        }
+    }
+
+    /// The hub's methods, whatever the encoding: the one routing table.
+    fn route(&self, call: &Call, bytes: usize, replies: &mut Replies) -> Result<(), Violation> {
+        let id = call.invocation_id;
+        match call.kind {
             1 => {
                 self.stats.messages_in.add(1);
-                self.stats.bytes_in.add(record.len() as u64);
-                let arguments = message.arguments.unwrap_or_default();
-                match (message.target.as_deref(), arguments.as_slice()) {
-                    (Some("Echo"), [value]) => replies.completion(id, Ok(Some(value.get()))),
+                self.stats.bytes_in.add(bytes as u64);
+                match (call.target, call.arguments.as_slice()) {
+                    (Some("Echo"), [value]) => replies.completion(id, Ok(Some(*value))),
                     (Some("Echo"), _) => replies.completion(id, Err("Echo takes one argument")),
                     (Some("SendToAll"), [value]) => {
-                        let mut frame = Replies::new();
-                        frame.invocation("Receive", value.get());
-                        if let Some(Out::Owned(bytes, start)) = frame.into_frame() {
-                            self.worker.broadcast(bytes[start..].to_vec());
-                        }
+                        self.worker.broadcast(Frames::receive(*value));
                         replies.completion(id, Ok(None));
                     }
                     (Some("SendToAll"), _) => {
@@ -289,7 +422,7 @@ impl<'a> HubSession<'a> {
                     }
                     (Some(other), _) => {
                         let error = format!("Unknown hub method '{other}'");
-                        replies.completion_error(id, &error);
+                        replies.completion(id, Err(&error));
                     }
                     (None, _) => {
                         replies.close_with_error("invocation without a target");
@@ -305,7 +438,9 @@ impl<'a> HubSession<'a> {
                 replies.completion(id, Err("streaming is not supported by this hub"));
                 Ok(())
             }
-            6 | 5 | 2 | 3 => Ok(()), // Ping; cancel, stream items, completions: nothing to answer
+            // Ping; cancel, stream items, completions; acks and sequence
+            // numbers of stateful reconnect, never offered: nothing to answer.
+            6 | 5 | 2 | 3 | 8 | 9 => Ok(()),
             7 => Err(Violation::Ended("the client closed the hub connection")),
             _ => {
                 replies.close_with_error("unknown hub message type");
@@ -315,18 +450,51 @@ impl<'a> HubSession<'a> {
     }
 }
 
-fn on_handshake(record: &[u8], replies: &mut Replies) -> Result<(), Violation> {
+impl Frames {
+    /// `Receive(value)` in both encodings, from a value in either: the
+    /// other encoding is converted once, here. A value the other encoding
+    /// cannot hold (a MessagePack map with keys that are not strings, as
+    /// JSON) leaves that frame empty, and it is sent to nobody.
+    fn receive(value: Arg) -> Frames {
+        let frame = |encoding: Encoding, value: Option<Arg>| {
+            let Some(value) = value else {
+                return Vec::new();
+            };
+            let mut replies = Replies::new(encoding);
+            replies.invocation("Receive", value);
+            match replies.into_frame() {
+                Some(Out::Owned(bytes, start)) => bytes[start..].to_vec(),
+                _ => Vec::new(),
+            }
+        };
+        let (json, packed) = match value {
+            Arg::Json(json) => (Some(json.to_string()), msgpack::from_json(json)),
+            Arg::Packed(packed) => (msgpack::to_json(packed), Some(packed.to_vec())),
+        };
+        Frames {
+            json: frame(Encoding::Json, json.as_deref().map(Arg::Json)),
+            messagepack: frame(Encoding::MessagePack, packed.as_deref().map(Arg::Packed)),
+        }
+    }
+}
+
+fn on_handshake(record: &[u8], replies: &mut Replies) -> Result<Encoding, Violation> {
     match serde_json::from_slice::<Handshake>(record) {
         Ok(Handshake {
             protocol,
             version: 1,
-        }) if protocol == "json" => {
+        }) if protocol == "json" || protocol == "messagepack" => {
             replies.record(b"{}");
-            Ok(())
+            Ok(if protocol == "json" {
+                Encoding::Json
+            } else {
+                Encoding::MessagePack
+            })
         }
         Ok(Handshake { protocol, version }) => {
             let error = format!(
-                "The protocol '{protocol}' version {version} is not supported; use json version 1."
+                "The protocol '{protocol}' version {version} is not supported; \
+                 use json or messagepack, version 1."
             );
             replies.record(serde_json::json!({ "error": error }).to_string().as_bytes());
             Err(Violation::Ended("unsupported hub protocol"))
@@ -353,7 +521,8 @@ impl HubSession<'_> {
                 "too many broadcasts waiting for this client",
             )));
         }
-        let frame = self.mailbox.frames.borrow_mut().pop_front()?;
+        let frames = self.mailbox.frames.borrow_mut().pop_front()?;
+        let frame = frames.of(self.mailbox.encoding.get());
         self.mailbox
             .bytes
             .set(self.mailbox.bytes.get() - frame.len() as u64);
@@ -395,7 +564,11 @@ impl Handler for HubSession<'_> {
     }
 
     fn keep_alive_frame(&self) -> Vec<u8> {
-        codec::encode(OpCode::Text, b"{\"type\":6}\x1e")
+        match self.mailbox.encoding.get() {
+            Encoding::Json => codec::encode(OpCode::Text, b"{\"type\":6}\x1e"),
+            // A Ping, [6], behind its length.
+            Encoding::MessagePack => codec::encode(OpCode::Binary, &[2, 0x91, 0x06]),
+        }
     }
 
     async fn pushed(&self) -> Result<Vec<u8>, Violation> {
@@ -414,78 +587,125 @@ impl Handler for HubSession<'_> {
     }
 }
 
-/// The records answering one message, built into one text frame with room
-/// for its header in front.
-struct Replies(Vec<u8>);
+/// The messages answering one WebSocket message, built into one frame
+/// (text for JSON, binary for MessagePack) with room for its header in
+/// front.
+struct Replies {
+    frame: Vec<u8>,
+    encoding: Encoding,
+}
 
 impl Replies {
-    fn new() -> Self {
-        Self::with_capacity(0)
+    fn new(encoding: Encoding) -> Self {
+        Self::with_capacity(encoding, 0)
     }
 
     /// Answers rarely outgrow their request by more than a few dozen bytes.
-    fn with_capacity(request: usize) -> Self {
+    fn with_capacity(encoding: Encoding, request: usize) -> Self {
         let mut frame = Vec::with_capacity(codec::MAX_SERVER_HEADER + request + 64);
         frame.resize(codec::MAX_SERVER_HEADER, 0);
-        Replies(frame)
+        Replies { frame, encoding }
     }
 
+    /// A JSON record (the handshake's answer is one in either encoding).
     fn record(&mut self, json: &[u8]) {
-        self.0.extend_from_slice(json);
-        self.0.push(RECORD_SEPARATOR);
+        self.frame.extend_from_slice(json);
+        self.frame.push(RECORD_SEPARATOR);
     }
 
-    /// A Completion: `Ok(Some(raw JSON))` a result, `Ok(None)` none,
-    /// `Err` an error. Invocations without an id get no answer. Written
-    /// straight into the frame: the result is copied once, from the request.
-    fn completion(&mut self, id: Option<&str>, result: Result<Option<&str>, &str>) {
+    /// A Completion: `Ok(Some(value))` a result, `Ok(None)` none, `Err`
+    /// an error. Invocations without an id get no answer. Written straight
+    /// into the frame: the result is copied once, from the request.
+    fn completion(&mut self, id: Option<&str>, result: Result<Option<Arg>, &str>) {
         let Some(id) = id else { return };
-        self.0.extend_from_slice(b"{\"type\":3,\"invocationId\":");
+        if self.encoding == Encoding::MessagePack {
+            let value = result.map(|value| value.map(Arg::packed));
+            let result = match &value {
+                Ok(value) => Ok(value.as_deref()),
+                Err(error) => Err(*error),
+            };
+            msgpack::Writer(&mut self.frame).completion(id, result);
+            return;
+        }
+        self.frame
+            .extend_from_slice(b"{\"type\":3,\"invocationId\":");
         self.json_string(id);
         match result {
             Ok(Some(value)) => {
-                self.0.extend_from_slice(b",\"result\":");
-                self.0.extend_from_slice(value.as_bytes());
+                self.frame.extend_from_slice(b",\"result\":");
+                self.frame.extend_from_slice(value.json().as_bytes());
             }
             Ok(None) => {}
             Err(error) => {
-                self.0.extend_from_slice(b",\"error\":");
+                self.frame.extend_from_slice(b",\"error\":");
                 self.json_string(error);
             }
         }
-        self.0.push(b'}');
-        self.0.push(RECORD_SEPARATOR);
+        self.frame.push(b'}');
+        self.frame.push(RECORD_SEPARATOR);
     }
 
-    fn completion_error(&mut self, id: Option<&str>, error: &str) {
-        self.completion(id, Err(error));
-    }
-
-    fn invocation(&mut self, target: &str, argument: &str) {
-        self.0.extend_from_slice(b"{\"type\":1,\"target\":");
+    /// An invocation of `target` with one argument, expecting no answer.
+    fn invocation(&mut self, target: &str, argument: Arg) {
+        if self.encoding == Encoding::MessagePack {
+            msgpack::Writer(&mut self.frame).invocation(None, target, &argument.packed());
+            return;
+        }
+        self.frame.extend_from_slice(b"{\"type\":1,\"target\":");
         self.json_string(target);
-        self.0.extend_from_slice(b",\"arguments\":[");
-        self.0.extend_from_slice(argument.as_bytes());
-        self.0.extend_from_slice(b"]}");
-        self.0.push(RECORD_SEPARATOR);
+        self.frame.extend_from_slice(b",\"arguments\":[");
+        self.frame.extend_from_slice(argument.json().as_bytes());
+        self.frame.extend_from_slice(b"]}");
+        self.frame.push(RECORD_SEPARATOR);
     }
 
     fn json_string(&mut self, s: &str) {
-        serde_json::to_writer(&mut self.0, s).expect("writing to memory");
+        serde_json::to_writer(&mut self.frame, s).expect("writing to memory");
     }
 
     fn close_with_error(&mut self, error: &str) {
+        if self.encoding == Encoding::MessagePack {
+            msgpack::Writer(&mut self.frame).close(error);
+            return;
+        }
         let record = serde_json::json!({"type": 7, "error": error, "allowReconnect": false});
         self.record(record.to_string().as_bytes());
     }
 
     fn into_frame(mut self) -> Option<Out> {
-        if self.0.len() == codec::MAX_SERVER_HEADER {
+        if self.frame.len() == codec::MAX_SERVER_HEADER {
             return None;
         }
-        let payload = codec::MAX_SERVER_HEADER..self.0.len();
-        let frame = codec::write_header_before(&mut self.0, payload, OpCode::Text);
-        Some(Out::Owned(self.0, frame.start))
+        let opcode = match self.encoding {
+            Encoding::Json => OpCode::Text,
+            Encoding::MessagePack => OpCode::Binary,
+        };
+        let payload = codec::MAX_SERVER_HEADER..self.frame.len();
+        let frame = codec::write_header_before(&mut self.frame, payload, opcode);
+        Some(Out::Owned(self.frame, frame.start))
+    }
+}
+
+impl<'a> Arg<'a> {
+    /// The value as JSON. A session answers in the encoding its arguments
+    /// came in, so this only converts for a broadcast's other frame; it
+    /// stays total all the same (a value JSON cannot hold is null).
+    fn json(self) -> Cow<'a, str> {
+        match self {
+            Arg::Json(json) => Cow::Borrowed(json),
+            Arg::Packed(packed) => {
+                Cow::Owned(msgpack::to_json(packed).unwrap_or_else(|| "null".into()))
+            }
+        }
+    }
+
+    /// The value as MessagePack; as [`Arg::json`], converting only for the
+    /// other encoding's frame (nil for what is not JSON).
+    fn packed(self) -> Cow<'a, [u8]> {
+        match self {
+            Arg::Packed(packed) => Cow::Borrowed(packed),
+            Arg::Json(json) => Cow::Owned(msgpack::from_json(json).unwrap_or_else(|| vec![0xC0])),
+        }
     }
 }
 
@@ -613,9 +833,98 @@ mod tests {
         assert_eq!(replies, ["{\"type\":3,\"invocationId\":\"9\"}\x1e"]);
         let frame = f.inbox.try_recv().expect("a broadcast on the queue");
         assert_eq!(
-            text(&frame),
+            text(&frame.json),
             "{\"type\":1,\"target\":\"Receive\",\"arguments\":[\"news\"]}\x1e"
         );
+        // The same broadcast for MessagePack connections: [1, {}, nil,
+        // "Receive", ["news"], []] behind its length, in a binary frame.
+        assert_eq!(
+            frame.messagepack,
+            [
+                &[0x82, 20, 19, 0x96, 1, 0x80, 0xc0, 0xa7][..],
+                b"Receive",
+                &[0x91, 0xa4],
+                b"news",
+                &[0x90]
+            ]
+            .concat()
+        );
+    }
+
+    /// A MessagePack connection: the JSON handshake and its JSON answer,
+    /// then binary frames of length-prefixed messages, answered in kind;
+    /// a message split across frames waits for its end; pings and
+    /// broadcasts in its encoding.
+    #[test]
+    fn messagepack_connections_are_answered_in_messagepack() {
+        let mut f = fixture();
+        let hub = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20, 1 << 20);
+        let mut out = Vec::new();
+        let handshake = b"{\"protocol\":\"messagepack\",\"version\":1}\x1e";
+        assert!(hub.on_data(handshake, &mut out).is_ok());
+        let frames = |out: Vec<Out>| -> Vec<Vec<u8>> {
+            out.into_iter()
+                .map(|piece| match piece {
+                    Out::Owned(bytes, start) => bytes[start..].to_vec(),
+                    _ => panic!("hub replies are owned frames"),
+                })
+                .collect()
+        };
+        assert_eq!(
+            frames(std::mem::take(&mut out)),
+            [b"\x81\x03{}\x1e".to_vec()]
+        );
+        let echo = |id: &str, argument: &[u8]| {
+            let mut data = Vec::new();
+            let mut body = vec![0x96, 1, 0x80];
+            rmp::encode::write_str(&mut body, id).unwrap();
+            rmp::encode::write_str(&mut body, "Echo").unwrap();
+            body.push(0x91);
+            body.extend_from_slice(argument);
+            body.push(0x90);
+            data.push(body.len() as u8);
+            data.extend_from_slice(&body);
+            data
+        };
+        // Two messages in one frame, the second cut in two across frames.
+        let (first, second) = (echo("1", &[0x2a]), echo("2", &[0xa2, b'h', b'i']));
+        let mut data = first.clone();
+        data.extend_from_slice(&second[..4]);
+        assert!(hub.on_data(&data, &mut out).is_ok());
+        assert!(hub.on_data(&second[4..], &mut out).is_ok());
+        let replies = frames(std::mem::take(&mut out));
+        assert_eq!(
+            replies,
+            [
+                vec![0x82, 8, 7, 0x95, 3, 0x80, 0xa1, b'1', 3, 0x2a],
+                vec![0x82, 10, 9, 0x95, 3, 0x80, 0xa1, b'2', 3, 0xa2, b'h', b'i'],
+            ]
+        );
+        assert_eq!(hub.keep_alive_frame(), [0x82, 3, 2, 0x91, 6]);
+
+        // SendToAll from MessagePack reaches JSON connections as JSON.
+        let mut body = vec![0x96, 1, 0x80, 0xa1, b'3'];
+        rmp::encode::write_str(&mut body, "SendToAll").unwrap();
+        body.extend_from_slice(&[0x91, 0x81, 0xa1, b'n', 0x07, 0x90]);
+        let mut data = vec![body.len() as u8];
+        data.extend_from_slice(&body);
+        assert!(hub.on_data(&data, &mut out).is_ok());
+        assert_eq!(
+            frames(out),
+            [vec![0x82, 7, 6, 0x94, 3, 0x80, 0xa1, b'3', 2]]
+        );
+        let frame = f.inbox.try_recv().expect("a broadcast on the queue");
+        assert_eq!(
+            text(&frame.json),
+            "{\"type\":1,\"target\":\"Receive\",\"arguments\":[{\"n\":7}]}\x1e"
+        );
+        // Malformed MessagePack: a Close in MessagePack, and the end.
+        let mut out = Vec::new();
+        let outcome = hub.on_data(&[3, 0x93, 0xc1, 0x00], &mut out);
+        assert_eq!(outcome, Err(Violation::Ended("malformed hub message")));
+        let close = &frames(out)[0];
+        assert_eq!(close[..4], [0x82, close[1], close[1] - 1, 0x93]);
+        assert_eq!(close[4], 7, "a Close message");
     }
 
     #[test]
@@ -640,7 +949,7 @@ mod tests {
             );
         }
         for handshake in [
-            "{\"protocol\":\"messagepack\",\"version\":1}\x1e",
+            "{\"protocol\":\"protobuf\",\"version\":1}\x1e",
             "{\"protocol\":\"json\",\"version\":2}\x1e",
             "nonsense\x1e",
         ] {
