@@ -326,6 +326,40 @@ fn the_engine_sees_loadgens_origin_and_headers() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// --hub-encoding messagepack against the engine's hub: Echo invocations
+/// in MessagePack, payloads as bytes and as strings, both clients, paced
+/// and closed loop, every completion checked.
+#[test]
+fn messagepack_hub_invocations_are_checked_on_both_clients() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-msgpack-{}", std::process::id()));
+    let engine = Engine::start("io-uring", &[]);
+    for (io, message_type, rate) in [
+        (Io::Auto, loadgen::options::MessageType::Binary, None),
+        (Io::Epoll, loadgen::options::MessageType::Binary, None),
+        (Io::Auto, loadgen::options::MessageType::Text, Some(2000.0)),
+        (Io::Epoll, loadgen::options::MessageType::Text, Some(2000.0)),
+    ] {
+        let mut run = args(&engine, Protocol::Hub, rate, io, dir.join("m.json"));
+        run.load.hub_encoding = loadgen::options::HubEncoding::Messagepack;
+        run.load.message_type = message_type;
+        run.load.duration = 1.0;
+        let result = loadgen::run::run(&run).expect("the run completes");
+        let s = &result.summary;
+        assert_eq!(
+            s.errors.total(),
+            0,
+            "{io:?} {message_type:?}: {:?}",
+            s.errors
+        );
+        assert!(s.messages > 0);
+        assert!(result.label.contains("hub MessagePack"), "{}", result.label);
+    }
+    let stats = engine.wait_for_no_connections();
+    assert_eq!(stats["totals"]["closes"]["1006"], 0, "{stats}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// --connection-stages against the engine: a second with no connection
 /// sending carries (almost) nothing, the seconds around it carry the load,
 /// on both clients, and every connection stays open throughout.

@@ -1,6 +1,8 @@
-//! loadgen against a WebSocket server nobody here wrote: Python's
+//! loadgen against WebSocket servers nobody here wrote: Python's
 //! `websockets` (tests/loadgen/echo_server.py), plain and over TLS with a
-//! certificate made by `openssl` for the test. No test here asserts a speed.
+//! certificate made by `openssl` for the test; and a MessagePack SignalR hub
+//! made of Node's ws and the official MessagePackHubProtocol
+//! (tests/signalr/msgpack-echo-server.js). No test here asserts a speed.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use loadgen::options::{Io, LoadConfig, RunArgs};
+use loadgen::options::{HubEncoding, Io, LoadConfig, MessageType, Protocol, RunArgs};
 
 /// Runs one at a time: each loads both cores.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -20,15 +22,22 @@ struct Server {
 }
 
 impl Server {
+    /// tests/loadgen/echo_server.py with `args`.
     fn start(args: &[&str]) -> Server {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/loadgen/echo_server.py");
-        let mut child = Command::new(common::test_python())
-            .arg(script)
-            .args(args)
+        let mut python = Command::new(common::test_python());
+        python.arg(script).args(args);
+        Server::spawn(python)
+    }
+
+    /// Starts `command`, a server that prints {"port": N} and serves until
+    /// its standard input closes.
+    fn spawn(mut command: Command) -> Server {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("python with websockets (scripts/test.sh installs it)");
+            .expect("the server's interpreter (scripts/test.sh installs Python and Node.js)");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -254,5 +263,50 @@ fn connection_stages_set_how_many_connections_send() {
             (400..=808).contains(&eight) && eight > 5 * one,
             "{io:?}: 8 connections: {per_second:?}"
         );
+    }
+}
+
+/// --hub-encoding messagepack against a hub whose every read and answer is
+/// the official MessagePackHubProtocol's: loadgen's invocations parse, and
+/// its checks accept the official encoder's completions, on both clients,
+/// payloads as bytes and as strings, across the sizes where MessagePack's
+/// headers grow.
+#[test]
+fn messagepack_invocations_are_answered_by_the_official_protocol() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/signalr");
+    assert!(
+        std::path::Path::new(dir)
+            .join("node_modules/@microsoft/signalr-protocol-msgpack")
+            .exists(),
+        "run scripts/test.sh: it installs the official MessagePack protocol into tests/signalr"
+    );
+    let mut node = Command::new("node");
+    node.arg(format!("{dir}/msgpack-echo-server.js"));
+    let server = Server::spawn(node);
+    let url = format!("ws://127.0.0.1:{}/", server.port);
+    for (io, message_type, size) in [
+        (Io::Auto, MessageType::Binary, 20),
+        (Io::Epoll, MessageType::Binary, 300),
+        (Io::Auto, MessageType::Text, 31),
+        (Io::Epoll, MessageType::Text, 1000),
+        (Io::Auto, MessageType::Binary, 70_000),
+    ] {
+        let mut run = run_args(&url);
+        run.load.protocol = Protocol::Hub;
+        run.load.hub_encoding = HubEncoding::Messagepack;
+        run.load.io = io;
+        run.load.message_type = message_type;
+        run.load.size = size;
+        let result = loadgen::run::run(&run).unwrap_or_else(|e| panic!("{io:?} {size}: {e:#}"));
+        let s = &result.summary;
+        assert_eq!(
+            s.errors.total(),
+            0,
+            "{io:?} {message_type:?} {size}: {:?}",
+            s.errors
+        );
+        assert!(s.messages > 0, "{io:?} {message_type:?} {size}");
+        assert_eq!(result.load.hub_encoding, HubEncoding::Messagepack);
     }
 }

@@ -276,9 +276,10 @@ pub fn upgrade_response(
 pub async fn hub_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     leftover: Vec<u8>,
+    hub: crate::hub::Hub,
 ) -> anyhow::Result<Vec<u8>> {
     let mut frame = Vec::new();
-    Encoder::default().encode(OpCode::Text, crate::hub::HANDSHAKE, &mut frame);
+    Encoder::default().encode(OpCode::Text, hub.handshake(), &mut frame);
     stream.write_all(&frame).await?;
     stream.flush().await?;
     let mut decoder = Decoder::new(&mut *stream, &leftover, 1 << 20);

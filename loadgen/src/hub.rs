@@ -1,23 +1,187 @@
-//! The SignalR JSON hub protocol, client side: enough to measure `Echo`
+//! The SignalR hub protocol, client side, in both its encodings (JSON
+//! records, or MessagePack messages behind VarInt lengths, through the
+//! `hub-msgpack` crate the engine uses too): enough to measure `Echo`
 //! invocations. Connections skip negotiation (the WebSocket goes straight to
 //! the hub URL), as the official client's `skipNegotiation` does.
 
 use std::borrow::Cow;
 
+use fastwebsockets::OpCode;
 use serde::Deserialize;
 
+use crate::options::{HubEncoding, MessageType};
 use crate::payload::Pattern;
 
 pub const RECORD_SEPARATOR: u8 = 0x1E;
 pub const HANDSHAKE: &[u8] = b"{\"protocol\":\"json\",\"version\":1}\x1e";
+const HANDSHAKE_MESSAGEPACK: &[u8] = b"{\"protocol\":\"messagepack\",\"version\":1}\x1e";
+
+/// A load's hub protocol: its encoding, and for MessagePack whether
+/// payloads travel as strings (text) or bytes (binary). JSON payloads are
+/// strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hub {
+    pub encoding: HubEncoding,
+    pub message_type: MessageType,
+}
+
+impl Hub {
+    /// The handshake, a JSON record in either encoding.
+    pub fn handshake(self) -> &'static [u8] {
+        match self.encoding {
+            HubEncoding::Json => HANDSHAKE,
+            HubEncoding::Messagepack => HANDSHAKE_MESSAGEPACK,
+        }
+    }
+
+    /// The frames hub messages travel in after the handshake.
+    pub fn opcode(self) -> OpCode {
+        match self.encoding {
+            HubEncoding::Json => OpCode::Text,
+            HubEncoding::Messagepack => OpCode::Binary,
+        }
+    }
+
+    /// The bytes of an `Echo` invocation whose id has `digits` digits and
+    /// whose payload has `len` bytes.
+    pub fn invocation_len(self, digits: usize, len: usize) -> usize {
+        match self.encoding {
+            HubEncoding::Json => {
+                INVOCATION_HEAD.len() + len + INVOCATION_ID.len() + digits + INVOCATION_END.len()
+            }
+            HubEncoding::Messagepack => {
+                let body = self.packed_body_len(digits, len);
+                hub_msgpack::length_len(body) + body
+            }
+        }
+    }
+
+    /// `[1, {}, "<id>", "Echo", [payload], []]`: its length without the prefix.
+    fn packed_body_len(self, digits: usize, len: usize) -> usize {
+        3 + str_header(digits) + digits + 5 + 1 + self.payload_header(len) + len + 1
+    }
+
+    fn payload_header(self, len: usize) -> usize {
+        match self.message_type {
+            MessageType::Text => str_header(len),
+            MessageType::Binary => match len {
+                0..=0xFF => 2,
+                0x100..=0xFFFF => 3,
+                _ => 5,
+            },
+        }
+    }
+
+    /// Appends `Echo(payload)` with invocation id `seq`, the payload being
+    /// `len` bytes that `payload` appends.
+    pub fn write_invocation(
+        self,
+        seq: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+        payload: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let mut digits = [0u8; 20];
+        let id = decimal(seq, &mut digits);
+        match self.encoding {
+            HubEncoding::Json => {
+                out.extend_from_slice(INVOCATION_HEAD);
+                payload(out);
+                out.extend_from_slice(INVOCATION_ID);
+                out.extend_from_slice(id);
+                out.extend_from_slice(INVOCATION_END);
+            }
+            HubEncoding::Messagepack => {
+                hub_msgpack::write_length(out, self.packed_body_len(id.len(), len));
+                out.extend_from_slice(&[0x96, 0x01, 0x80]);
+                let id = std::str::from_utf8(id).expect("decimal digits");
+                rmp::encode::write_str(out, id).expect("writing to memory");
+                out.extend_from_slice(b"\xa4Echo\x91");
+                match self.message_type {
+                    MessageType::Text => rmp::encode::write_str_len(out, len as u32),
+                    MessageType::Binary => rmp::encode::write_bin_len(out, len as u32),
+                }
+                .expect("writing to memory");
+                payload(out);
+                out.push(0x90);
+            }
+        }
+    }
+
+    /// Reads one record or message (without its separator or length), as
+    /// [`read_record`] does for JSON.
+    pub fn read(self, message: &[u8], expected: Option<u64>, pattern: &Pattern) -> Said {
+        match self.encoding {
+            HubEncoding::Json => read_record(message, expected, pattern),
+            HubEncoding::Messagepack => self.read_packed(message, expected, pattern),
+        }
+    }
+
+    fn read_packed(self, body: &[u8], expected: Option<u64>, pattern: &Pattern) -> Said {
+        let Ok(message) = hub_msgpack::parse(body) else {
+            return Said::Unexpected;
+        };
+        match (message.kind, message.completion) {
+            (3, Some(completion)) => {
+                let ok = expected.is_some_and(|seq| {
+                    let mut digits = [0u8; 20];
+                    let id = decimal(seq, &mut digits);
+                    let hub_msgpack::Completion::Value(value) = completion else {
+                        return false;
+                    };
+                    let header = self.payload_header(pattern.size());
+                    message.invocation_id.map(str::as_bytes) == Some(id)
+                        && value.len() == header + pattern.size()
+                        && value[..header] == self.header_of(pattern.size())[..header]
+                        && pattern.matches(seq, &value[header..])
+                });
+                Said::Completion { ok }
+            }
+            (6, _) => Said::Ping,
+            (7, _) => Said::Close,
+            _ => Said::Unexpected,
+        }
+    }
+
+    /// The MessagePack header of a `len`-byte payload.
+    fn header_of(self, len: usize) -> [u8; 5] {
+        let mut out = Vec::with_capacity(5);
+        match self.message_type {
+            MessageType::Text => rmp::encode::write_str_len(&mut out, len as u32),
+            MessageType::Binary => rmp::encode::write_bin_len(&mut out, len as u32),
+        }
+        .expect("writing to memory");
+        let mut header = [0u8; 5];
+        header[..out.len()].copy_from_slice(&out);
+        header
+    }
+
+    pub fn records(self) -> Records {
+        Records {
+            partial: Vec::new(),
+            encoding: self.encoding,
+        }
+    }
+}
+
+/// The bytes of a MessagePack string header for `len` bytes.
+fn str_header(len: usize) -> usize {
+    match len {
+        0..=31 => 1,
+        32..=0xFF => 2,
+        0x100..=0xFFFF => 3,
+        _ => 5,
+    }
+}
 
 /// An `Echo` invocation is these three pieces around its payload and id.
 pub const INVOCATION_HEAD: &[u8] = b"{\"type\":1,\"target\":\"Echo\",\"arguments\":[\"";
 pub const INVOCATION_ID: &[u8] = b"\"],\"invocationId\":\"";
 pub const INVOCATION_END: &[u8] = b"\"}\x1e";
 
-/// Appends the invocation of `Echo(payload)` with id `seq`. Payloads are
-/// ASCII letters and digits (loadgen's text pattern): no JSON escaping needed.
+/// Appends the JSON invocation of `Echo(payload)` with id `seq`. loadgen's
+/// text payloads hold no quote, backslash or control character: no JSON
+/// escaping needed.
 pub fn invocation(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(INVOCATION_HEAD);
     out.extend_from_slice(payload);
@@ -69,8 +233,8 @@ pub fn read_record(record: &[u8], expected: Option<u64>, pattern: &Pattern) -> S
 }
 
 /// Whether `record` is `{"type":3,"invocationId":"<seq>","result":"<payload
-/// of seq>"}`. The payload is letters and digits, which JSON writes as they
-/// are, so equal bytes mean an equal string.
+/// of seq>"}` byte for byte. Equal bytes mean an equal string; a server that
+/// escapes what it need not (non-ASCII as \uXXXX, say) takes the parsed path.
 fn completes_exactly(record: &[u8], seq: u64, pattern: &Pattern) -> bool {
     let result = record
         .strip_prefix(b"{\"type\":3,\"invocationId\":\"".as_slice())
@@ -106,14 +270,19 @@ struct Reply<'a> {
     error: Option<Cow<'a, str>>,
 }
 
-/// Splits text messages into records; a record may span messages.
+/// Splits the server's messages into hub messages: JSON records ended by
+/// 0x1E, or MessagePack bodies behind their lengths; one may span
+/// WebSocket messages.
 #[derive(Default)]
 pub struct Records {
     partial: Vec<u8>,
+    encoding: HubEncoding,
 }
 
 impl Records {
-    /// Calls `each` for every complete record in `data` (after what was kept).
+    /// Calls `each` for every complete record in `data` (after what was
+    /// kept). A malformed MessagePack length is passed on as an empty
+    /// message (unexpected), and ends the splitting.
     pub fn feed(&mut self, data: &[u8], mut each: impl FnMut(&[u8])) {
         let joined;
         let data = if self.partial.is_empty() {
@@ -123,12 +292,25 @@ impl Records {
             joined = std::mem::take(&mut self.partial);
             &joined[..]
         };
-        let mut start = 0;
-        for end in memchr::memchr_iter(RECORD_SEPARATOR, data) {
-            each(&data[start..end]);
-            start = end + 1;
-        }
-        self.partial.extend_from_slice(&data[start..]);
+        let used = match self.encoding {
+            HubEncoding::Json => {
+                let mut start = 0;
+                for end in memchr::memchr_iter(RECORD_SEPARATOR, data) {
+                    each(&data[start..end]);
+                    start = end + 1;
+                }
+                start
+            }
+            HubEncoding::Messagepack => hub_msgpack::split(data, usize::MAX, |body| {
+                each(body);
+                Ok(())
+            })
+            .unwrap_or_else(|_| {
+                each(&[]);
+                data.len()
+            }),
+        };
+        self.partial.extend_from_slice(&data[used..]);
     }
 }
 
@@ -188,6 +370,97 @@ mod tests {
         assert_eq!(read_record(b"{\"type\":6}", None, &pattern), Said::Ping);
         assert_eq!(read_record(b"{\"type\":7}", Some(1), &pattern), Said::Close);
         assert_eq!(read_record(b"[1]", Some(1), &pattern), Said::Unexpected);
+    }
+
+    /// MessagePack completions: the exact payload under the right id
+    /// passes, in bytes or as a string as sent; anything else does not.
+    #[test]
+    fn messagepack_completions_are_judged_byte_for_byte() {
+        for message_type in [MessageType::Binary, MessageType::Text] {
+            let hub = Hub {
+                encoding: HubEncoding::Messagepack,
+                message_type,
+            };
+            for size in [0, 5, 31, 32, 255, 256, 70_000] {
+                let pattern = Pattern::new(size, message_type);
+                let mut payload = Vec::new();
+                pattern.write(7, &mut payload);
+                // The invocation, read by the engine's reader.
+                let mut invocation = Vec::new();
+                hub.write_invocation(7, size, &mut invocation, |out| {
+                    out.extend_from_slice(&payload)
+                });
+                assert_eq!(invocation.len(), hub.invocation_len(1, size));
+                let mut bodies = Vec::new();
+                hub.records().feed(&invocation, |b| bodies.push(b.to_vec()));
+                let call = hub_msgpack::parse(&bodies[0]).unwrap();
+                let argument = call.arguments[0];
+                // Its Completion, as a server writes it from that argument.
+                let answer = |id: &str, result: Result<Option<&[u8]>, &str>| {
+                    let mut out = Vec::new();
+                    hub_msgpack::Writer(&mut out).completion(id, result);
+                    let mut body = Vec::new();
+                    hub.records().feed(&out, |b| body = b.to_vec());
+                    body
+                };
+                let ok = Said::Completion { ok: true };
+                let bad = Said::Completion { ok: false };
+                let exact = answer("7", Ok(Some(argument)));
+                assert_eq!(hub.read(&exact, Some(7), &pattern), ok, "{size}");
+                assert_eq!(hub.read(&exact, Some(8), &pattern), bad);
+                assert_eq!(hub.read(&exact, None, &pattern), bad);
+                assert_eq!(hub.read(&answer("7", Ok(None)), Some(7), &pattern), bad);
+                assert_eq!(hub.read(&answer("7", Err("no")), Some(7), &pattern), bad);
+                if size > 0 {
+                    let mut changed = argument.to_vec();
+                    *changed.last_mut().unwrap() ^= 1;
+                    let changed = answer("7", Ok(Some(&changed)));
+                    assert_eq!(hub.read(&changed, Some(7), &pattern), bad, "{size}");
+                }
+            }
+            assert_eq!(
+                hub.read(&[0x91, 0x06], None, &Pattern::new(1, message_type)),
+                Said::Ping
+            );
+            let close = [0x93, 0x07, 0xa1, b'x', 0xc2];
+            assert_eq!(
+                hub.read(&close, Some(1), &Pattern::new(1, message_type)),
+                Said::Close
+            );
+            assert_eq!(
+                hub.read(&[0xc1], Some(1), &Pattern::new(1, message_type)),
+                Said::Unexpected
+            );
+        }
+        // A payload sent as bytes does not match the same string.
+        let (bytes, text) = (
+            Hub {
+                encoding: HubEncoding::Messagepack,
+                message_type: MessageType::Binary,
+            },
+            Hub {
+                encoding: HubEncoding::Messagepack,
+                message_type: MessageType::Text,
+            },
+        );
+        let pattern = Pattern::new(20, MessageType::Text);
+        let mut payload = Vec::new();
+        pattern.write(3, &mut payload);
+        let mut invocation = Vec::new();
+        text.write_invocation(3, 20, &mut invocation, |out| {
+            out.extend_from_slice(&payload)
+        });
+        let mut body = Vec::new();
+        text.records().feed(&invocation, |b| body = b.to_vec());
+        let argument = hub_msgpack::parse(&body).unwrap().arguments[0].to_vec();
+        let mut out = Vec::new();
+        hub_msgpack::Writer(&mut out).completion("3", Ok(Some(&argument)));
+        let mut completion = Vec::new();
+        bytes.records().feed(&out, |b| completion = b.to_vec());
+        assert_eq!(
+            bytes.read(&completion, Some(3), &pattern),
+            Said::Completion { ok: false }
+        );
     }
 
     #[test]

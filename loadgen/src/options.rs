@@ -481,6 +481,14 @@ pub struct LoadConfig {
     #[arg(long, value_enum, default_value_t = Protocol::Raw)]
     pub protocol: Protocol,
 
+    /// The hub protocol's encoding, with --protocol hub: `json` records in
+    /// text frames (the payload a JSON string), or `messagepack` messages
+    /// in binary frames (the payload MessagePack bytes, or a string with
+    /// --text), as the official client's MessagePackHubProtocol sends them.
+    #[arg(long, value_enum, value_name = "ENCODING", default_value_t = HubEncoding::Json)]
+    #[serde(default, skip_serializing_if = "HubEncoding::is_json")]
+    pub hub_encoding: HubEncoding,
+
     /// Closed loop: messages outstanding per connection (pipelining).
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "rate")]
     pub in_flight: u32,
@@ -786,6 +794,22 @@ impl Io {
     }
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HubEncoding {
+    /// JSON records, as the official client sends by default.
+    #[default]
+    Json,
+    /// MessagePack, SignalR's binary encoding.
+    Messagepack,
+}
+
+impl HubEncoding {
+    fn is_json(&self) -> bool {
+        *self == HubEncoding::Json
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -831,8 +855,9 @@ impl LoadConfig {
     pub fn normalize(&mut self) {
         self.size = self.payload_size();
         self.size_given = None;
-        // Hub payloads travel as JSON strings: text.
-        if self.text || self.protocol == Protocol::Hub {
+        // JSON hub payloads travel as JSON strings: text.
+        let json_hub = self.protocol == Protocol::Hub && self.hub_encoding == HubEncoding::Json;
+        if self.text || json_hub {
             self.message_type = MessageType::Text;
         }
         self.text = false;
@@ -894,6 +919,9 @@ impl LoadConfig {
             if !ca.is_file() {
                 return Err(format!("--ca {}: no such file", ca.display()));
             }
+        }
+        if self.hub_encoding != HubEncoding::Json && self.protocol != Protocol::Hub {
+            return Err("--hub-encoding is for --protocol hub".into());
         }
         if let Some(file) = &self.payload_file {
             let len = std::fs::metadata(file)
@@ -1015,6 +1043,9 @@ impl LoadConfig {
             "--io".into(),
             name(&self.io),
         ];
+        if self.hub_encoding != HubEncoding::Json {
+            args.extend(["--hub-encoding".into(), name(&self.hub_encoding)]);
+        }
         if self.payload_file.is_none() {
             args.extend(["--payload".into(), name(&self.payload)]);
         }
@@ -1092,9 +1123,10 @@ impl LoadConfig {
             None if self.in_flight > 1 => format!("closed loop ×{}", self.in_flight),
             None => "closed loop".to_string(),
         };
-        let protocol = match self.protocol {
-            Protocol::Raw => "",
-            Protocol::Hub => "hub, ",
+        let protocol = match (self.protocol, self.hub_encoding) {
+            (Protocol::Raw, _) => "",
+            (Protocol::Hub, HubEncoding::Json) => "hub, ",
+            (Protocol::Hub, HubEncoding::Messagepack) => "hub MessagePack, ",
         };
         let deflate = if self.deflate { "deflate, " } else { "" };
         let words = match (&self.payload_file, self.payload) {

@@ -37,7 +37,7 @@ use io_uring::{opcode, types::Fd};
 use uring_loop::{Alarm, BufRing, Cqe, InFlight, Ring, UserData};
 
 use crate::client::{self, Encoder, Target};
-use crate::hub::{self, Said};
+use crate::hub::{self, Hub, Said};
 use crate::options::Protocol;
 use crate::options::{LoadConfig, MessageType};
 use crate::payload::Pattern;
@@ -179,21 +179,16 @@ struct Frames {
     /// Head templates, their mask key left to fill in: by the number of
     /// digits of the invocation id less one (hub), or the one head (raw).
     heads: Vec<([u8; 14], usize)>,
-    hub: bool,
+    hub: Option<Hub>,
 }
 
 impl Frames {
-    fn new(pattern: &Pattern, opcode: OpCode, hub: bool) -> Frames {
-        let heads = (1..=if hub { 20 } else { 1 })
+    fn new(pattern: &Pattern, opcode: OpCode, hub: Option<Hub>) -> Frames {
+        let heads = (1..=if hub.is_some() { 20 } else { 1 })
             .map(|digits| {
-                let len = if hub {
-                    hub::INVOCATION_HEAD.len()
-                        + pattern.size()
-                        + hub::INVOCATION_ID.len()
-                        + digits
-                        + hub::INVOCATION_END.len()
-                } else {
-                    pattern.size()
+                let len = match hub {
+                    Some(hub) => hub.invocation_len(digits, pattern.size()),
+                    None => pattern.size(),
                 };
                 let payload = vec![0u8; len];
                 let mut head = [0u8; 14];
@@ -212,33 +207,29 @@ impl Frames {
 
     /// Appends message `seq`, masked with `key`, to `out`.
     fn write(&self, pattern: &Pattern, seq: u64, key: [u8; 4], out: &mut Vec<u8>) {
-        // The invocation id, for the hub only: raw frames have one head.
-        let mut digits = [0u8; 20];
-        let id: &[u8] = if self.hub {
-            hub::decimal(seq, &mut digits)
-        } else {
-            &[]
+        // By the invocation id's digits, for the hub only: raw frames have
+        // one head.
+        let digits = match self.hub {
+            Some(_) => hub::decimal(seq, &mut [0u8; 20]).len(),
+            None => 1,
         };
-        let (head, head_len) = self.heads[id.len().saturating_sub(1)];
+        let (head, head_len) = self.heads[digits - 1];
         // The key is the head's last four bytes.
         out.extend_from_slice(&head[..head_len - 4]);
         out.extend_from_slice(&key);
         let start = out.len();
-        self.payload(pattern, seq, id, out);
+        self.payload(pattern, seq, out);
         fastwebsockets::unmask(&mut out[start..], key);
     }
 
-    /// Appends message `seq`'s payload, unmasked, to `out` (`id`: its hub
-    /// invocation id in decimal).
-    fn payload(&self, pattern: &Pattern, seq: u64, id: &[u8], out: &mut Vec<u8>) {
-        if self.hub {
-            out.extend_from_slice(hub::INVOCATION_HEAD);
-        }
-        pattern.append(seq, out);
-        if self.hub {
-            out.extend_from_slice(hub::INVOCATION_ID);
-            out.extend_from_slice(id);
-            out.extend_from_slice(hub::INVOCATION_END);
+    /// Appends message `seq`'s payload, unmasked, to `out`: the pattern's
+    /// bytes, in a hub invocation for the hub.
+    fn payload(&self, pattern: &Pattern, seq: u64, out: &mut Vec<u8>) {
+        match self.hub {
+            Some(hub) => {
+                hub.write_invocation(seq, pattern.size(), out, |out| pattern.append(seq, out))
+            }
+            None => pattern.append(seq, out),
         }
     }
 
@@ -254,13 +245,7 @@ impl Frames {
         let (plain, packed) = scratch;
         plain.clear();
         packed.clear();
-        let mut digits = [0u8; 20];
-        let id: &[u8] = if self.hub {
-            hub::decimal(seq, &mut digits)
-        } else {
-            &[]
-        };
-        self.payload(pattern, seq, id, plain);
+        self.payload(pattern, seq, plain);
         pmd::deflate(&mut deflate.compress, plain, packed);
         if deflate.reset_compress {
             deflate.compress.reset();
@@ -283,7 +268,8 @@ struct Thread<'a> {
     /// Send buffers not in use, the last one freed on top: reused while
     /// still in cache.
     spare: Vec<Vec<u8>>,
-    hub: bool,
+    /// The hub protocol, or None for raw WebSocket messages.
+    hub: Option<Hub>,
     load: &'a LoadConfig,
     /// --deflate: a message's payload and its compressed form, and an echo
     /// inflated (kept: no allocation per message).
@@ -349,11 +335,17 @@ pub(crate) fn load_thread(
             return Err(e.into());
         }
     };
-    let opcode = match load.message_type {
-        MessageType::Binary => OpCode::Binary,
-        MessageType::Text => OpCode::Text,
+    let hub = (load.protocol == Protocol::Hub).then_some(Hub {
+        encoding: load.hub_encoding,
+        message_type: load.message_type,
+    });
+    // Hub messages travel in the encoding's frames, whatever the payload.
+    let opcode = match (hub, load.message_type) {
+        (Some(hub), _) => hub.opcode(),
+        (None, MessageType::Binary) => OpCode::Binary,
+        (None, MessageType::Text) => OpCode::Text,
     };
-    let frames = Frames::new(&pattern, opcode, load.protocol == Protocol::Hub);
+    let frames = Frames::new(&pattern, opcode, hub);
     let conns = ids
         .iter()
         .map(|_| {
@@ -364,7 +356,7 @@ pub(crate) fn load_thread(
                 recv_armed: false,
                 opening: None,
                 rx: Vec::with_capacity(512),
-                records: hub::Records::default(),
+                records: hub.map(Hub::records).unwrap_or_default(),
                 fragments: None,
                 deflate: None,
                 sending: Vec::with_capacity(load.size + 64),
@@ -392,7 +384,7 @@ pub(crate) fn load_thread(
         // Each connection holds at most two buffers (queued, sending): the
         // stack never outgrows this.
         spare: Vec::with_capacity(2 * ids.len()),
-        hub: load.protocol == Protocol::Hub,
+        hub,
         load,
         scratch: (Vec::new(), Vec::new()),
         inflated: Vec::new(),
@@ -897,13 +889,13 @@ impl Thread<'_> {
                         }
                     }
                     conn.rx.drain(..end);
-                    if !hub {
+                    let Some(hub) = hub else {
                         self.finish_open(key, Ok(now.saturating_duration_since(began)));
                         return;
-                    }
+                    };
                     opening.upgraded = true;
                     conn.encoder
-                        .encode(OpCode::Text, hub::HANDSHAKE, &mut conn.queued);
+                        .encode(OpCode::Text, hub.handshake(), &mut conn.queued);
                     self.mark_to_send(key);
                 }
                 Err(e) => {
@@ -936,7 +928,8 @@ impl Thread<'_> {
         let mut records = std::mem::take(&mut self.conns[key].records);
         records.feed(text, |record| {
             let expected = self.conns[key].in_flight.front().map(|&(seq, _)| seq);
-            match hub::read_record(record, expected, &self.pattern) {
+            let Some(hub) = self.hub else { return };
+            match hub.read(record, expected, &self.pattern) {
                 Said::Completion { ok } => self.echoed(key, ok, now),
                 Said::Ping => {}
                 Said::Close => {
@@ -1052,8 +1045,10 @@ impl Thread<'_> {
             payload
         };
         match opcode {
-            OpCode::Text if self.hub => self.hub_records(key, payload, now),
-            _ if self.hub => self.errors.unexpected_frames += 1,
+            _ if self.hub.is_some_and(|hub| hub.opcode() == opcode) => {
+                self.hub_records(key, payload, now)
+            }
+            _ if self.hub.is_some() => self.errors.unexpected_frames += 1,
             _ => {
                 let ok = self.check(&self.conns[key], opcode, payload);
                 self.echoed(key, ok, now);
@@ -1405,22 +1400,30 @@ mod tests {
 
     #[test]
     fn frames_carry_exactly_the_message_under_a_fresh_key_each() {
+        use crate::options::HubEncoding;
+        let hub = |encoding, message_type| {
+            Some(Hub {
+                encoding,
+                message_type,
+            })
+        };
         for (size, hub) in [
-            (0, false),
-            (5, false),
-            (20, false),
-            (3, true),
-            (200, true),
-            (16384, false),
-            (16384, true),
+            (0, None),
+            (5, None),
+            (20, None),
+            (3, hub(HubEncoding::Json, MessageType::Text)),
+            (200, hub(HubEncoding::Json, MessageType::Text)),
+            (16384, None),
+            (16384, hub(HubEncoding::Json, MessageType::Text)),
+            (3, hub(HubEncoding::Messagepack, MessageType::Binary)),
+            (31, hub(HubEncoding::Messagepack, MessageType::Text)),
+            (200, hub(HubEncoding::Messagepack, MessageType::Text)),
+            (300, hub(HubEncoding::Messagepack, MessageType::Binary)),
+            (70_000, hub(HubEncoding::Messagepack, MessageType::Binary)),
         ] {
-            let message_type = if hub {
-                MessageType::Text
-            } else {
-                MessageType::Binary
-            };
+            let message_type = hub.map_or(MessageType::Binary, |h| h.message_type);
             let pattern = Pattern::new(size, message_type);
-            let opcode = if hub { OpCode::Text } else { OpCode::Binary };
+            let opcode = hub.map_or(OpCode::Binary, Hub::opcode);
             let frames = Frames::new(&pattern, opcode, hub);
             let mut encoder = Encoder::default();
             let mut keys = std::collections::HashSet::new();
@@ -1434,12 +1437,35 @@ mod tests {
                 assert_eq!(first, 0x80 | opcode as u8);
                 let mut expected = Vec::new();
                 pattern.write(seq, &mut expected);
-                if hub {
-                    let mut record = Vec::new();
-                    hub::invocation(seq, &expected, &mut record);
-                    expected = record;
+                match hub.map(|h| h.encoding) {
+                    Some(HubEncoding::Json) => {
+                        let mut record = Vec::new();
+                        hub::invocation(seq, &expected, &mut record);
+                        assert_eq!(payload, record, "size {size}, json hub, seq {seq}");
+                    }
+                    // The engine's reader finds the invocation and the
+                    // payload in it: a str or bin of exactly the pattern.
+                    Some(HubEncoding::Messagepack) => {
+                        let mut bodies = Vec::new();
+                        let used = hub_msgpack::split(&payload, usize::MAX, |b| {
+                            bodies.push(b.to_vec());
+                            Ok(())
+                        });
+                        assert_eq!(used, Ok(payload.len()), "one whole message");
+                        let m = hub_msgpack::parse(&bodies[0]).unwrap();
+                        assert_eq!((m.kind, m.target), (1, Some("Echo")));
+                        assert_eq!(m.invocation_id, Some(seq.to_string().as_str()));
+                        let argument = m.arguments[0];
+                        let value = rmpv::decode::read_value(&mut &argument[..]).unwrap();
+                        let bytes = match (message_type, value) {
+                            (MessageType::Text, rmpv::Value::String(s)) => s.into_bytes(),
+                            (MessageType::Binary, rmpv::Value::Binary(b)) => b,
+                            (t, v) => panic!("{t:?} payload as {v:?}"),
+                        };
+                        assert_eq!(bytes, expected, "size {size}, seq {seq}");
+                    }
+                    None => assert_eq!(payload, expected, "size {size}, raw, seq {seq}"),
                 }
-                assert_eq!(payload, expected, "size {size}, hub {hub}, seq {seq}");
             }
             assert_eq!(keys.len(), 7, "a fresh key per frame");
         }
@@ -1479,7 +1505,11 @@ mod tests {
             };
             let pattern = Pattern::of(4096, message_type, crate::options::PayloadKind::Words, true);
             let opcode = if hub { OpCode::Text } else { OpCode::Binary };
-            let frames = Frames::new(&pattern, opcode, hub);
+            let json_hub = hub.then_some(Hub {
+                encoding: crate::options::HubEncoding::Json,
+                message_type,
+            });
+            let frames = Frames::new(&pattern, opcode, json_hub);
             let agreed = pmd::Params {
                 client_no_context_takeover: !takeover,
                 ..pmd::Params::default()

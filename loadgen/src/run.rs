@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::client::{self, Decoder, Encoder, Incoming, Target};
-use crate::hub::{self, Records, Said};
+use crate::hub::{Hub, Said};
 use crate::options::{Io, LoadConfig, MessageType, Protocol, RunArgs};
 use crate::payload::Pattern;
 use crate::result::{self, Errors, Histograms, Percentiles, RunResult, Summary};
@@ -450,7 +450,8 @@ impl Counts {
 /// A load thread's shared state: touched by its connections only.
 struct ThreadState {
     pattern: Pattern,
-    protocol: Protocol,
+    /// The hub protocol, or None for raw WebSocket messages.
+    hub: Option<Hub>,
     message_type: MessageType,
     rate: Option<f64>,
     in_flight: u32,
@@ -490,7 +491,7 @@ async fn load_thread(
 
     let state = Rc::new(ThreadState {
         pattern,
-        protocol: load.protocol,
+        hub: hub_of(&load),
         message_type: load.message_type,
         rate: load.rate,
         in_flight: load.in_flight,
@@ -592,19 +593,19 @@ pub(crate) async fn connect_share(
     let mut streams = Vec::with_capacity(ids.len());
     let attempt = |id: u32, due: Option<Instant>| {
         let source = source_for(&load.source_addr, id);
-        let protocol = load.protocol;
+        let hub = hub_of(load);
         async move {
             if let Some(due) = due {
                 tokio::time::sleep_until(due).await;
             }
             let began = std::time::Instant::now();
-            let connected = match client::connect(target, source).await {
-                Ok((mut stream, leftover)) if protocol == Protocol::Hub => {
-                    client::hub_handshake(&mut stream, leftover)
+            let connected = match (client::connect(target, source).await, hub) {
+                (Ok((mut stream, leftover)), Some(hub)) => {
+                    client::hub_handshake(&mut stream, leftover, hub)
                         .await
                         .map(|leftover| (stream, leftover))
                 }
-                other => other,
+                (other, _) => other,
             };
             (id, began.elapsed(), connected)
         }
@@ -805,10 +806,12 @@ async fn write_loop(mut write: WriteHalf, state: Rc<ThreadState>, talk: Rc<Conve
             encoder.encode(OpCode::Pong, &pong, &mut frame);
         }
         state.pattern.write(seq, &mut payload);
-        if state.protocol == Protocol::Hub {
+        if let Some(hub) = state.hub {
             record.clear();
-            hub::invocation(seq, &payload, &mut record);
-            encoder.encode(OpCode::Text, &record, &mut frame);
+            hub.write_invocation(seq, payload.len(), &mut record, |out| {
+                out.extend_from_slice(&payload)
+            });
+            encoder.encode(hub.opcode(), &record, &mut frame);
         } else {
             encoder.encode(opcode, &payload, &mut frame);
         }
@@ -866,16 +869,21 @@ async fn read_loop(
 ) {
     let max = state.pattern.size().max(1 << 16) * 2;
     let mut decoder = Decoder::new(read, leftover, max);
-    let mut records = Records::default();
+    let mut records = state.hub.map(Hub::records).unwrap_or_default();
     loop {
         let incoming = decoder.next().await;
         let now = Instant::now();
         match incoming {
-            Ok(Incoming::Text(text)) if state.protocol == Protocol::Hub => {
+            Ok(Incoming::Text(data)) | Ok(Incoming::Binary(data))
+                if state.hub.is_some_and(|hub| {
+                    (hub.opcode() == OpCode::Text) == incoming_is_text(&incoming)
+                }) =>
+            {
+                let hub = state.hub.expect("a hub connection");
                 let mut server_closed = false;
-                records.feed(text, |record| {
+                records.feed(data, |record| {
                     let expected = talk.in_flight.borrow().front().map(|&(seq, _)| seq);
-                    match hub::read_record(record, expected, &state.pattern) {
+                    match hub.read(record, expected, &state.pattern) {
                         Said::Completion { ok } => {
                             let Some((_, due)) = talk.in_flight.borrow_mut().pop_front() else {
                                 bump(&state.unexpected_frames);
@@ -899,7 +907,7 @@ async fn read_loop(
                     break;
                 }
             }
-            Ok(Incoming::Binary(_)) if state.protocol == Protocol::Hub => {
+            Ok(Incoming::Binary(_)) | Ok(Incoming::Text(_)) if state.hub.is_some() => {
                 bump(&state.unexpected_frames)
             }
             Ok(Incoming::Binary(payload)) | Ok(Incoming::Text(payload)) => {
@@ -953,4 +961,16 @@ fn record_latency(state: &ThreadState, due: Instant, now: Instant) {
 
 fn bump(counter: &Cell<u64>) {
     counter.set(counter.get() + 1);
+}
+
+/// The hub protocol of `load`, if it speaks the hub's.
+fn hub_of(load: &LoadConfig) -> Option<Hub> {
+    (load.protocol == Protocol::Hub).then_some(Hub {
+        encoding: load.hub_encoding,
+        message_type: load.message_type,
+    })
+}
+
+fn incoming_is_text(incoming: &std::io::Result<Incoming>) -> bool {
+    matches!(incoming, Ok(Incoming::Text(_)))
 }

@@ -223,6 +223,7 @@ fn bad_flags_and_missing_servers_say_what_to_do() {
     let (text, empty) = (text.to_str().unwrap(), empty.to_str().unwrap());
     let url = ["--url", "ws://127.0.0.1:1/"];
     for (args, says) in [
+        (vec!["--hub-encoding", "messagepack"], "--protocol hub"),
         (vec!["--connection-stages", "10s:5/s"], "SECS:CONNECTIONS"),
         (vec!["--connection-stages", "10s:2.5"], "SECS:CONNECTIONS"),
         (
