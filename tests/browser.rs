@@ -92,3 +92,53 @@ fn a_person_can_echo_watch_and_close_from_the_browser() {
         let _ = std::fs::remove_dir_all(&scratch);
     }
 }
+
+/// The official SignalR client's browser bundles in Chromium, JSON and
+/// MessagePack, on every backend: Echo of text with non-ASCII characters
+/// and of an object (and of bytes, in MessagePack), a broadcast heard by a
+/// listener of each encoding, and a clean stop.
+#[test]
+fn the_official_client_works_in_chromium_in_both_encodings() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    for needed in [
+        "browser/node_modules/playwright-core",
+        "signalr/node_modules/@microsoft/signalr-protocol-msgpack",
+    ] {
+        assert!(
+            std::path::Path::new(dir).join(needed).exists(),
+            "{needed} is missing: run scripts/test.sh (it installs the test packages)"
+        );
+    }
+    for backend in BACKENDS {
+        let engine = Engine::start(backend, &["--threads", "2"]);
+        let output = Command::new("node")
+            .arg(format!("{dir}/browser/official-client.js"))
+            .arg(format!("http://{}", engine.addr))
+            .output()
+            .expect("node runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{backend}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+        for encoding in ["json", "messagepack"] {
+            let e = &r[encoding];
+            assert_eq!(e["string"], "héllo 😀", "{backend} {encoding}: {r}");
+            assert_eq!(
+                e["object"],
+                serde_json::json!({"a": [1, "x", null], "b": {"c": true}})
+            );
+            assert_eq!(
+                e["received"],
+                serde_json::json!([{"from": encoding}, {"from": encoding}]),
+                "{backend} {encoding}: both listeners heard it"
+            );
+            assert_eq!(e["stopClean"], true, "{backend} {encoding}");
+        }
+        assert_eq!(r["messagepack"]["bytesEchoed"], true, "{backend}");
+        let stats = engine.wait_for_no_connections();
+        assert_eq!(stats["totals"]["closes"]["1006"], 0, "{backend}: {stats}");
+    }
+}
