@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use loadgen::options::{LoadConfig, Protocol, RunArgs};
+use loadgen::options::{HubEncoding, LoadConfig, Protocol, RunArgs};
 use loadgen::report::{self, Style};
 use loadgen::RunResult;
 
@@ -79,7 +79,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
         0
     };
     let hub_runs = if options.protocol.contains(&Protocol::Hub) {
-        options.cases.iter().filter(|&&c| c != Case::Fanin).count()
+        options.cases.iter().filter(|&&c| c != Case::Fanin).count() * options.hub_encoding.len()
     } else {
         0
     };
@@ -154,7 +154,12 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
             }
             // The hub is measured at the sizes the comparison asks for.
             if options.protocol.contains(&Protocol::Hub) && case != Case::Fanin {
-                jobs.push(Job::new(case, Protocol::Hub, None, options.duration));
+                for &encoding in &options.hub_encoding {
+                    jobs.push(Job {
+                        encoding,
+                        ..Job::new(case, Protocol::Hub, None, options.duration)
+                    });
+                }
             }
         }
         // Each round runs every job once, raw and hub of one size back to
@@ -300,6 +305,8 @@ struct Job {
     duration: f64,
     /// Which round of `--repeat`.
     round: u32,
+    /// The hub's encoding, for hub jobs.
+    encoding: HubEncoding,
 }
 
 impl Job {
@@ -310,6 +317,7 @@ impl Job {
             rate,
             duration,
             round: 0,
+            encoding: HubEncoding::Json,
         }
     }
 
@@ -317,7 +325,10 @@ impl Job {
     fn label(&self) -> String {
         let mut label = self.case.name().to_string();
         if self.protocol == Protocol::Hub {
-            label.push_str("-hub");
+            label.push_str(match self.encoding {
+                HubEncoding::Json => "-hub",
+                HubEncoding::Messagepack => "-hub-msgpack",
+            });
         }
         if self.rate.is_some() {
             label.push_str("-rate");
@@ -333,7 +344,10 @@ impl Job {
         };
         let protocol = match self.protocol {
             Protocol::Raw => "raw",
-            Protocol::Hub => "hub Echo invocations",
+            Protocol::Hub if self.encoding == HubEncoding::Messagepack => {
+                "hub Echo invocations in MessagePack"
+            }
+            Protocol::Hub => "hub Echo invocations in JSON",
         };
         format!(
             "{}: {connections} connections × {size} B, {protocol}, {mode}",
@@ -355,16 +369,20 @@ fn measure(
     if options.repeat > 1 {
         file.push_str(&format!("-round{}", round + 1));
     }
+    let mut load = load_for(
+        engine,
+        options,
+        spare_cores,
+        job.case,
+        job.protocol,
+        job.rate,
+        duration,
+    );
+    // MessagePack hub payloads travel as bytes, as raw ones do.
+    load.hub_encoding = job.encoding;
+    load.normalize();
     let args = RunArgs {
-        load: load_for(
-            engine,
-            options,
-            spare_cores,
-            job.case,
-            job.protocol,
-            job.rate,
-            duration,
-        ),
+        load,
         out: Some(out_dir.join(format!("{file}.json"))),
         hgrm: Some(out_dir.join(format!("{file}.hgrm"))),
         hlog: Some(out_dir.join(format!("{file}.hlog"))),
@@ -692,8 +710,8 @@ fn write_raw_vs_hub(
     default_place: bool,
 ) -> anyhow::Result<Option<String>> {
     let mut table = String::from(
-        "| engine | size | connections | raw msgs/s | hub msgs/s | hub/raw throughput | hub/raw engine CPU per message | hub/raw p50 | hub/raw p99 | server / loadgen busy, raw; hub | flagged | pairs |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| engine | size | connections | hub encoding | raw msgs/s | hub msgs/s | hub/raw throughput | hub/raw engine CPU per message | hub/raw p50 | hub/raw p99 | server / loadgen busy, raw; hub | flagged | pairs |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut curves = Vec::new();
     let config_of = |m: &Measured| {
@@ -711,7 +729,11 @@ fn write_raw_vs_hub(
             .iter()
             .filter(|m| !m.case.contains('-') && m.round == 0 && config_of(m) == *config)
             .collect();
-        for first_raw in sizes {
+        let variants = [("hub", "JSON"), ("hub-msgpack", "MessagePack")];
+        for (first_raw, (variant, encoding)) in sizes
+            .iter()
+            .flat_map(|raw| variants.iter().map(move |v| (raw, v)))
+        {
             // Pair raw and hub of the same round.
             let pairs: Vec<(&RunResult, &RunResult)> = measured
                 .iter()
@@ -720,7 +742,7 @@ fn write_raw_vs_hub(
                     measured
                         .iter()
                         .find(|m| {
-                            m.case == format!("{}-hub", raw.case)
+                            m.case == format!("{}-{variant}", raw.case)
                                 && m.round == raw.round
                                 && config_of(m) == *config
                         })
@@ -786,7 +808,7 @@ fn write_raw_vs_hub(
                 .count();
             let load = &first_raw.result.load;
             table.push_str(&format!(
-                "| {config} | {} B | {} | {:.0} | {:.0} | **{}** | {} | {} | {} | {}; {} | {flagged} of {} | {} |\n",
+                "| {config} | {} B | {} | {encoding} | {:.0} | {:.0} | **{}** | {} | {} | {} | {}; {} | {flagged} of {} | {} |\n",
                 load.size,
                 load.connections,
                 median_of(&|(raw, _)| raw.summary.msgs_per_sec),
@@ -801,7 +823,13 @@ fn write_raw_vs_hub(
                 pairs.len(),
             ));
             let (raw, hub) = pairs[0];
-            for (result, protocol) in [(raw, "raw"), (hub, "hub")] {
+            // The raw curve once per size, whatever the encodings.
+            let raw_drawn = curves
+                .iter()
+                .any(|c: &RunResult| c.label.starts_with(&format!("raw {} B", raw.load.size)));
+            let hub_name = format!("hub {encoding}");
+            let drawn = [(raw, "raw"), (hub, hub_name.as_str())];
+            for &(result, protocol) in drawn.iter().skip(usize::from(raw_drawn)) {
                 let mut curve = result.clone();
                 curve.label = if configs.len() > 1 {
                     format!("{protocol} {} B, {config}", result.load.size)
@@ -823,9 +851,10 @@ fn write_raw_vs_hub(
              The ASP.NET Core WebSockets article says SignalR has \"no significant performance \
              disadvantage\" against raw WebSockets, without a measurement. This is ours: the same \
              engine, connections and payload sizes, closed loop, one message in flight per \
-             connection. Raw: a binary message echoed. Hub: an `Echo(payload)` invocation (the \
-             payload as a JSON string) answered by its Completion, over the JSON hub protocol. \
-             Each pair is a raw run and a hub run back to back; ratios are hub/raw per pair, \
+             connection. Raw: a binary message echoed. Hub: an `Echo(payload)` invocation answered \
+             by its Completion, in SignalR's JSON encoding (the payload a JSON string) or its \
+             MessagePack encoding (the payload bytes, as raw's). Each pair is a raw run and a \
+             hub run of the same round (raw, then each encoding, back to back); ratios are hub/raw per pair, \
              as the median with (min–max) over the pairs. Busy is the CPU the engine and loadgen \
              used over the window (% of one core for the engine, of loadgen's cores for \
              loadgen); a run loadgen flagged as its own bottleneck measured loadgen, not the \

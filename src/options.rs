@@ -96,6 +96,18 @@ pub struct BenchOptions {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,hub")]
     pub protocol: Vec<loadgen::options::Protocol>,
 
+    /// The hub's encodings to measure, comma-separated: SignalR's JSON (the
+    /// payload a string) and MessagePack (the payload bytes, as the raw
+    /// echo's are); each is set beside the raw echo in raw-vs-hub.md.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ENCODING,…",
+        value_delimiter = ',',
+        default_value = "json,messagepack"
+    )]
+    pub hub_encoding: Vec<loadgen::options::HubEncoding>,
+
     /// Rounds of every closed-loop run, interleaved (raw then hub of a size,
     /// back to back): raw-vs-hub.md reports the median ratio with its range.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]

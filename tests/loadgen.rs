@@ -458,8 +458,9 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("[10/10]"),
-        "two configurations × (small raw, small hub, constant rate, knee, storm): {stdout}"
+        stdout.contains("[12/12]"),
+        "two configurations × (small raw, small hub in JSON and MessagePack, constant rate, \
+         knee, storm): {stdout}"
     );
     for backend in ["tokio-uring", "epoll"] {
         let knee = dir.join(format!("{backend}-buf4096-t1-small-knee.json"));
@@ -476,7 +477,9 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
     }
     let comparison = std::fs::read_to_string(dir.join("raw-vs-hub.md")).unwrap();
     assert!(
-        comparison.contains("| 20 B | 100 |") && comparison.contains("hub/raw throughput"),
+        comparison.contains("| 20 B | 100 | JSON |")
+            && comparison.contains("| 20 B | 100 | MessagePack |")
+            && comparison.contains("hub/raw throughput"),
         "{comparison}"
     );
     assert!(dir.join("raw-vs-hub.svg").exists());
@@ -496,6 +499,7 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
         "small-hub.svg",
         "epoll-buf4096-t1-small.json",
         "epoll-buf4096-t1-small-hub.json",
+        "epoll-buf4096-t1-small-hub-msgpack.json",
         "tokio-uring-buf4096-t1-small-rate.hgrm",
     ] {
         assert!(dir.join(file).exists(), "{file} missing");
