@@ -69,6 +69,15 @@ fn the_official_client_invokes_echo_receives_broadcasts_and_stops_cleanly() {
             .as_str()
             .unwrap()
             .contains("Unknown hub method 'NoSuchMethod'"));
+        assert!(
+            r["streamError"]
+                .as_str()
+                .unwrap()
+                .contains("streaming is not supported"),
+            "{backend} {protocol}: {}",
+            r["streamError"]
+        );
+        assert_eq!(r["afterStream"], "still here");
         assert_eq!(r["skipNegotiation"], "direct");
         assert!(r["negotiatedId"].is_string());
         // Listeners sat on both workers, and every one heard the broadcast.

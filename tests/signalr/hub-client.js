@@ -50,6 +50,16 @@ async function main() {
   } catch (e) {
     result.unknownMethod = e.message;
   }
+  // A StreamInvocation: this hub streams nothing, and says so; the
+  // client's CancelInvocation on disposing is read and ignored.
+  result.streamError = await within(5000, new Promise((resolve) => {
+    const subscription = negotiated.stream('Echo', 'x').subscribe({
+      next: () => resolve('an item'),
+      complete: () => resolve('completed'),
+      error: (e) => { resolve(e.message); setTimeout(() => subscription.dispose(), 0); },
+    });
+  }), 'stream');
+  result.afterStream = await negotiated.invoke('Echo', 'still here');
 
   const direct = connect({ skipNegotiation: true });
   await direct.start();
