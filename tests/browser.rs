@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{Engine, BACKENDS};
 
 #[test]
@@ -40,19 +38,10 @@ fn a_person_can_echo_watch_and_close_from_the_browser() {
         } else {
             scratch.clone()
         };
-        let output = Command::new("node")
-            .arg(format!("{dir}/pages.js"))
-            .arg(format!("http://{}", engine.addr))
-            .arg(&out)
-            .output()
-            .expect("node runs");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{backend}: {stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
+        let r = common::node_json(
+            &format!("{dir}/pages.js"),
+            [format!("http://{}", engine.addr), out.display().to_string()],
         );
-        let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
         assert_eq!(
             r["prefilledUrl"],
             format!("ws://{}/ws", engine.addr),
@@ -111,18 +100,10 @@ fn the_official_client_works_in_chromium_in_both_encodings() {
     }
     for backend in BACKENDS {
         let engine = Engine::start(backend, &["--threads", "2"]);
-        let output = Command::new("node")
-            .arg(format!("{dir}/browser/official-client.js"))
-            .arg(format!("http://{}", engine.addr))
-            .output()
-            .expect("node runs");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{backend}: {stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
+        let r = common::node_json(
+            &format!("{dir}/browser/official-client.js"),
+            [format!("http://{}", engine.addr)],
         );
-        let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
         for encoding in ["json", "messagepack"] {
             let e = &r[encoding];
             assert_eq!(e["string"], "héllo 😀", "{backend} {encoding}: {r}");

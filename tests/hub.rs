@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{http_request, Engine, BACKENDS};
 
 /// Runs tests/signalr/hub-client.js with the invoking connections in
@@ -16,19 +14,10 @@ fn official_client(engine: &Engine, protocol: &str) -> serde_json::Value {
         std::path::Path::new(dir).join("node_modules/@microsoft/signalr").exists(),
         "the official SignalR client is not installed: run scripts/test.sh (it runs npm install in tests/signalr)"
     );
-    let output = Command::new("node")
-        .arg(format!("{dir}/hub-client.js"))
-        .arg(format!("http://{}/hub", engine.addr))
-        .arg(protocol)
-        .output()
-        .expect("node runs (Node.js 18 or newer)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.trim()).expect("one JSON line")
+    common::node_json(
+        &format!("{dir}/hub-client.js"),
+        [format!("http://{}/hub", engine.addr), protocol.to_string()],
+    )
 }
 
 #[test]

@@ -400,15 +400,10 @@ fn utf8_text_and_payload_files_echo_exactly() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = std::env::temp_dir().join(format!("ringecho-payloads-{}", std::process::id()));
     let engine = Engine::start("io-uring", &[]);
-    for (name, load) in common::payload_loads(&engine.url("/ws"), &dir) {
-        let mut run = args(&engine, Protocol::Raw, None, Io::Auto, dir.join("p.json"));
-        run.load = load;
-        let result = loadgen::run::run(&run).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        let s = &result.summary;
-        assert_eq!(s.errors.total(), 0, "{name}: {:?}", s.errors);
-        assert_eq!(s.connections, 4, "{name}");
-        assert!(s.messages > 0, "{name}: no message measured");
-    }
+    common::check_payload_loads(&engine.url("/ws"), &dir, |load| RunArgs {
+        load,
+        ..args(&engine, Protocol::Raw, None, Io::Auto, dir.join("p.json"))
+    });
     engine.wait_for_no_connections();
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -217,15 +217,10 @@ fn utf8_text_and_payload_files_echo_exactly_through_a_validating_server() {
     let dir = std::env::temp_dir().join(format!("ringecho-payloads-{}", std::process::id()));
     let server = Server::start(&[]);
     let url = format!("ws://127.0.0.1:{}/echo", server.port);
-    for (name, load) in common::payload_loads(&url, &dir) {
-        let mut run = run_args(&url);
-        run.load = load;
-        let result = loadgen::run::run(&run).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        let s = &result.summary;
-        assert_eq!(s.errors.total(), 0, "{name}: {:?}", s.errors);
-        assert_eq!(s.connections, 4, "{name}");
-        assert!(s.messages > 0, "{name}: no message measured");
-    }
+    common::check_payload_loads(&url, &dir, |load| RunArgs {
+        load,
+        ..run_args(&url)
+    });
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -228,6 +228,44 @@ where
     serde_json::from_slice(&out.stdout).expect("the script prints JSON")
 }
 
+/// Runs a Node.js script that prints one JSON line (the browser and SignalR
+/// drivers under tests/) with `args`, and reads that line; a failure shows
+/// what the script printed.
+pub fn node_json<I, A>(script: &str, args: I) -> serde_json::Value
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    let output = Command::new("node")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("node runs (Node.js 18 or newer; scripts/test.sh installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
+/// Runs every load of [`payload_loads`] against `url` as `run_of` makes it
+/// a run, and checks each echo came back exact over all four connections.
+pub fn check_payload_loads(
+    url: &str,
+    dir: &std::path::Path,
+    run_of: impl Fn(loadgen::LoadConfig) -> loadgen::RunArgs,
+) {
+    for (name, load) in payload_loads(url, dir) {
+        let result = loadgen::run::run(&run_of(load)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let s = &result.summary;
+        assert_eq!(s.errors.total(), 0, "{name}: {:?}", s.errors);
+        assert_eq!(s.connections, 4, "{name}");
+        assert!(s.messages > 0, "{name}: no message measured");
+    }
+}
+
 /// Loads that send what `--payload utf8` and `--payload-file` make, each
 /// named, for `url` (raw WebSocket): UTF-8 text at sizes that end on each
 /// byte of a 4-byte group, on both clients; a text file whole and in
