@@ -88,12 +88,7 @@ pub fn plot(results: &[RunResult], path: &Path) -> anyhow::Result<()> {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart)?;
 
     // Throughput: one horizontal bar per run.
     let best = results
@@ -344,15 +339,9 @@ pub fn plot_knee(
             ("sans-serif", 14).into_font().color(&BLACK),
         )))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    legend(&mut chart)?;
     root.present()
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Connection storms: connect + handshake time (p50 thin, p99 thick)
@@ -426,14 +415,24 @@ pub fn plot_storms(series: &[(String, Vec<RunResult>)], path: &Path) -> anyhow::
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
         }
     }
+    legend(&mut chart)?;
+    root.present()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The series' names, boxed in the upper left, as every plot here has them.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
-    root.present()
-        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
