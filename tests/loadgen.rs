@@ -387,6 +387,13 @@ fn connection_stages_pause_and_resume_connections() {
         );
         // Only echoes already on their way as the count fell to 0.
         assert!(per_second[1] <= 2 * 20, "{io:?}: {per_second:?}");
+        // The plot draws the count beside the throughput.
+        let svg = dir.join("stages.svg");
+        std::fs::create_dir_all(&dir).unwrap();
+        loadgen::plot::plot(std::slice::from_ref(&result), &svg).unwrap();
+        assert!(std::fs::read_to_string(&svg)
+            .unwrap()
+            .contains("connections sending, 20 at the top"));
     }
     engine.wait_for_no_connections();
     let _ = std::fs::remove_dir_all(dir);

@@ -186,6 +186,33 @@ where
             color.stroke_width(2),
         ))?;
     }
+    // --connection-stages: how many connections sent, dashed, its peak at
+    // the top of the chart, so that throughput reads against it.
+    for (i, r) in results.iter().enumerate() {
+        let Some(profile) = crate::schedule::Profile::connections_of(&r.load) else {
+            continue;
+        };
+        let peak = r.load.connections.max(1) as f64;
+        let scale = rate_max / 1.15 / peak;
+        let steps = (t_max * 20.0).ceil() as usize;
+        let line: Vec<(f64, f64)> = (0..=steps)
+            .map(|k| {
+                let t = k as f64 / 20.0;
+                (t, profile.sending_at(t) as f64 * scale)
+            })
+            .collect();
+        rate.draw_series(DashedLineSeries::new(
+            line,
+            6,
+            4,
+            COLORS[i % COLORS.len()].mix(0.6).stroke_width(1),
+        ))?;
+        rate.draw_series(std::iter::once(Text::new(
+            format!("dashed: connections sending, {peak:.0} at the top"),
+            (t_max * 0.02, rate_max * 0.97),
+            ("sans-serif", 12).into_font().color(&RGBColor(90, 90, 90)),
+        )))?;
+    }
 
     let mut latency = ChartBuilder::on(&right)
         .caption(
