@@ -280,7 +280,8 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
     }
     println!("\n{summary}");
     // results/raw-vs-hub.md is the project's answer: only a run of at least
-    // three interleaved rounds replaces it (BENCHMARKING: three pairs).
+    // three interleaved rounds replaces it: a ratio worth claiming needs
+    // three pairs at least.
     let replaces_answer = options.out.is_none() && options.repeat >= 3;
     if options.out.is_none() && !replaces_answer {
         println!(
