@@ -204,8 +204,17 @@ fn the_answer_echo_limits_and_violations_on_the_wire() {
         ws.write_all(&encode_masked(true, 0, b, MASK)).unwrap();
         let (b0, payload) = read_frame(&mut ws);
         assert_eq!((b0, inflate(&payload)), (0xC2, vec![b'z'; 5000]));
-        // The sessions' own contexts are counted while they are open.
-        let stats = engine.stats();
+        // The sessions' own contexts are counted while they are open: this
+        // one, once the engine has seen the first connection (dropped
+        // above, a deflate session too) close.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let stats = loop {
+            let stats = engine.stats();
+            if stats["totals"]["deflate_sessions"] == 1 || std::time::Instant::now() > deadline {
+                break stats;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
         assert_eq!(stats["totals"]["deflate_sessions"], 1, "{backend}");
         assert!(
             stats["totals"]["deflate_context_bytes"].as_u64().unwrap() > 200_000,
