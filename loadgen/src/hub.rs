@@ -234,7 +234,7 @@ pub fn read_record(record: &[u8], expected: Option<u64>, pattern: &Pattern) -> S
 
 /// Whether `record` is `{"type":3,"invocationId":"<seq>","result":"<payload
 /// of seq>"}` byte for byte. Equal bytes mean an equal string; a server that
-/// escapes what it need not (non-ASCII as \uXXXX, say) takes the parsed path.
+/// escapes what it need not (é as \u00e9, say) takes the parsed path.
 fn completes_exactly(record: &[u8], seq: u64, pattern: &Pattern) -> bool {
     let result = record
         .strip_prefix(b"{\"type\":3,\"invocationId\":\"".as_slice())
