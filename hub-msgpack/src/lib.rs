@@ -310,28 +310,24 @@ impl<'a> Reader<'a> {
 pub struct Writer<'a>(pub &'a mut Vec<u8>);
 
 impl Writer<'_> {
-    /// One message: `body` writes it into a scratch area, which is then
-    /// moved behind its prefix (message bodies are short, or their bulk
-    /// is one copy of an argument).
-    fn message(&mut self, body: impl FnOnce(&mut Vec<u8>)) {
+    /// One message of `len` bytes, which `body` writes: the length is
+    /// known before the body, so the prefix goes first and nothing moves.
+    fn message(&mut self, len: usize, body: impl FnOnce(&mut Vec<u8>)) {
+        write_prefix(self.0, len);
         let start = self.0.len();
-        // Room for the longest prefix, then the body; the body is moved
-        // back to close the gap once its length is known.
-        self.0.resize(start + MAX_PREFIX, 0);
         body(self.0);
-        let len = self.0.len() - start - MAX_PREFIX;
-        let mut prefix = Vec::with_capacity(MAX_PREFIX);
-        write_prefix(&mut prefix, len);
-        let gap = MAX_PREFIX - prefix.len();
-        self.0[start + gap..start + MAX_PREFIX].copy_from_slice(&prefix);
-        self.0.copy_within(start + gap.., start);
-        self.0.truncate(self.0.len() - gap);
+        debug_assert_eq!(self.0.len() - start, len, "a message's length, reckoned");
     }
 
     /// A Completion: `Ok(Some(bytes))` a result (MessagePack, copied as
     /// is), `Ok(None)` none, `Err` an error.
     pub fn completion(&mut self, id: &str, result: Result<Option<&[u8]>, &str>) {
-        self.message(|out| {
+        let outcome = match result {
+            Ok(Some(value)) => 1 + value.len(),
+            Ok(None) => 1,
+            Err(error) => 1 + str_len(error),
+        };
+        self.message(3 + str_len(id) + outcome, |out| {
             let fields = if matches!(result, Ok(None)) { 4 } else { 5 };
             write_array_len(out, fields);
             out.push(3);
@@ -354,7 +350,8 @@ impl Writer<'_> {
     /// An Invocation of `target` with one argument, `argument` being its
     /// MessagePack bytes; without an id, nothing is to answer it.
     pub fn invocation(&mut self, id: Option<&str>, target: &str, argument: &[u8]) {
-        self.message(|out| {
+        let len = 3 + id.map_or(1, str_len) + str_len(target) + 1 + argument.len() + 1;
+        self.message(len, |out| {
             write_array_len(out, 6);
             out.push(1);
             out.push(0x80);
@@ -371,7 +368,7 @@ impl Writer<'_> {
 
     /// A Close with an error; no reconnecting.
     pub fn close(&mut self, error: &str) {
-        self.message(|out| {
+        self.message(2 + str_len(error) + 1, |out| {
             write_array_len(out, 3);
             out.push(7);
             write_str(out, error);
@@ -380,7 +377,7 @@ impl Writer<'_> {
     }
 
     pub fn ping(&mut self) {
-        self.message(|out| out.extend_from_slice(&[0x91, 6]));
+        self.message(2, |out| out.extend_from_slice(&[0x91, 6]));
     }
 }
 
@@ -396,6 +393,21 @@ pub fn length_len(len: usize) -> usize {
         n += 1;
     }
     n
+}
+
+/// The bytes `s` takes as a MessagePack string, header included.
+pub fn str_len(s: &str) -> usize {
+    str_header_len(s.len()) + s.len()
+}
+
+/// The bytes of a MessagePack string header for `len` bytes.
+pub fn str_header_len(len: usize) -> usize {
+    match len {
+        0..=31 => 1,
+        32..=0xFF => 2,
+        0x100..=0xFFFF => 3,
+        _ => 5,
+    }
 }
 
 fn write_array_len(out: &mut Vec<u8>, len: u32) {
@@ -506,6 +518,19 @@ mod tests {
             for cut in [1, out.len() / 2, out.len() - 1] {
                 assert_eq!(bodies(&out[..cut]).1, 0, "{len} cut at {cut}");
             }
+        }
+        // Every length reckoned before writing, across the sizes where a
+        // string's header grows.
+        for n in [0, 31, 32, 255, 256, 65_535, 65_536] {
+            let text = "x".repeat(n);
+            let mut out = Vec::new();
+            let mut w = Writer(&mut out);
+            w.completion(&text, Err(&text));
+            w.completion(&text, Ok(Some(text.as_bytes())));
+            w.invocation(Some(&text), &text, b"\xc0");
+            w.close(&text);
+            let (all, used) = bodies(&out);
+            assert_eq!((all.len(), used), (4, out.len()), "{n}");
         }
         let mut big = Vec::new();
         Writer(&mut big).invocation(None, "t", &[0xc0; 100]);

@@ -58,12 +58,18 @@ impl Hub {
 
     /// `[1, {}, "<id>", "Echo", [payload], []]`: its length without the prefix.
     fn packed_body_len(self, digits: usize, len: usize) -> usize {
-        3 + str_header(digits) + digits + 5 + 1 + self.payload_header(len) + len + 1
+        3 + hub_msgpack::str_header_len(digits)
+            + digits
+            + 5
+            + 1
+            + self.payload_header(len)
+            + len
+            + 1
     }
 
     fn payload_header(self, len: usize) -> usize {
         match self.message_type {
-            MessageType::Text => str_header(len),
+            MessageType::Text => hub_msgpack::str_header_len(len),
             MessageType::Binary => match len {
                 0..=0xFF => 2,
                 0x100..=0xFFFF => 3,
@@ -143,16 +149,16 @@ impl Hub {
         }
     }
 
-    /// The MessagePack header of a `len`-byte payload.
+    /// The MessagePack header of a `len`-byte payload (written on the
+    /// stack: it is read for every completion).
     fn header_of(self, len: usize) -> [u8; 5] {
-        let mut out = Vec::with_capacity(5);
-        match self.message_type {
-            MessageType::Text => rmp::encode::write_str_len(&mut out, len as u32),
-            MessageType::Binary => rmp::encode::write_bin_len(&mut out, len as u32),
-        }
-        .expect("writing to memory");
         let mut header = [0u8; 5];
-        header[..out.len()].copy_from_slice(&out);
+        let mut out = &mut header[..];
+        match self.message_type {
+            MessageType::Text => rmp::encode::write_str_len(&mut out, len as u32).map(drop),
+            MessageType::Binary => rmp::encode::write_bin_len(&mut out, len as u32).map(drop),
+        }
+        .expect("5 bytes hold any header");
         header
     }
 
@@ -161,16 +167,6 @@ impl Hub {
             partial: Vec::new(),
             encoding: self.encoding,
         }
-    }
-}
-
-/// The bytes of a MessagePack string header for `len` bytes.
-fn str_header(len: usize) -> usize {
-    match len {
-        0..=31 => 1,
-        32..=0xFF => 2,
-        0x100..=0xFFFF => 3,
-        _ => 5,
     }
 }
 

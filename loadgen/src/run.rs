@@ -130,12 +130,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         } else {
             "is the server running?"
         };
-        let by_kind: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
         anyhow::bail!(
             "no connection to {} could be opened ({} failed: {}): {hint}",
             load.url,
             errors.connect_failures,
-            by_kind.join(", ")
+            errors.failures_by_kind()
         );
     }
     let start = match args.start_at {
@@ -805,14 +804,15 @@ async fn write_loop(mut write: WriteHalf, state: Rc<ThreadState>, talk: Rc<Conve
         for pong in talk.pongs.borrow_mut().drain(..) {
             encoder.encode(OpCode::Pong, &pong, &mut frame);
         }
-        state.pattern.write(seq, &mut payload);
         if let Some(hub) = state.hub {
+            // The payload straight into the invocation: one copy.
             record.clear();
-            hub.write_invocation(seq, payload.len(), &mut record, |out| {
-                out.extend_from_slice(&payload)
+            hub.write_invocation(seq, state.pattern.size(), &mut record, |out| {
+                state.pattern.append(seq, out)
             });
             encoder.encode(hub.opcode(), &record, &mut frame);
         } else {
+            state.pattern.write(seq, &mut payload);
             encoder.encode(opcode, &payload, &mut frame);
         }
         talk.in_flight.borrow_mut().push_back((seq, due));
