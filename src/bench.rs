@@ -585,16 +585,11 @@ fn settle(engine: &EngineProcess) -> anyhow::Result<()> {
 }
 
 fn by_kind(s: &loadgen::result::Summary) -> String {
-    let kinds: Vec<String> = s
-        .errors
-        .connect_failures_by_kind
-        .iter()
-        .map(|(kind, n)| format!("{n} {kind}"))
-        .collect();
+    let kinds = s.errors.failures_by_kind();
     if kinds.is_empty() {
         "none".into()
     } else {
-        kinds.join(", ")
+        kinds
     }
 }
 

@@ -68,8 +68,9 @@ impl Pattern {
         Self::of(size, message_type, PayloadKind::Random, false)
     }
 
-    /// The pattern of `load` (normalized): its payload file's, read now, or
-    /// a generated one.
+    /// The pattern of `load` (normalized and validated: a text file's
+    /// slices were checked there): its payload file's, read now, or a
+    /// generated one.
     pub fn for_load(load: &LoadConfig) -> anyhow::Result<Pattern> {
         let Some(path) = &load.payload_file else {
             return Ok(Self::of(
@@ -81,11 +82,11 @@ impl Pattern {
         };
         let file = std::fs::read(path)
             .with_context(|| format!("reading --payload-file {}", path.display()))?;
-        if load.message_type == MessageType::Text {
-            crate::options::text_slices_are_whole(&file, load.size)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("--payload-file {}", path.display()))?;
-        }
+        anyhow::ensure!(
+            !file.is_empty(),
+            "--payload-file {} is empty now",
+            path.display()
+        );
         Ok(Self::from_file(&file, load.size, load.message_type))
     }
 

@@ -334,6 +334,15 @@ pub struct Errors {
 }
 
 impl Errors {
+    /// The failed connections by kind, "500 HTTP 503, 3 refused"; empty
+    /// when none failed.
+    pub fn failures_by_kind(&self) -> String {
+        let kinds: Vec<String> = (self.connect_failures_by_kind.iter())
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect();
+        kinds.join(", ")
+    }
+
     pub fn total(&self) -> u64 {
         self.mismatches + self.unexpected_frames + self.unexpected_closes + self.connect_failures
     }
