@@ -285,6 +285,17 @@ pub fn server_header_len(payload_len: usize) -> usize {
     }
 }
 
+/// The payload of a whole unmasked server frame.
+pub fn server_payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7F) {
+        None => return &[],
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+    };
+    frame.get(header..).unwrap_or(&[])
+}
+
 /// Writes a final, unmasked server header for the payload at `payload` just
 /// before it in `buf`, and returns the range of the whole frame. The caller
 /// guarantees room: the client's header, 4 bytes longer, was there.

@@ -6,16 +6,22 @@
 //! ([`crate::driver::ring`]).
 //!
 //! hyper runs here on tokio's socket type (it needs AsyncRead/AsyncWrite);
-//! this is the cold path. `without_shutdown` returns the socket and any bytes
+//! this is the cold path. Requests of the hub's fallback transports are
+//! forwarded to the transports thread ([`crate::transports`]), and its
+//! answers streamed back. The transports thread serves the connections the
+//! native ring hands it with this same code. `without_shutdown` returns the socket and any bytes
 //! read past the upgrade request, so nothing the client pipelined is lost.
 
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::ready;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::deflate::Agreed;
@@ -23,10 +29,11 @@ use crate::driver::uring::UringStream;
 use crate::driver::Io;
 use crate::hub::HubSession;
 use crate::options::Backend;
-use crate::routes::{self, Endpoint, Upgrade, MAX_HEADER_BYTES};
+use crate::routes::{self, Endpoint, Routed, Upgrade, MAX_HEADER_BYTES};
 use crate::runtime::{Admission, Worker};
 use crate::session::RawEcho;
 use crate::shutdown::Listener;
+use crate::transports::Body;
 
 /// Serves one accepted connection until it closes, on the accepting core.
 pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
@@ -40,17 +47,64 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
         stats.open_connections.sub(1);
         return;
     };
+    http_phase(Prefixed::new(stream, Vec::new()), Some(admission), worker).await;
+}
+
+/// Serves a connection the native ring handed to the transports thread,
+/// from the request it was answering (`initial` holds it and what followed).
+pub async fn serve_handed_over(
+    stream: TcpStream,
+    initial: Vec<u8>,
+    admission: Option<Admission>,
+    worker: Rc<Worker>,
+) {
+    worker.stats().open_connections.add(1);
+    http_phase(Prefixed::new(stream, initial), admission, worker).await;
+}
+
+/// A request's body, read whole before it is forwarded: at most
+/// --max-message-size bytes.
+async fn read_body(
+    body: hyper::body::Incoming,
+    limit: usize,
+) -> Result<bytes::Bytes, hyper::Response<Body>> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(_) => Err(routes::text(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            "request body larger than --max-message-size, or cut short\n",
+        )
+        .map(Body::full)),
+    }
+}
+
+async fn http_phase(stream: Prefixed, admission: Option<Admission>, worker: Rc<Worker>) {
+    let stats = worker.stats();
     let upgraded = Rc::new(Cell::new(None));
     let service = {
         let worker = worker.clone();
         let upgraded = upgraded.clone();
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let (parts, _body) = request.into_parts();
-            let (reply, upgrade) = routes::respond(&worker, &parts);
-            if upgrade.is_some() {
-                upgraded.set(upgrade);
+            let worker = worker.clone();
+            let upgraded = upgraded.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let response = match routes::respond(&worker, &parts) {
+                    Routed::Reply(reply, upgrade) => {
+                        if upgrade.is_some() {
+                            upgraded.set(upgrade);
+                        }
+                        reply.map(Body::full)
+                    }
+                    Routed::Transport => {
+                        match read_body(body, worker.options.max_message_size).await {
+                            Ok(body) => worker.engine.transports.call(parts, body).await,
+                            Err(refusal) => refusal,
+                        }
+                    }
+                };
+                Ok::<_, Infallible>(response)
             }
-            ready(Ok::<_, Infallible>(reply.map(Full::new)))
         })
     };
     let http = hyper::server::conn::http1::Builder::new()
@@ -66,11 +120,11 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
         () = &mut shutdown => None,
     };
     if let (Some(parts), Some(upgrade)) = (parts, upgraded.get()) {
-        let stream = parts.io.into_inner();
+        let (stream, mut initial) = parts.io.into_inner().into_parts();
         // What the client sent past the upgrade request (usually nothing),
         // copied out so that hyper's read buffer is freed now rather than
         // held for the life of the connection.
-        let initial = parts.read_buf.to_vec();
+        initial.extend_from_slice(&parts.read_buf);
         let phase = Phase {
             initial,
             worker,
@@ -97,12 +151,85 @@ pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {
     stats.open_connections.sub(1);
 }
 
+/// A socket with bytes already read from it in front: what the native ring
+/// had read of a connection it handed over. Empty for accepted connections.
+pub struct Prefixed {
+    stream: TcpStream,
+    prefix: Vec<u8>,
+    /// How much of `prefix` was read.
+    taken: usize,
+}
+
+impl Prefixed {
+    fn new(stream: TcpStream, prefix: Vec<u8>) -> Prefixed {
+        Prefixed {
+            stream,
+            prefix,
+            taken: 0,
+        }
+    }
+
+    /// The socket, and what of the prefix was not read.
+    fn into_parts(mut self) -> (TcpStream, Vec<u8>) {
+        self.prefix.drain(..self.taken);
+        (self.stream, self.prefix)
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let rest = &this.prefix[this.taken..];
+        if rest.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..n]);
+        this.taken += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 /// What the WebSocket phase of a connection takes over from its HTTP phase.
 struct Phase {
     initial: Vec<u8>,
     worker: Rc<Worker>,
     shutdown: Listener,
-    _admission: Admission,
+    _admission: Option<Admission>,
 }
 
 impl Phase {

@@ -256,6 +256,29 @@ pub struct Options {
     #[arg(long, value_name = "SECS", default_value_t = 15)]
     pub hub_keep_alive: u64,
 
+    /// The hub transports negotiation offers, comma-separated, in the
+    /// client's order of preference: websockets, server-sent-events,
+    /// long-polling. Requests on a transport left out get 404.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "TRANSPORT,…",
+        value_delimiter = ',',
+        default_value = "websockets,server-sent-events,long-polling"
+    )]
+    pub transports: Vec<Transport>,
+
+    /// Seconds a long poll waits for hub messages before it is answered
+    /// empty (ASP.NET Core's LongPolling.PollTimeout).
+    #[arg(long, value_name = "SECS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
+    pub poll_timeout: u64,
+
+    /// Seconds a long-polling hub connection may go without a poll before
+    /// it is closed (ASP.NET Core's DisconnectTimeout): a client whose
+    /// poll never comes back does not hold its connection forever.
+    #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub disconnect_timeout: u64,
+
     /// Seconds between the ping frames sent to every connection so that
     /// proxies keep it open (ASP.NET Core's KeepAliveInterval); 0 disables.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
@@ -320,6 +343,31 @@ pub struct Options {
     pub handshake_timeout: u64,
 }
 
+/// A SignalR transport: how a hub connection carries its messages.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// One WebSocket per hub connection, served by the core that accepted it.
+    Websockets,
+    /// Server-to-client messages on a text/event-stream GET, client-to-server
+    /// on POSTs.
+    ServerSentEvents,
+    /// Server-to-client messages on repeated GETs, each held until there is
+    /// something to say; client-to-server on POSTs.
+    LongPolling,
+}
+
+impl Transport {
+    /// The name negotiation uses.
+    pub fn signalr_name(self) -> &'static str {
+        match self {
+            Transport::Websockets => "WebSockets",
+            Transport::ServerSentEvents => "ServerSentEvents",
+            Transport::LongPolling => "LongPolling",
+        }
+    }
+}
+
 /// The backend named on the command line; [`Backend`] is what runs.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -357,6 +405,18 @@ impl Backend {
 impl Options {
     pub fn keep_alive(&self) -> Option<Duration> {
         (self.keep_alive_interval > 0).then(|| Duration::from_secs(self.keep_alive_interval))
+    }
+
+    pub fn offers(&self, transport: Transport) -> bool {
+        self.transports.contains(&transport)
+    }
+
+    pub fn poll_timeout(&self) -> Duration {
+        Duration::from_secs(self.poll_timeout)
+    }
+
+    pub fn disconnect_timeout(&self) -> Duration {
+        Duration::from_secs(self.disconnect_timeout)
     }
 
     pub fn hub_keep_alive(&self) -> Option<Duration> {

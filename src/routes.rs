@@ -13,7 +13,7 @@ use http::{Method, Response, StatusCode, Version};
 use sha1::{Digest, Sha1};
 
 use crate::deflate::{self, Agreed};
-use crate::options::Options;
+use crate::options::{Options, Transport};
 use crate::runtime::Worker;
 
 /// An answer: status, headers and the whole body.
@@ -52,12 +52,44 @@ pub fn refusal() -> Reply {
     reply
 }
 
-/// The routing table of every backend: the answer to one request head,
-/// and the endpoint the connection switches to if it is a valid upgrade.
-pub fn respond(worker: &Worker, request: &Parts) -> (Reply, Option<Upgrade>) {
+/// What a request head is routed to.
+#[allow(clippy::large_enum_variant)]
+pub enum Routed {
+    /// This answer; and the endpoint the connection switches to if it is a
+    /// valid upgrade.
+    Reply(Reply, Option<Upgrade>),
+    /// A request of the hub's fallback transports (Server-Sent Events, long
+    /// polling): the transports thread answers it, body and all
+    /// ([`crate::transports`]).
+    Transport,
+}
+
+/// The routing table of every backend.
+pub fn respond(worker: &Worker, request: &Parts) -> Routed {
+    if is_transport_request(&worker.options, request) {
+        return Routed::Transport;
+    }
     let upgraded = Cell::new(None);
     let reply = route(worker, &upgraded, request);
-    (reply, upgraded.get())
+    Routed::Reply(reply, upgraded.get())
+}
+
+/// A request at the hub's path that names its connection and is not a
+/// WebSocket upgrade.
+fn is_transport_request(options: &Options, request: &Parts) -> bool {
+    request.uri.path() == options.hub_path
+        && connection_token(request).is_some()
+        && !header_has_token(&request.headers, header::UPGRADE, "websocket")
+        && matches!(request.method, Method::GET | Method::POST | Method::DELETE)
+}
+
+/// The connection token a hub request names with `?id=`.
+pub fn connection_token(request: &Parts) -> Option<&str> {
+    request
+        .uri
+        .query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("id="))
 }
 
 fn route(worker: &Worker, upgraded: &Cell<Option<Upgrade>>, request: &Parts) -> Reply {
@@ -69,7 +101,7 @@ fn route(worker: &Worker, upgraded: &Cell<Option<Upgrade>>, request: &Parts) -> 
             if request.method != Method::POST {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "negotiate with POST\n");
             }
-            let body = worker.engine.hub_tokens.negotiate();
+            let body = worker.engine.hub_tokens.negotiate(&options.transports);
             return with_type(StatusCode::OK, body.into(), "application/json");
         }
         if rest.is_empty() {
@@ -77,15 +109,17 @@ fn route(worker: &Worker, upgraded: &Cell<Option<Upgrade>>, request: &Parts) -> 
                 worker.stats().bad_requests.add(1);
                 return text(
                     StatusCode::BAD_REQUEST,
-                    "this is the SignalR hub endpoint: connect with a SignalR client (WebSockets transport)\n",
+                    "this is the SignalR hub endpoint: connect with a SignalR client\n",
+                );
+            }
+            if !options.offers(Transport::Websockets) {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "the WebSockets transport is not offered here (--transports)\n",
                 );
             }
             // After negotiation the client comes back with its one-use token.
-            let token = request
-                .uri
-                .query()
-                .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("id=")));
-            if let Some(token) = token {
+            if let Some(token) = connection_token(request) {
                 if !worker.engine.hub_tokens.redeem(token) {
                     return text(
                         StatusCode::NOT_FOUND,

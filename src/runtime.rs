@@ -23,6 +23,7 @@ use crate::options::{Backend, BackendChoice, Options};
 use crate::shutdown::Shutdown;
 use crate::startup::Startup;
 use crate::stats::{EngineStats, WorkerStats};
+use crate::transports;
 
 /// Submission queue entries per io_uring. In-flight operations are not
 /// bounded by it; it only caps one batch of submissions.
@@ -42,6 +43,8 @@ pub struct Engine {
     pub stats: Arc<EngineStats>,
     /// Connection tokens handed out by hub negotiation.
     pub hub_tokens: hub::Tokens,
+    /// The way to the thread serving the hub's fallback transports.
+    pub transports: transports::Sender,
     /// --max-connections, resolved.
     pub max_connections: usize,
     /// TCP connections open on all cores: touched on accept and close only.
@@ -108,6 +111,7 @@ impl Engine {
             "process": crate::stats::Process::now(self.started_at),
             "config": config,
             "workers": report.workers,
+            "transports": report.transports,
             "totals": report.totals,
         }))
         .expect("stats serialize")
@@ -170,6 +174,7 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
         .collect();
     let (listeners, listen) = bind_listeners(options.listen, threads)?;
     let max_connections = connection_limit(options.max_connections, threads);
+    let (transports_sender, transports_receiver) = transports::channel();
     let engine = Arc::new(Engine {
         listen,
         backend,
@@ -177,6 +182,7 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
         cores,
         options: options.clone(),
         hub_tokens: hub::Tokens::default(),
+        transports: transports_sender,
         max_connections,
         open: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
@@ -193,7 +199,7 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
         })
         .collect::<std::io::Result<Vec<_>>>()
         .context("creating the workers' doorbells")?;
-    let (hub_senders, hub_receivers): (Vec<_>, Vec<_>) = doorbells
+    let (mut hub_senders, hub_receivers): (Vec<_>, Vec<_>) = doorbells
         .iter()
         .map(|doorbell| {
             let (channel, inbox) = tokio::sync::mpsc::unbounded_channel();
@@ -201,6 +207,12 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
             (Inbox { channel, doorbell }, inbox)
         })
         .unzip();
+    // The transports thread takes broadcasts too, for its hub connections.
+    let (channel, transports_inbox) = tokio::sync::mpsc::unbounded_channel();
+    hub_senders.push(Inbox {
+        channel,
+        doorbell: None,
+    });
 
     let (stop, stopped) = watch::channel(false);
     let (ready_tx, ready) = mpsc::channel();
@@ -253,6 +265,40 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
             .context("spawning a worker thread")?;
         handles.push(handle);
     }
+    let transports_thread = {
+        let (engine, options, stopped) = (engine.clone(), options.clone(), stopped.clone());
+        let index = engine.stats.transports_index();
+        thread::Builder::new()
+            .name("ringecho-transports".into())
+            .spawn(move || {
+                let worker = Rc::new(Worker {
+                    index,
+                    // It serves with hyper on tokio's reactor, as an epoll worker.
+                    backend: Backend::Epoll,
+                    options,
+                    engine,
+                    shutdown: Shutdown::new(),
+                    hub: HubWorker::new(hub_senders),
+                });
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!("the transports thread cannot start tokio: {e}");
+                        return;
+                    }
+                };
+                let serve = async move {
+                    tokio::task::spawn_local(return_free_memory());
+                    transports::serve(worker, transports_receiver, transports_inbox, stopped).await
+                };
+                tokio::task::LocalSet::new().block_on(&runtime, serve);
+            })
+            .context("spawning the transports thread")?
+    };
+    handles.push(transports_thread);
     drop(ready_tx);
     for _ in 0..threads {
         match ready.recv() {

@@ -150,6 +150,8 @@ counters! {
     Counter refused as "refused_connections",
     /// Connections closed because output for them piled up (--max-pending-bytes).
     Counter overflows as "overflows",
+    /// Hub connections open now on Server-Sent Events or long polling.
+    Gauge open_fallback_connections as "open_fallback_connections",
 }
 
 impl WorkerStats {
@@ -164,6 +166,7 @@ impl WorkerStats {
 
 /// The counters of every worker, shared read-only across cores.
 pub struct EngineStats {
+    /// One per worker, then the transports thread's.
     workers: Vec<WorkerStats>,
     /// The core each worker is pinned to, if pinned.
     cores: Vec<Option<usize>>,
@@ -180,17 +183,27 @@ pub struct WorkerReport {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub workers: Vec<WorkerReport>,
+    /// The thread that serves the hub's Server-Sent Events and long-polling
+    /// transports for every core.
+    pub transports: Counts,
+    /// Every worker's and the transports thread's.
     pub totals: Counts,
 }
 
 impl EngineStats {
     pub fn new(cores: Vec<Option<usize>>) -> Arc<Self> {
-        let workers = cores.iter().map(|_| WorkerStats::default()).collect();
+        let workers = (0..=cores.len()).map(|_| WorkerStats::default()).collect();
         Arc::new(EngineStats { workers, cores })
     }
 
+    /// Worker `index`'s counters; the transports thread's one past the last.
     pub fn worker(&self, index: usize) -> &WorkerStats {
         &self.workers[index]
+    }
+
+    /// The index of the transports thread's counters.
+    pub fn transports_index(&self) -> usize {
+        self.cores.len()
     }
 
     pub fn report(&self) -> Report {
@@ -205,11 +218,16 @@ impl EngineStats {
                 counts: stats.snapshot(),
             })
             .collect();
-        let mut totals = Counts::default();
+        let transports = self.workers[self.cores.len()].snapshot();
+        let mut totals = transports.clone();
         for w in &workers {
             totals.add(&w.counts);
         }
-        Report { workers, totals }
+        Report {
+            workers,
+            transports,
+            totals,
+        }
     }
 }
 
@@ -284,6 +302,10 @@ mod tests {
         assert_eq!(report.totals.closes["1000"], 1);
         assert_eq!(report.totals.closes["other"], 1);
         assert_eq!(report.workers[1].core, Some(1));
+        assert_eq!(report.workers.len(), 2);
+        stats.worker(stats.transports_index()).messages_in.add(5);
+        assert_eq!(stats.report().totals.messages_in, 12);
+        assert_eq!(stats.report().transports.messages_in, 5);
     }
 
     #[test]

@@ -7,8 +7,10 @@ mod common;
 use common::{http_request, Engine, BACKENDS};
 
 /// Runs tests/signalr/hub-client.js with the invoking connections in
-/// `protocol` (json or messagepack); the broadcast's listeners use both.
-fn official_client(engine: &Engine, protocol: &str) -> serde_json::Value {
+/// `protocol` (json or messagepack) on `transport` (websockets, sse or
+/// longpolling); the broadcast's listeners use both encodings, and half of
+/// them WebSockets.
+fn official_client(engine: &Engine, protocol: &str, transport: &str) -> serde_json::Value {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/signalr");
     assert!(
         std::path::Path::new(dir).join("node_modules/@microsoft/signalr").exists(),
@@ -16,82 +18,134 @@ fn official_client(engine: &Engine, protocol: &str) -> serde_json::Value {
     );
     common::node_json(
         &format!("{dir}/hub-client.js"),
-        [format!("http://{}/hub", engine.addr), protocol.to_string()],
+        [
+            format!("http://{}/hub", engine.addr),
+            protocol.to_string(),
+            transport.to_string(),
+        ],
     )
+}
+
+/// What hub-client.js reports, checked for one backend, encoding and
+/// transport.
+fn check_official_client(engine: &Engine, backend: &str, protocol: &str, transport: &str) {
+    let r = official_client(engine, protocol, transport);
+    let case = format!("{backend} {protocol} {transport}");
+    let class = match transport {
+        "websockets" => "WebSocketTransport",
+        "sse" => "ServerSentEventsTransport",
+        _ => "LongPollingTransport",
+    };
+    assert_eq!(
+        r["transport"], class,
+        "{case}: the client used the transport"
+    );
+    assert_eq!(r["string"], "hello", "{case}");
+    if protocol == "messagepack" {
+        assert_eq!(r["binaryEchoed"], true, "{case}: bytes as MessagePack bin");
+    }
+    // Events carry text only: their listeners speak JSON.
+    let sse = transport == "sse";
+    let expected: Vec<&str> = (0..8)
+        .map(|i| match (i / 2) % 2 == 0 || (sse && i % 2 == 0) {
+            true => "json",
+            false => "messagepack",
+        })
+        .collect();
+    assert_eq!(
+        r["listenerProtocols"],
+        serde_json::json!(expected),
+        "{case}"
+    );
+    let transports: Vec<&str> = (0..8)
+        .map(|i| match transport != "websockets" && i % 2 == 0 {
+            true => class,
+            false => "WebSocketTransport",
+        })
+        .collect();
+    assert_eq!(
+        r["listenerTransports"],
+        serde_json::json!(transports),
+        "{case}"
+    );
+    assert_eq!(r["number"], 42.5);
+    assert_eq!(
+        r["object"],
+        serde_json::json!({"a": [1, "x", null], "b": {"c": true}})
+    );
+    assert_eq!(r["bigEchoed"], true, "{case}: a 64 KiB string");
+    assert!(r["unknownMethod"]
+        .as_str()
+        .unwrap()
+        .contains("Unknown hub method 'NoSuchMethod'"));
+    assert!(
+        r["streamError"]
+            .as_str()
+            .unwrap()
+            .contains("streaming is not supported"),
+        "{case}: {}",
+        r["streamError"]
+    );
+    assert_eq!(r["afterStream"], "still here");
+    assert_eq!(r["skipNegotiation"], "direct");
+    assert!(r["negotiatedId"].is_string());
+    // Every listener heard the broadcast, sent from a connection on the
+    // transport under test.
+    let per_worker: Vec<u64> = r["websocketsPerWorker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    if transport == "websockets" {
+        assert!(per_worker.iter().all(|&n| n > 0), "{case}: {per_worker:?}");
+    } else {
+        // Four WebSocket listeners (on whichever workers SO_REUSEPORT put
+        // them); the broadcast crossed from the transports thread to them.
+        assert_eq!(per_worker.iter().sum::<u64>(), 4, "{case}: {per_worker:?}");
+    }
+    // The invoking connections and four listeners, on the transports thread.
+    let fallback = if transport == "websockets" { 0 } else { 6 };
+    assert_eq!(r["fallbackConnections"], fallback, "{case}");
+    let received = r["received"].as_array().unwrap();
+    assert_eq!(received.len(), 8);
+    assert!(received
+        .iter()
+        .all(|m| m == &serde_json::json!({"news": "for everyone"})));
+    assert_eq!(r["stopClean"], true, "{case}");
+    assert_eq!(r["stateAfterStop"], "Disconnected");
+    let stats = engine.wait_for_no_connections();
+    assert_eq!(
+        stats["totals"]["closes"]["1006"], 0,
+        "{case}: every hub connection closed cleanly"
+    );
+    assert_eq!(stats["totals"]["open_fallback_connections"], 0, "{case}");
 }
 
 #[test]
 fn the_official_client_invokes_echo_receives_broadcasts_and_stops_cleanly() {
-    for (backend, protocol) in BACKENDS
-        .iter()
-        .flat_map(|b| [(b, "json"), (b, "messagepack")])
-    {
+    for backend in BACKENDS {
         let engine = Engine::start(backend, &["--threads", "2"]);
-        let r = official_client(&engine, protocol);
-        assert_eq!(r["string"], "hello", "{backend} {protocol}");
-        if protocol == "messagepack" {
-            assert_eq!(
-                r["binaryEchoed"], true,
-                "{backend}: bytes as MessagePack bin"
-            );
+        for protocol in ["json", "messagepack"] {
+            check_official_client(&engine, backend, protocol, "websockets");
         }
-        assert_eq!(
-            r["listenerProtocols"],
-            serde_json::json!([
-                "json",
-                "json",
-                "messagepack",
-                "messagepack",
-                "json",
-                "json",
-                "messagepack",
-                "messagepack"
-            ])
-        );
-        assert_eq!(r["number"], 42.5);
-        assert_eq!(
-            r["object"],
-            serde_json::json!({"a": [1, "x", null], "b": {"c": true}})
-        );
-        assert_eq!(r["bigEchoed"], true, "a 64 KiB string");
-        assert!(r["unknownMethod"]
-            .as_str()
-            .unwrap()
-            .contains("Unknown hub method 'NoSuchMethod'"));
-        assert!(
-            r["streamError"]
-                .as_str()
-                .unwrap()
-                .contains("streaming is not supported"),
-            "{backend} {protocol}: {}",
-            r["streamError"]
-        );
-        assert_eq!(r["afterStream"], "still here");
-        assert_eq!(r["skipNegotiation"], "direct");
-        assert!(r["negotiatedId"].is_string());
-        // Listeners sat on both workers, and every one heard the broadcast.
-        let per_worker: Vec<u64> = r["websocketsPerWorker"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_u64().unwrap())
-            .collect();
-        assert!(
-            per_worker.iter().all(|&n| n > 0),
-            "{backend}: {per_worker:?}"
-        );
-        let received = r["received"].as_array().unwrap();
-        assert_eq!(received.len(), 8);
-        assert!(received
-            .iter()
-            .all(|m| m == &serde_json::json!({"news": "for everyone"})));
-        assert_eq!(r["stopClean"], true);
-        assert_eq!(r["stateAfterStop"], "Disconnected");
-        let stats = engine.wait_for_no_connections();
-        assert_eq!(
-            stats["totals"]["closes"]["1006"], 0,
-            "{backend}: every hub connection closed cleanly"
-        );
+    }
+}
+
+/// The fallback transports: the official client forced onto Server-Sent
+/// Events (JSON: events are text) and long polling (both encodings), with
+/// broadcasts between them and WebSockets on both workers.
+#[test]
+fn the_official_client_works_over_server_sent_events_and_long_polling() {
+    for backend in BACKENDS {
+        let engine = Engine::start(backend, &["--threads", "2"]);
+        for (protocol, transport) in [
+            ("json", "sse"),
+            ("json", "longpolling"),
+            ("messagepack", "longpolling"),
+        ] {
+            check_official_client(&engine, backend, protocol, transport);
+        }
     }
 }
 
@@ -106,8 +160,10 @@ fn negotiated_tokens_work_once_and_unknown_ones_get_404() {
     let negotiated: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(negotiated["negotiateVersion"], 1);
     let transports = &negotiated["availableTransports"];
-    assert_eq!(transports.as_array().unwrap().len(), 1);
-    assert_eq!(transports[0]["transport"], "WebSockets");
+    let names: Vec<&str> = (transports.as_array().unwrap().iter())
+        .map(|t| t["transport"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["WebSockets", "ServerSentEvents", "LongPolling"]);
     let token = negotiated["connectionToken"].as_str().unwrap();
     // A 101 (or a kept-alive 404) leaves the connection open: read only
     // the status line.

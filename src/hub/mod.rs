@@ -17,7 +17,9 @@
 //!
 //! Negotiation (`POST /hub/negotiate`) hands out one-use connection tokens;
 //! they live in one map shared by all cores, touched only when a connection
-//! starts.
+//! starts. Besides WebSockets it offers the fallback transports, Server-Sent
+//! Events and long polling, which [`crate::transports`] serves with the same
+//! sessions.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -36,6 +38,7 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, Notify};
 
 use crate::codec::{self, Violation};
+use crate::options::Transport;
 use crate::session::Handler;
 use crate::session::Out;
 use crate::stats::WorkerStats;
@@ -79,8 +82,9 @@ pub enum Encoding {
 pub struct Tokens(Mutex<HashMap<String, Instant>>);
 
 impl Tokens {
-    /// The body of a negotiate response, with a new token remembered.
-    pub fn negotiate(&self) -> String {
+    /// The body of a negotiate response offering `transports`, with a new
+    /// token remembered.
+    pub fn negotiate(&self, transports: &[Transport]) -> String {
         let token = random_id();
         let connection_id = random_id();
         let mut tokens = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,9 +95,17 @@ impl Tokens {
             "negotiateVersion": 1,
             "connectionId": connection_id,
             "connectionToken": token,
-            "availableTransports": [
-                {"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}
-            ],
+            "availableTransports": transports.iter().map(|&transport| {
+                // Events are text; the others carry MessagePack too.
+                let formats = match transport {
+                    Transport::ServerSentEvents => &["Text"][..],
+                    _ => &["Text", "Binary"][..],
+                };
+                serde_json::json!({
+                    "transport": transport.signalr_name(),
+                    "transferFormats": formats,
+                })
+            }).collect::<Vec<_>>(),
         })
         .to_string()
     }
@@ -527,6 +539,24 @@ impl HubSession<'_> {
             .bytes
             .set(self.mailbox.bytes.get() - frame.len() as u64);
         Some(Ok(frame.to_vec()))
+    }
+
+    /// The encoding the handshake named (JSON until then).
+    pub fn encoding(&self) -> Encoding {
+        self.mailbox.encoding.get()
+    }
+
+    /// Handles the data a fallback transport received (a POST's body): the
+    /// answers' payloads, without WebSocket framing, go to `out`.
+    pub fn on_transport_data(&self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Violation> {
+        let mut frames = Vec::new();
+        let outcome = self.on_data(data, &mut frames);
+        for frame in &frames {
+            if let Out::Owned(bytes, start) = frame {
+                out.extend_from_slice(codec::server_payload(&bytes[*start..]));
+            }
+        }
+        outcome
     }
 
     /// Whether output overflowed the mailbox.
@@ -973,9 +1003,17 @@ mod tests {
     #[test]
     fn tokens_are_used_once() {
         let tokens = Tokens::default();
-        let body: serde_json::Value = serde_json::from_str(&tokens.negotiate()).unwrap();
+        let offered = [Transport::Websockets, Transport::ServerSentEvents];
+        let body: serde_json::Value = serde_json::from_str(&tokens.negotiate(&offered)).unwrap();
         assert_eq!(body["negotiateVersion"], 1);
-        assert_eq!(body["availableTransports"][0]["transport"], "WebSockets");
+        let transports = &body["availableTransports"];
+        assert_eq!(transports[0]["transport"], "WebSockets");
+        assert_eq!(transports[1]["transport"], "ServerSentEvents");
+        assert_eq!(
+            transports[1]["transferFormats"],
+            serde_json::json!(["Text"])
+        );
+        assert_eq!(transports.as_array().unwrap().len(), 2);
         let token = body["connectionToken"].as_str().unwrap();
         assert!(tokens.redeem(token));
         assert!(!tokens.redeem(token), "a reused token");

@@ -94,12 +94,15 @@ impl Engine {
             let stats = self.stats();
             let open = stats["totals"]["open_connections"].as_u64().unwrap();
             let websockets = stats["totals"]["open_websockets"].as_u64().unwrap();
-            if open <= 1 && websockets == 0 {
+            let fallback = stats["totals"]["open_fallback_connections"]
+                .as_u64()
+                .unwrap();
+            if open <= 1 && websockets == 0 && fallback == 0 {
                 return stats;
             }
             assert!(
                 Instant::now() < deadline,
-                "connections still open: {open} TCP, {websockets} WebSocket"
+                "connections still open: {open} TCP, {websockets} WebSocket, {fallback} hub on a fallback transport"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1,18 +1,26 @@
 // Drives the ringecho hub endpoint with the official SignalR client and
 // prints what happened as one JSON line.
 // Usage: node hub-client.js http://HOST:PORT/hub [json|messagepack]
-// The protocol is that of the connections that invoke; the listeners of the
-// broadcast alternate between both, so that a broadcast crosses encodings.
+//          [websockets|sse|longpolling]
+// The protocol and transport are those of the connections that invoke. The
+// listeners of the broadcast alternate between both encodings (where the
+// transport carries binary), and half of them are on WebSockets, so that a
+// broadcast crosses encodings, transports and cores.
 const signalR = require('@microsoft/signalr');
 const { MessagePackHubProtocol } = require('@microsoft/signalr-protocol-msgpack');
 
 const url = process.argv[2];
 const protocol = process.argv[3] || 'json';
-const WebSockets = signalR.HttpTransportType.WebSockets;
+const { WebSockets, ServerSentEvents, LongPolling } = signalR.HttpTransportType;
+const transport = {
+  websockets: WebSockets,
+  sse: ServerSentEvents,
+  longpolling: LongPolling,
+}[process.argv[4] || 'websockets'];
 
 function connect(options, encoding = protocol) {
   const builder = new signalR.HubConnectionBuilder()
-    .withUrl(url, { transport: WebSockets, ...options })
+    .withUrl(url, { transport, ...options })
     .configureLogging(signalR.LogLevel.Error);
   if (encoding === 'messagepack') {
     builder.withHubProtocol(new MessagePackHubProtocol());
@@ -61,25 +69,33 @@ async function main() {
   }), 'stream');
   result.afterStream = await negotiated.invoke('Echo', 'still here');
 
-  const direct = connect({ skipNegotiation: true });
+  // Only WebSockets may skip negotiation.
+  const direct = connect({ skipNegotiation: transport === WebSockets });
   await direct.start();
   result.skipNegotiation = await direct.invoke('Echo', 'direct');
+  result.transport = negotiated.connection.transport.constructor.name;
 
-  // Several listeners, so that with two workers some sit on each core.
+  // Several listeners, so that with two workers some sit on each core;
+  // on a fallback transport, half of them are on it.
   const listeners = [];
   const heard = [];
   result.listenerProtocols = [];
+  result.listenerTransports = [];
   for (let i = 0; i < 8; i++) {
-    const encoding = Math.floor(i / 2) % 2 === 0 ? 'json' : 'messagepack';
+    const own = transport === WebSockets || i % 2 === 1 ? WebSockets : transport;
+    const encoding = Math.floor(i / 2) % 2 === 0 || own === ServerSentEvents ? 'json' : 'messagepack';
     result.listenerProtocols.push(encoding);
-    const listener = connect({ skipNegotiation: i % 2 === 0 }, encoding);
+    const options = own === WebSockets ? { transport: WebSockets, skipNegotiation: i % 2 === 0 } : {};
+    const listener = connect(options, encoding);
     const got = new Promise((resolve) => listener.on('Receive', resolve));
     await listener.start();
+    result.listenerTransports.push(listener.connection.transport.constructor.name);
     listeners.push(listener);
     heard.push(got);
   }
   const stats = await (await fetch(url.replace(/\/hub$/, '/stats'))).json();
   result.websocketsPerWorker = stats.workers.map((w) => w.open_websockets);
+  result.fallbackConnections = stats.transports.open_fallback_connections;
   await direct.invoke('SendToAll', { news: 'for everyone' });
   result.received = await within(5000, Promise.all(heard), 'Receive');
 

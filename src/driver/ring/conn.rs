@@ -71,6 +71,10 @@ pub struct Http {
     pub close_after: bool,
     /// Become a WebSocket once the 101 is sent.
     pub upgrade: Option<Upgrade>,
+    /// Being handed to the transports thread: what it had read, and its
+    /// place against --max-connections. The descriptor goes with them once
+    /// no operation names it.
+    pub handoff: Option<(Vec<u8>, Option<Admission>)>,
 }
 
 /// Handler methods the loop needs beyond the session's.

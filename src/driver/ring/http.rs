@@ -30,8 +30,10 @@ pub enum Head {
 
 /// Parses the request head at the front of `buf`. An error is the status
 /// to answer before closing: 400 for what is not HTTP/1.x, 431 for heads
-/// too large.
-pub fn parse(buf: &[u8]) -> Result<Head, (StatusCode, &'static str)> {
+/// too large, 413 for bodies too large: `hub` is the hub's path and the
+/// largest body it takes (the fallback transports' POSTs carry messages);
+/// elsewhere a body is at most as large as a head.
+pub fn parse(buf: &[u8], hub: (&str, usize)) -> Result<Head, (StatusCode, &'static str)> {
     let bad = |why| Err((StatusCode::BAD_REQUEST, why));
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
@@ -81,10 +83,15 @@ pub fn parse(buf: &[u8]) -> Result<Head, (StatusCode, &'static str)> {
     if map.contains_key(header::TRANSFER_ENCODING) {
         return bad("chunked request bodies are not supported here");
     }
+    let limit = if uri.path() == hub.0 {
+        hub.1.max(routes::MAX_HEADER_BYTES)
+    } else {
+        routes::MAX_HEADER_BYTES
+    };
     let body = match map.get(header::CONTENT_LENGTH) {
         None => 0,
         Some(value) => match value.to_str().ok().and_then(|v| v.trim().parse().ok()) {
-            Some(n) if n <= routes::MAX_HEADER_BYTES => n,
+            Some(n) if n <= limit => n,
             Some(_) => return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large")),
             None => return bad("malformed Content-Length"),
         },
@@ -147,6 +154,8 @@ pub fn serialize(reply: &Reply, head_only: bool, close: bool) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    const HUB: (&str, usize) = ("/hub", 1 << 20);
+
     #[test]
     fn a_request_head_parses_with_its_body_length_and_keep_alive() {
         let raw = b"POST /hub/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET";
@@ -155,7 +164,7 @@ mod tests {
             len,
             body,
             close,
-        }) = parse(raw)
+        }) = parse(raw, HUB)
         else {
             panic!("complete");
         };
@@ -163,15 +172,15 @@ mod tests {
         assert_eq!(request.uri.path(), "/hub/negotiate");
         assert_eq!(request.uri.query(), Some("negotiateVersion=1"));
         assert_eq!((len, body, close), (raw.len() - 5, 2, false));
-        assert!(matches!(parse(&raw[..20]), Ok(Head::Partial)));
+        assert!(matches!(parse(&raw[..20], HUB), Ok(Head::Partial)));
     }
 
     #[test]
     fn bad_heads_get_400_and_huge_ones_431() {
-        assert_eq!(parse(b"HELLO THERE\r\n\r\n").err().unwrap().0, 400);
+        assert_eq!(parse(b"HELLO THERE\r\n\r\n", HUB).err().unwrap().0, 400);
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(20_000));
-        assert_eq!(parse(huge.as_bytes()).err().unwrap().0, 431);
-        let http10 = parse(b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(parse(huge.as_bytes(), HUB).err().unwrap().0, 431);
+        let http10 = parse(b"GET / HTTP/1.0\r\n\r\n", HUB);
         assert!(matches!(http10, Ok(Head::Complete { close: true, .. })));
     }
 

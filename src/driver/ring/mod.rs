@@ -24,7 +24,7 @@ mod conn;
 mod http;
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -42,6 +42,7 @@ use crate::runtime::Worker;
 use crate::session::Out;
 use crate::session::{Due, Phase, RawEcho, Session, Timers as SessionTimers, CLOSE_WAIT};
 use crate::stats::WorkerStats;
+use crate::transports::Handoff;
 
 /// Submission queue entries; in-flight operations are not bounded by it.
 const RING_ENTRIES: u32 = 1024;
@@ -340,6 +341,7 @@ impl<'w> Core<'w> {
             refused: admission.is_none(),
             close_after: false,
             upgrade: None,
+            handoff: None,
         };
         let key = self.conns.insert(Conn {
             fd,
@@ -771,7 +773,9 @@ impl<'w> Core<'w> {
         let Some(http) = conn.http() else {
             return false;
         };
-        let (reply, head_only, close, upgrade) = match http::parse(&http.head) {
+        let options = &worker.options;
+        let body_limit = (&options.hub_path[..], options.max_message_size);
+        let (reply, head_only, close, upgrade) = match http::parse(&http.head, body_limit) {
             Ok(http::Head::Partial) => return false,
             Ok(http::Head::Complete {
                 request,
@@ -782,13 +786,21 @@ impl<'w> Core<'w> {
                 if http.head.len() < len + body {
                     return false;
                 }
-                http.head.drain(..len + body);
                 let head_only = request.method == ::http::Method::HEAD;
                 if http.refused {
+                    http.head.drain(..len + body);
                     (routes::refusal(), head_only, true, None)
                 } else {
-                    let (reply, upgrade) = routes::respond(worker, &request);
-                    (reply, head_only, close, upgrade)
+                    match routes::respond(worker, &request) {
+                        routes::Routed::Reply(reply, upgrade) => {
+                            http.head.drain(..len + body);
+                            (reply, head_only, close, upgrade)
+                        }
+                        routes::Routed::Transport => {
+                            self.hand_off(key);
+                            return true;
+                        }
+                    }
                 }
             }
             Err((status, why)) => {
@@ -1100,6 +1112,7 @@ impl<'w> Core<'w> {
             refused: false,
             close_after: true,
             upgrade: None,
+            handoff: None,
         }));
         if recv {
             self.cancel(key, OP_RECV);
@@ -1112,8 +1125,36 @@ impl<'w> Core<'w> {
         self.release(key);
     }
 
-    /// Closes an ended connection's descriptor and frees its slot once no
-    /// operation names it.
+    /// Gives a connection whose request belongs to the hub's fallback
+    /// transports to the transports thread, which answers it and serves the
+    /// connection from then on. Its client sends nothing more until it has
+    /// that answer, so what this loop has read (the request, and anything
+    /// queued after it) is all there is; the receive is cancelled and the
+    /// descriptor moves once no operation names it ([`Core::release`]).
+    fn hand_off(&mut self, key: usize) {
+        let pool = &self.pool;
+        let conn = &mut self.conns[key];
+        let admission = conn.admission.take();
+        let Stage::Http(http) = &mut conn.stage else {
+            return;
+        };
+        let mut initial = std::mem::take(&mut http.head);
+        for (bid, len) in conn.queued.drain(..) {
+            // SAFETY: the connection holds `bid` until the recycle below.
+            initial.extend_from_slice(&unsafe { pool.slice(bid) }[..len as usize]);
+            pool.recycle(bid);
+        }
+        http.handoff = Some((initial, admission));
+        conn.ending = true;
+        self.stats.open_connections.sub(1);
+        if conn.recv_armed {
+            self.cancel(key, OP_RECV);
+        }
+        self.release(key);
+    }
+
+    /// Closes an ended connection's descriptor (or hands it over) and frees
+    /// its slot once no operation names it.
     fn release(&mut self, key: usize) {
         let Some(conn) = self.conns.get(key) else {
             return;
@@ -1121,7 +1162,21 @@ impl<'w> Core<'w> {
         if !conn.ending || !conn.ops.none() {
             return;
         }
-        let conn = self.conns.remove(key);
+        let mut conn = self.conns.remove(key);
+        if let Some((initial, admission)) = conn.http().and_then(|http| http.handoff.take()) {
+            // SAFETY: the connection owns the descriptor and no operation
+            // names it (ops is zero); the stream takes it over and nothing
+            // here uses it again.
+            let stream = unsafe { std::net::TcpStream::from_raw_fd(conn.fd) };
+            let handoff = Handoff {
+                stream,
+                initial,
+                admission,
+            };
+            // A transports thread that has stopped drops it, which closes it.
+            self.worker.engine.transports.hand_off(handoff);
+            return;
+        }
         // SAFETY: no operation names the descriptor any more (ops is zero),
         // so its number cannot be reused under one.
         unsafe { libc::close(conn.fd) };
