@@ -226,3 +226,173 @@ async fn the_server_pings_hub_connections_every_keep_alive_interval() {
         assert!(started.elapsed() >= std::time::Duration::from_millis(500));
     }
 }
+
+/// One request on a connection of its own: status and body.
+fn transport_request(engine: &Engine, method: &str, token: &str, body: &[u8]) -> (u16, String) {
+    let mut request = format!(
+        "{method} /hub?id={token} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    // http_request takes text; a hub body here is text (JSON records).
+    http_request(engine.addr, std::str::from_utf8(&request).unwrap())
+}
+
+fn negotiate(engine: &Engine) -> String {
+    let (status, body) = http_request(
+        engine.addr,
+        "POST /hub/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+    let negotiated: serde_json::Value = serde_json::from_str(&body).unwrap();
+    negotiated["connectionToken"].as_str().unwrap().to_string()
+}
+
+const HANDSHAKE: &[u8] = b"{\"protocol\":\"json\",\"version\":1}\x1e";
+
+/// The limits of the fallback transports, over plain HTTP: a held poll is
+/// answered empty after --poll-timeout; a long-polling connection whose
+/// client stops polling is closed after --disconnect-timeout; output piling
+/// up past --max-pending-bytes closes the connection; unknown connections
+/// get 404, DELETE 202; MessagePack on events gets 400.
+#[test]
+fn fallback_transports_time_out_idle_polls_and_bound_what_waits() {
+    use std::time::{Duration, Instant};
+    for backend in BACKENDS {
+        let engine = Engine::start(
+            backend,
+            &[
+                "--threads",
+                "2",
+                "--poll-timeout",
+                "1",
+                "--disconnect-timeout",
+                "2",
+                "--max-pending-bytes",
+                "65536",
+            ],
+        );
+        let token = negotiate(&engine);
+        // The first poll opens the connection and answers at once.
+        assert_eq!(
+            transport_request(&engine, "GET", &token, b""),
+            (200, String::new())
+        );
+        assert_eq!(transport_request(&engine, "POST", &token, HANDSHAKE).0, 200);
+        let echo =
+            b"{\"type\":1,\"invocationId\":\"7\",\"target\":\"Echo\",\"arguments\":[\"hi\"]}\x1e";
+        assert_eq!(transport_request(&engine, "POST", &token, echo).0, 200);
+        let (status, body) = transport_request(&engine, "GET", &token, b"");
+        assert_eq!(status, 200, "{backend}");
+        assert_eq!(
+            body, "{}\x1e{\"type\":3,\"invocationId\":\"7\",\"result\":\"hi\"}\x1e",
+            "{backend}: the handshake's answer and the completion, in one poll"
+        );
+        // Nothing to say: the poll is held for --poll-timeout, then empty.
+        let held = Instant::now();
+        assert_eq!(
+            transport_request(&engine, "GET", &token, b""),
+            (200, String::new())
+        );
+        let waited = held.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+            "{backend}: held {waited:?}"
+        );
+        // No poll for --disconnect-timeout: the connection is gone.
+        std::thread::sleep(Duration::from_millis(2600));
+        assert_eq!(
+            transport_request(&engine, "POST", &token, echo).0,
+            404,
+            "{backend}"
+        );
+        let stats = engine.stats();
+        assert_eq!(stats["totals"]["open_fallback_connections"], 0, "{backend}");
+        assert_eq!(stats["transports"]["closes"]["1006"], 1, "{backend}");
+
+        // Broadcasts pile up for a client that does not poll: past
+        // --max-pending-bytes (64 KiB) its connection is closed.
+        let idle = negotiate(&engine);
+        assert_eq!(transport_request(&engine, "GET", &idle, b"").0, 200);
+        assert_eq!(transport_request(&engine, "POST", &idle, HANDSHAKE).0, 200);
+        let sender = negotiate(&engine);
+        assert_eq!(transport_request(&engine, "GET", &sender, b"").0, 200);
+        assert_eq!(
+            transport_request(&engine, "POST", &sender, HANDSHAKE).0,
+            200
+        );
+        let big = format!(
+            "{{\"type\":1,\"target\":\"SendToAll\",\"arguments\":[\"{}\"]}}\x1e",
+            "x".repeat(40_000)
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                transport_request(&engine, "POST", &sender, big.as_bytes()).0,
+                200
+            );
+        }
+        assert_eq!(
+            transport_request(&engine, "GET", &idle, b"").0,
+            404,
+            "{backend}"
+        );
+        assert!(engine.stats()["transports"]["overflows"].as_u64().unwrap() >= 1);
+
+        // DELETE ends a connection; unknown ones get 404.
+        let deleted = negotiate(&engine);
+        assert_eq!(transport_request(&engine, "GET", &deleted, b"").0, 200);
+        assert_eq!(transport_request(&engine, "DELETE", &deleted, b"").0, 202);
+        assert_eq!(transport_request(&engine, "GET", &deleted, b"").0, 404);
+        assert_eq!(transport_request(&engine, "POST", &deleted, b"").0, 404);
+        assert_eq!(transport_request(&engine, "DELETE", "made-up", b"").0, 404);
+        assert_eq!(transport_request(&engine, "GET", "made-up", b"").0, 404);
+
+        // Events are text: a MessagePack handshake on them is refused.
+        let events = negotiate(&engine);
+        let mut stream = std::net::TcpStream::connect(engine.addr).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            stream,
+            "GET /hub?id={events} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        let packed = b"{\"protocol\":\"messagepack\",\"version\":1}\x1e";
+        assert_eq!(
+            transport_request(&engine, "POST", &events, packed).0,
+            400,
+            "{backend}"
+        );
+        drop(stream);
+        let stats = engine.wait_for_no_connections();
+        assert_eq!(stats["totals"]["open_fallback_connections"], 0, "{backend}");
+    }
+}
+
+/// --transports restricts what negotiation offers, and what is served.
+#[test]
+fn transports_can_be_restricted() {
+    let engine = Engine::start("io-uring", &["--transports", "long-polling"]);
+    let (status, body) = http_request(
+        engine.addr,
+        "POST /hub/negotiate?negotiateVersion=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let negotiated: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        negotiated["availableTransports"],
+        serde_json::json!([{"transport": "LongPolling", "transferFormats": ["Text", "Binary"]}])
+    );
+    let token = negotiated["connectionToken"].as_str().unwrap();
+    let events = format!(
+        "GET /hub?id={token} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(http_request(engine.addr, &events).0, 404);
+    let upgrade = "GET /hub HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nConnection: close\r\n\r\n";
+    assert_eq!(http_request(engine.addr, upgrade).0, 404);
+    assert_eq!(transport_request(&engine, "GET", token, b"").0, 200);
+}
