@@ -1,7 +1,8 @@
 //! The sample page and the live view in a real browser (Debian's Chromium,
 //! driven by playwright-core from tests/browser), as a person would use them:
-//! Connect, Send, see the echo, switch to the hub, watch the connection count
-//! rise on the live view, Close Socket and read code 1000 in the log.
+//! Connect, Send, see the echo, switch to the hub (on each of its
+//! transports), watch the connection count rise on the live view, Close
+//! Socket and read code 1000 in the log.
 //! Screenshots of each page land in target/screenshots/, not in the
 //! committed results/screenshots/, so that running the tests changes no
 //! tracked file; RINGECHO_SCREENSHOTS=results/screenshots refreshes those.
@@ -65,6 +66,22 @@ fn a_person_can_echo_watch_and_close_from_the_browser() {
             "{}",
             r["stateAfterClose"]
         );
+        for transport in ["sse", "longpolling"] {
+            let f = &r["fallback"][transport];
+            assert_eq!(
+                f["url"],
+                format!("http://{}/hub", engine.addr),
+                "{transport}"
+            );
+            assert_eq!(f["stateWhenOpen"], "Open", "{backend} {transport}");
+            assert!(
+                f["stateAfterClose"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Closed. Code: 1000"),
+                "{backend} {transport}: {f}"
+            );
+        }
         let log = r["echoLog"].as_array().unwrap();
         let has = |from: &str, data: &str| log.iter().any(|row| row[0] == from && row[2] == data);
         assert!(has("Client", "Connection opened"));
@@ -72,7 +89,12 @@ fn a_person_can_echo_watch_and_close_from_the_browser() {
         assert!(log
             .iter()
             .any(|row| row[2].as_str().unwrap().contains("Code: 1000")));
-        for page in ["echo-page.png", "hub-page.png", "dashboard.png"] {
+        for page in [
+            "echo-page.png",
+            "hub-page.png",
+            "hub-long-polling.png",
+            "dashboard.png",
+        ] {
             assert!(
                 out.join(page).metadata().unwrap().len() > 10_000,
                 "{page} written"
@@ -83,11 +105,13 @@ fn a_person_can_echo_watch_and_close_from_the_browser() {
 }
 
 /// The official SignalR client's browser bundles in Chromium, JSON and
-/// MessagePack, on every backend: Echo of text with non-ASCII characters
-/// and of an object (and of bytes, in MessagePack), a broadcast heard by a
-/// listener of each encoding, and a clean stop.
+/// MessagePack, over WebSockets, Server-Sent Events (JSON only: events are
+/// text) and long polling, on every backend: Echo of text with non-ASCII
+/// characters and of an object (and of bytes, in MessagePack), a broadcast
+/// heard by a listener on the same transport and one on WebSockets in
+/// MessagePack, and a clean stop.
 #[test]
-fn the_official_client_works_in_chromium_in_both_encodings() {
+fn the_official_client_works_in_chromium_in_both_encodings_and_every_transport() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
     for needed in [
         "browser/node_modules/playwright-core",
@@ -104,9 +128,18 @@ fn the_official_client_works_in_chromium_in_both_encodings() {
             &format!("{dir}/browser/official-client.js"),
             [format!("http://{}", engine.addr)],
         );
-        for encoding in ["json", "messagepack"] {
-            let e = &r[encoding];
+        let cases = [
+            ("json", "WebSockets"),
+            ("messagepack", "WebSockets"),
+            ("json", "ServerSentEvents"),
+            ("json", "LongPolling"),
+            ("messagepack", "LongPolling"),
+        ];
+        for (encoding, transport) in cases {
+            let e = &r[format!("{encoding} {transport}")];
             assert_eq!(e["string"], "héllo 😀", "{backend} {encoding}: {r}");
+            let class = transport.replace("WebSockets", "WebSocket") + "Transport";
+            assert_eq!(e["transport"], class, "{backend}: {r}");
             assert_eq!(
                 e["object"],
                 serde_json::json!({"a": [1, "x", null], "b": {"c": true}})
@@ -118,7 +151,14 @@ fn the_official_client_works_in_chromium_in_both_encodings() {
             );
             assert_eq!(e["stopClean"], true, "{backend} {encoding}");
         }
-        assert_eq!(r["messagepack"]["bytesEchoed"], true, "{backend}");
+        assert_eq!(
+            r["messagepack WebSockets"]["bytesEchoed"], true,
+            "{backend}"
+        );
+        assert_eq!(
+            r["messagepack LongPolling"]["bytesEchoed"], true,
+            "{backend}"
+        );
         let stats = engine.wait_for_no_connections();
         assert_eq!(stats["totals"]["closes"]["1006"], 0, "{backend}: {stats}");
     }

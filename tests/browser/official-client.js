@@ -1,9 +1,12 @@
-// The official SignalR client in Chromium, in both encodings: its browser
-// bundles (@microsoft/signalr and @microsoft/signalr-protocol-msgpack, from
-// tests/signalr) load into the engine's own page, so that negotiation is
-// same-origin, and talk to /hub as a web app would. Prints one JSON line:
-// for each encoding, what Echo returned, whether a broadcast reached
-// listeners of both encodings, and whether the connection stopped cleanly.
+// The official SignalR client in Chromium, in both encodings and on every
+// transport: its browser bundles (@microsoft/signalr and
+// @microsoft/signalr-protocol-msgpack, from tests/signalr) load into the
+// engine's own page, so that negotiation is same-origin, and talk to /hub as
+// a web app would. Prints one JSON line: for each case (encoding and
+// transport: events carry text only, so JSON only), what Echo returned,
+// whether a broadcast reached a listener on the same transport and a
+// MessagePack listener on WebSockets, and whether the connection stopped
+// cleanly.
 // Usage: node official-client.js http://HOST:PORT
 const path = require('path');
 const { chromium } = require('playwright-core');
@@ -24,11 +27,13 @@ const modules = path.join(__dirname, '..', 'signalr', 'node_modules', '@microsof
     path: path.join(modules, 'signalr-protocol-msgpack', 'dist', 'browser', 'signalr-protocol-msgpack.js'),
   });
   const result = {};
-  for (const encoding of ['json', 'messagepack']) {
-    result[encoding] = await page.evaluate(async (encoding) => {
-      const connect = (as) => {
+  const cases = [['json', 'WebSockets'], ['messagepack', 'WebSockets'], ['json', 'ServerSentEvents'],
+    ['json', 'LongPolling'], ['messagepack', 'LongPolling']];
+  for (const [encoding, transport] of cases) {
+    result[`${encoding} ${transport}`] = await page.evaluate(async ([encoding, transport]) => {
+      const connect = (as, over = transport) => {
         const builder = new signalR.HubConnectionBuilder()
-          .withUrl('/hub', { transport: signalR.HttpTransportType.WebSockets })
+          .withUrl('/hub', { transport: signalR.HttpTransportType[over] })
           .configureLogging(signalR.LogLevel.Error);
         if (as === 'messagepack') {
           builder.withHubProtocol(new signalR.protocols.msgpack.MessagePackHubProtocol());
@@ -46,7 +51,8 @@ const modules = path.join(__dirname, '..', 'signalr', 'node_modules', '@microsof
         out.bytesEchoed = back instanceof Uint8Array && back.length === bytes.length
           && back.every((b, i) => b === bytes[i]);
       }
-      const listeners = [connect('json'), connect('messagepack')];
+      out.transport = connection.connection.transport.constructor.name;
+      const listeners = [connect(encoding), connect('messagepack', 'WebSockets')];
       const heard = listeners.map((l) => new Promise((resolve) => l.on('Receive', resolve)));
       await Promise.all(listeners.map((l) => l.start()));
       await connection.invoke('SendToAll', { from: encoding });
@@ -60,7 +66,7 @@ const modules = path.join(__dirname, '..', 'signalr', 'node_modules', '@microsof
       out.stopClean = closeError === null;
       await Promise.all(listeners.map((l) => l.stop()));
       return out;
-    }, encoding);
+    }, [encoding, transport]);
   }
   console.log(JSON.stringify(result));
   await browser.close();

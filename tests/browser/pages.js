@@ -83,6 +83,29 @@ async function waitForTile(page, id, value) {
   result.coresShown = await live.$$eval('#cores tbody tr', (rows) => rows.length);
   await live.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
 
+  // The hub on each fallback transport, chosen on the page: the handshake,
+  // an Echo, and Close.
+  result.fallback = {};
+  for (const transport of ['sse', 'longpolling']) {
+    const fallback = await context.newPage();
+    await fallback.goto(`${base}/`);
+    await fallback.selectOption('#protocol', 'hub');
+    await fallback.selectOption('#transport', transport);
+    const out = { url: await fallback.inputValue('#connectionUrl') };
+    await fallback.click('#connectButton');
+    await waitForLog(fallback, "cells[2] === 'hub handshake complete'", `the hub handshake over ${transport}`);
+    await fallback.fill('#sendMessage', `Hello over ${transport}`);
+    await fallback.click('#sendButton');
+    await waitForLog(fallback, `cells[2] === 'completion 0: "Hello over ${transport}"'`, `the Echo completion over ${transport}`);
+    out.stateWhenOpen = await fallback.textContent('#stateLabel');
+    if (transport === 'longpolling') await fallback.screenshot({ path: `${shots}/hub-long-polling.png` });
+    await fallback.click('#closeButton');
+    await fallback.waitForFunction(() => document.getElementById('stateLabel').textContent.startsWith('Closed'), null, { timeout: TIMEOUT });
+    out.stateAfterClose = await fallback.textContent('#stateLabel');
+    result.fallback[transport] = out;
+    await fallback.close();
+  }
+
   // Close Socket: the state says Closed, with code 1000 in the log.
   await echo.fill('#sendMessage', 'Last words');
   await echo.click('#sendButton');
