@@ -271,6 +271,13 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
         thread::Builder::new()
             .name("ringecho-transports".into())
             .spawn(move || {
+                // It shares the first worker's core: what it serves is the
+                // fallback, and a benchmark of it then knows where it runs.
+                if let Some(id) = engine.cores[0] {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                        tracing::warn!("could not pin the transports thread to core {id}");
+                    }
+                }
                 let worker = Rc::new(Worker {
                     index,
                     // It serves with hyper on tokio's reactor, as an epoll worker.

@@ -360,6 +360,57 @@ fn messagepack_hub_invocations_are_checked_on_both_clients() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// --transport sse and longpolling against the engine: negotiation, the
+/// handshake over POST, Echo invocations answered on the event stream or
+/// on polls, closed loop and paced, every completion checked; the
+/// connections end cleanly (a Close message on events, DELETE on polls).
+#[test]
+fn hub_fallback_transports_are_measured_and_checked() {
+    use loadgen::options::{HubEncoding, HubTransport};
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-fallback-{}", std::process::id()));
+    for backend in ["io-uring", "epoll"] {
+        let engine = Engine::start(backend, &["--threads", "2"]);
+        for (transport, encoding, rate) in [
+            (HubTransport::Sse, HubEncoding::Json, None),
+            (HubTransport::Sse, HubEncoding::Json, Some(1000.0)),
+            (HubTransport::Longpolling, HubEncoding::Json, None),
+            (
+                HubTransport::Longpolling,
+                HubEncoding::Messagepack,
+                Some(1000.0),
+            ),
+        ] {
+            let mut run = args(&engine, Protocol::Hub, rate, Io::Auto, dir.join("f.json"));
+            run.load.transport = transport;
+            run.load.hub_encoding = encoding;
+            run.load.connections = 8;
+            run.load.in_flight = 1;
+            run.load.duration = 1.0;
+            let case = format!("{backend} {transport:?} {encoding:?} {rate:?}");
+            let result = loadgen::run::run(&run).expect("the run completes");
+            let s = &result.summary;
+            assert_eq!(s.errors.total(), 0, "{case}: {:?}", s.errors);
+            assert_eq!(s.connections, 8, "{case}");
+            assert!(s.messages > 100, "{case}: {} messages", s.messages);
+            assert_eq!(
+                result.load.io,
+                Io::Epoll,
+                "{case}: fallbacks run on the epoll client"
+            );
+            assert!(result.label.contains("over"), "{case}: {}", result.label);
+        }
+        let stats = engine.wait_for_no_connections();
+        let closes = &stats["totals"]["closes"];
+        assert_eq!(closes["1006"], 0, "{backend}: {stats}");
+        assert_eq!(
+            closes["1000"], 32,
+            "{backend}: each connection closed cleanly"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// --connection-stages against the engine: a second with no connection
 /// sending carries (almost) nothing, the seconds around it carry the load,
 /// on both clients, and every connection stays open throughout.

@@ -100,31 +100,7 @@ impl Target {
 /// `wss://`, and performs the WebSocket handshake. Returns the stream and
 /// any bytes read past the server's 101 response.
 pub async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<(Stream, Vec<u8>)> {
-    let socket = match target.addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    if let Some(ip) = source {
-        socket.bind(SocketAddr::new(ip, 0))?;
-    }
-    let tcp = socket.connect(target.addr).await?;
-    tcp.set_nodelay(true)?;
-    let mut stream = match &target.tls {
-        Some(tls) => tls.connect(tcp).await.map_err(|e| {
-            let why = e.to_string();
-            // A self-signed certificate given to --ca is a CA
-            // certificate serving as its own end entity, which WebPKI
-            // refuses; say what to do instead.
-            let hint = if why.contains("CaUsedAsEndEntity") {
-                " (a self-signed certificate cannot be its own --ca: use --insecure, \
-                     or give --ca the CA that signed the server's certificate)"
-            } else {
-                ""
-            };
-            anyhow::anyhow!("TLS: {why}{hint}")
-        })?,
-        None => Stream::Plain(tcp),
-    };
+    let mut stream = open(target, source).await?;
     let (request, key) = upgrade_request(target, false);
     stream.write_all(request.as_bytes()).await?;
     stream.flush().await?;
@@ -139,6 +115,36 @@ pub async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<
         response.extend_from_slice(&chunk[..n]);
     };
     Ok((stream, response[end..].to_vec()))
+}
+
+/// Opens a TCP connection (from `source` if given), with TLS over it for
+/// `wss://`: the stream before any handshake.
+pub async fn open(target: &Target, source: Option<IpAddr>) -> anyhow::Result<Stream> {
+    let socket = match target.addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let tcp = socket.connect(target.addr).await?;
+    tcp.set_nodelay(true)?;
+    Ok(match &target.tls {
+        Some(tls) => tls.connect(tcp).await.map_err(|e| {
+            let why = e.to_string();
+            // A self-signed certificate given to --ca is a CA
+            // certificate serving as its own end entity, which WebPKI
+            // refuses; say what to do instead.
+            let hint = if why.contains("CaUsedAsEndEntity") {
+                " (a self-signed certificate cannot be its own --ca: use --insecure, \
+                     or give --ca the CA that signed the server's certificate)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("TLS: {why}{hint}")
+        })?,
+        None => Stream::Plain(tcp),
+    })
 }
 
 /// What kind of connect failure `why` (an error's text) was: "refused",

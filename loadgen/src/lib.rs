@@ -1,8 +1,9 @@
 //! loadgen: a WebSocket echo load generator that checks every echo and keeps
 //! its latency in HdrHistogram.
 //!
-//! [`run`] drives the load through [`client`] connections on [`schedule`]
-//! with [`payload`] patterns; [`result`] files hold everything a run was;
+//! [`run`] drives the load through [`client`] connections (or, for the
+//! hub's fallbacks, [`transport`] ones) on [`schedule`] with [`payload`]
+//! patterns; [`result`] files hold everything a run was;
 //! [`report`] and [`plot`] put runs side by side; [`options`] defines the
 //! command line.
 
@@ -22,6 +23,7 @@ pub mod schedule;
 pub mod server_info;
 pub mod soak;
 pub mod tls;
+pub mod transport;
 
 use anyhow::Context as _;
 

@@ -489,6 +489,16 @@ pub struct LoadConfig {
     #[serde(default, skip_serializing_if = "HubEncoding::is_json")]
     pub hub_encoding: HubEncoding,
 
+    /// The hub transport, with --protocol hub: `websockets` (straight to
+    /// the hub URL, as the official client's skipNegotiation), or a
+    /// fallback after negotiation, as the official client does it:
+    /// `sse` (messages back on a Server-Sent Events stream, JSON only) or
+    /// `longpolling` (messages back on polls); both send with POSTs, one at
+    /// a time per connection. Fallbacks run on the epoll client.
+    #[arg(long, value_enum, value_name = "TRANSPORT", default_value_t = HubTransport::Websockets)]
+    #[serde(default, skip_serializing_if = "HubTransport::is_websockets")]
+    pub transport: HubTransport,
+
     /// Closed loop: messages outstanding per connection (pipelining).
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "rate")]
     pub in_flight: u32,
@@ -810,6 +820,38 @@ impl HubEncoding {
     }
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HubTransport {
+    /// One WebSocket per connection.
+    #[default]
+    Websockets,
+    /// Server-Sent Events for what the server sends, POSTs for the rest.
+    Sse,
+    /// Long polling for what the server sends, POSTs for the rest.
+    Longpolling,
+}
+
+impl HubTransport {
+    fn is_websockets(&self) -> bool {
+        *self == HubTransport::Websockets
+    }
+
+    /// Whether it is one of the fallbacks (negotiated, over plain HTTP).
+    pub fn is_fallback(self) -> bool {
+        self != HubTransport::Websockets
+    }
+
+    /// The name negotiation uses.
+    pub fn signalr_name(self) -> &'static str {
+        match self {
+            HubTransport::Websockets => "WebSockets",
+            HubTransport::Sse => "ServerSentEvents",
+            HubTransport::Longpolling => "LongPolling",
+        }
+    }
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -922,6 +964,30 @@ impl LoadConfig {
         }
         if self.hub_encoding != HubEncoding::Json && self.protocol != Protocol::Hub {
             return Err("--hub-encoding is for --protocol hub".into());
+        }
+        if self.transport.is_fallback() {
+            if self.protocol != Protocol::Hub {
+                return Err("--transport is for --protocol hub".into());
+            }
+            if self.io == Io::IoUring {
+                return Err(format!(
+                    "--transport {} runs on the epoll client: use --io epoll (or auto)",
+                    self.transport.signalr_name()
+                ));
+            }
+            if self.transport == HubTransport::Sse && self.hub_encoding != HubEncoding::Json {
+                return Err(
+                    "Server-Sent Events carry text only: use --hub-encoding json \
+                     with --transport sse, or --transport longpolling"
+                        .into(),
+                );
+            }
+            if self.deflate {
+                return Err("--deflate is a WebSocket extension: leave it out with --transport sse or longpolling".into());
+            }
+            if self.in_flight > 1 {
+                return Err("a fallback transport sends one POST at a time: --in-flight 1".into());
+            }
         }
         if let Some(file) = &self.payload_file {
             let len = std::fs::metadata(file)
@@ -1046,6 +1112,9 @@ impl LoadConfig {
         if self.hub_encoding != HubEncoding::Json {
             args.extend(["--hub-encoding".into(), name(&self.hub_encoding)]);
         }
+        if self.transport.is_fallback() {
+            args.extend(["--transport".into(), name(&self.transport)]);
+        }
         if self.payload_file.is_none() {
             args.extend(["--payload".into(), name(&self.payload)]);
         }
@@ -1123,10 +1192,17 @@ impl LoadConfig {
             None if self.in_flight > 1 => format!("closed loop ×{}", self.in_flight),
             None => "closed loop".to_string(),
         };
-        let protocol = match (self.protocol, self.hub_encoding) {
-            (Protocol::Raw, _) => "",
-            (Protocol::Hub, HubEncoding::Json) => "hub, ",
-            (Protocol::Hub, HubEncoding::Messagepack) => "hub MessagePack, ",
+        let protocol = match (self.protocol, self.hub_encoding, self.transport) {
+            (Protocol::Raw, _, _) => "",
+            (Protocol::Hub, HubEncoding::Json, HubTransport::Websockets) => "hub, ",
+            (Protocol::Hub, HubEncoding::Messagepack, HubTransport::Websockets) => {
+                "hub MessagePack, "
+            }
+            (Protocol::Hub, HubEncoding::Json, HubTransport::Sse) => "hub over SSE, ",
+            (Protocol::Hub, HubEncoding::Json, HubTransport::Longpolling) => {
+                "hub over long polling, "
+            }
+            (Protocol::Hub, HubEncoding::Messagepack, _) => "hub MessagePack over long polling, ",
         };
         let deflate = if self.deflate { "deflate, " } else { "" };
         let words = match (&self.payload_file, self.payload) {
@@ -1191,6 +1267,31 @@ pub fn parse_or_exit<T: Parser>(program: &str) -> Result<T, std::process::ExitCo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fallback_transports_say_what_they_need() {
+        let mut load = crate::test_load();
+        load.transport = HubTransport::Sse;
+        assert_eq!(
+            load.validate().unwrap_err(),
+            "--transport is for --protocol hub"
+        );
+        load.protocol = Protocol::Hub;
+        assert!(load.validate().is_ok());
+        load.hub_encoding = HubEncoding::Messagepack;
+        assert!(load.validate().unwrap_err().contains("text only"));
+        load.transport = HubTransport::Longpolling;
+        assert!(load.validate().is_ok());
+        load.io = Io::IoUring;
+        assert!(load.validate().unwrap_err().contains("--io epoll"));
+        load.io = Io::Auto;
+        load.in_flight = 4;
+        assert!(load.validate().unwrap_err().contains("--in-flight 1"));
+        load.in_flight = 1;
+        let args = load.to_args();
+        let at = args.iter().position(|a| a == "--transport").unwrap();
+        assert_eq!(args[at + 1], "longpolling");
+    }
 
     #[test]
     fn a_load_written_as_arguments_reads_back_the_same() {

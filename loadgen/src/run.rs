@@ -25,7 +25,7 @@ use crate::options::{Io, LoadConfig, MessageType, Protocol, RunArgs};
 use crate::payload::Pattern;
 use crate::result::{self, Errors, Histograms, Percentiles, RunResult, Summary};
 use crate::schedule::Schedule;
-use crate::tls::{ReadHalf, Stream, WriteHalf};
+use crate::tls::{Stream, WriteHalf};
 
 /// How long after the end of the run outstanding echoes are still awaited.
 pub(crate) const DRAIN: Duration = Duration::from_secs(2);
@@ -308,6 +308,8 @@ fn resolve_io(load: &LoadConfig) -> anyhow::Result<Io> {
     match load.io {
         // Only the tokio client speaks TLS.
         Io::Auto if load.url.starts_with("wss://") => Ok(Io::Epoll),
+        // Only the tokio client speaks the hub's fallback transports.
+        Io::Auto if load.transport.is_fallback() => Ok(Io::Epoll),
         Io::Auto if crate::ring::available() => Ok(Io::IoUring),
         Io::Auto | Io::Epoll => Ok(Io::Epoll),
         Io::IoUring => {
@@ -511,10 +513,10 @@ async fn load_thread(
     let mut talks = Vec::with_capacity(streams.len());
     let tasks: Vec<_> = streams
         .into_iter()
-        .map(|(id, stream, leftover)| {
+        .map(|(id, link)| {
             let talk = Conversation::new(id);
             talks.push((id, talk.clone()));
-            tokio::task::spawn_local(connection(stream, leftover, talk, state.clone()))
+            tokio::task::spawn_local(connection(link, talk, state.clone()))
         })
         .collect();
     let pacer = load.rate.map(|_| {
@@ -579,7 +581,7 @@ pub(crate) async fn connect_share(
     thread: u32,
     load: &LoadConfig,
     target: &Target,
-) -> (Vec<(u32, Stream, Vec<u8>)>, Histogram<u64>, Errors) {
+) -> (Vec<(u32, Link)>, Histogram<u64>, Errors) {
     // This process's connections (its shard's), dealt out to its threads.
     let ids: Vec<u32> = load
         .own_connections()
@@ -598,13 +600,21 @@ pub(crate) async fn connect_share(
                 tokio::time::sleep_until(due).await;
             }
             let began = std::time::Instant::now();
-            let connected = match (client::connect(target, source).await, hub) {
-                (Ok((mut stream, leftover)), Some(hub)) => {
-                    client::hub_handshake(&mut stream, leftover, hub)
+            let connected = match hub {
+                Some(hub) if load.transport.is_fallback() => {
+                    crate::transport::connect(target, source, load.transport, hub)
                         .await
-                        .map(|leftover| (stream, leftover))
+                        .map(|link| Link::Fallback(Box::new(link)))
                 }
-                (other, _) => other,
+                Some(hub) => match client::connect(target, source).await {
+                    Ok((mut stream, leftover)) => client::hub_handshake(&mut stream, leftover, hub)
+                        .await
+                        .map(|leftover| Link::Socket(stream, leftover)),
+                    Err(e) => Err(e),
+                },
+                None => client::connect(target, source)
+                    .await
+                    .map(|(stream, leftover)| Link::Socket(stream, leftover)),
             };
             (id, began.elapsed(), connected)
         }
@@ -627,9 +637,9 @@ pub(crate) async fn connect_share(
     for round in rounds {
         for (id, took, connected) in futures_util::future::join_all(round).await {
             match connected {
-                Ok((stream, leftover)) => {
+                Ok(link) => {
                     let _ = connect.record(took.as_micros().max(1) as u64);
-                    streams.push((id, stream, leftover));
+                    streams.push((id, link));
                 }
                 Err(e) => {
                     if failures.connect_failures == 0 {
@@ -724,17 +734,40 @@ impl Conversation {
     }
 }
 
-async fn connection(
-    stream: Stream,
-    leftover: Vec<u8>,
-    talk: Rc<Conversation>,
-    state: Rc<ThreadState>,
-) {
-    let (read, write) = stream.into_split();
+/// An open connection: a WebSocket (and what was read past its
+/// handshakes), or a hub connection on a fallback transport.
+pub(crate) enum Link {
+    Socket(Stream, Vec<u8>),
+    Fallback(Box<(crate::transport::Poster, crate::transport::Receiver)>),
+}
+
+/// Where a connection's messages go: WebSocket frames, or POSTs.
+enum Sink {
+    Socket(WriteHalf),
+    Post(Box<crate::transport::Poster>),
+}
+
+async fn connection(link: Link, talk: Rc<Conversation>, state: Rc<ThreadState>) {
     let hard_stop = state.end + DRAIN + CLOSE_WAIT;
-    let writer = write_loop(write, state.clone(), talk.clone());
-    let reader = read_loop(read, &leftover, state.clone(), talk.clone());
-    let _ = tokio::time::timeout_at(hard_stop, async { tokio::join!(writer, reader) }).await;
+    let talking = async {
+        match link {
+            Link::Socket(stream, leftover) => {
+                let (read, write) = stream.into_split();
+                let max = state.pattern.size().max(1 << 16) * 2;
+                let decoder = Decoder::new(read, &leftover, max);
+                let writer = write_loop(Sink::Socket(write), state.clone(), talk.clone());
+                let reader = read_loop(decoder, state.clone(), talk.clone());
+                tokio::join!(writer, reader);
+            }
+            Link::Fallback(link) => {
+                let (poster, receiver) = *link;
+                let writer = write_loop(Sink::Post(Box::new(poster)), state.clone(), talk.clone());
+                let reader = read_loop(receiver, state.clone(), talk.clone());
+                tokio::join!(writer, reader);
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(hard_stop, talking).await;
     state
         .unanswered
         .set(state.unanswered.get() + talk.in_flight.borrow().len() as u64);
@@ -744,7 +777,7 @@ async fn connection(
 /// count again: a count reached shows within this.
 pub(crate) const STAGE_TICK: Duration = Duration::from_millis(5);
 
-async fn write_loop(mut write: WriteHalf, state: Rc<ThreadState>, talk: Rc<Conversation>) {
+async fn write_loop(mut write: Sink, state: Rc<ThreadState>, talk: Rc<Conversation>) {
     let opcode = match state.message_type {
         MessageType::Binary => OpCode::Binary,
         MessageType::Text => OpCode::Text,
@@ -810,7 +843,9 @@ async fn write_loop(mut write: WriteHalf, state: Rc<ThreadState>, talk: Rc<Conve
             hub.write_invocation(seq, state.pattern.size(), &mut record, |out| {
                 state.pattern.append(seq, out)
             });
-            encoder.encode(hub.opcode(), &record, &mut frame);
+            if matches!(write, Sink::Socket(_)) {
+                encoder.encode(hub.opcode(), &record, &mut frame);
+            }
         } else {
             state.pattern.write(seq, &mut payload);
             encoder.encode(opcode, &payload, &mut frame);
@@ -821,8 +856,15 @@ async fn write_loop(mut write: WriteHalf, state: Rc<ThreadState>, talk: Rc<Conve
             let lag = now.saturating_duration_since(due).as_micros() as u64;
             state.send_lag.borrow_mut().saturating_record(lag);
         }
-        // (flush: TLS may hold the record back; a plain socket has nothing to do.)
-        if write.write_all(&frame).await.is_err() || write.flush().await.is_err() {
+        let sent = match &mut write {
+            // (flush: TLS may hold the record back; a plain socket has nothing to do.)
+            Sink::Socket(socket) => match socket.write_all(&frame).await {
+                Ok(()) => socket.flush().await,
+                Err(e) => Err(e),
+            },
+            Sink::Post(poster) => poster.send(&record).await,
+        };
+        if sent.is_err() {
             return;
         }
         seq += 1;
@@ -839,17 +881,26 @@ async fn write_loop(mut write: WriteHalf, state: Rc<ThreadState>, talk: Rc<Conve
         }
     }
     talk.closing.set(true);
-    frame.clear();
-    encoder.encode(OpCode::Close, &1000u16.to_be_bytes(), &mut frame);
-    let _ = write.write_all(&frame).await;
-    let _ = write.flush().await;
+    match &mut write {
+        Sink::Socket(socket) => {
+            frame.clear();
+            encoder.encode(OpCode::Close, &1000u16.to_be_bytes(), &mut frame);
+            let _ = socket.write_all(&frame).await;
+            let _ = socket.flush().await;
+        }
+        Sink::Post(poster) => poster.close().await,
+    }
 }
 
+/// Answers the server's pings (WebSockets only: fallbacks have none).
 async fn flush_pongs(
-    write: &mut WriteHalf,
+    write: &mut Sink,
     encoder: &mut Encoder,
     talk: &Conversation,
 ) -> std::io::Result<()> {
+    let Sink::Socket(write) = write else {
+        return Ok(());
+    };
     let mut frame = Vec::new();
     for pong in talk.pongs.borrow_mut().drain(..) {
         encoder.encode(OpCode::Pong, &pong, &mut frame);
@@ -862,13 +913,10 @@ async fn flush_pongs(
 }
 
 async fn read_loop(
-    read: ReadHalf,
-    leftover: &[u8],
+    mut decoder: impl crate::transport::Messages,
     state: Rc<ThreadState>,
     talk: Rc<Conversation>,
 ) {
-    let max = state.pattern.size().max(1 << 16) * 2;
-    let mut decoder = Decoder::new(read, leftover, max);
     let mut records = state.hub.map(Hub::records).unwrap_or_default();
     loop {
         let incoming = decoder.next().await;

@@ -1,0 +1,399 @@
+//! The hub's fallback transports, client side, as the official client
+//! speaks them: `POST {hub}/negotiate?negotiateVersion=1` for a connection
+//! token, then messages to the server as POSTs to `{hub}?id=TOKEN`, and
+//! messages from it on a Server-Sent Events stream (a GET with
+//! `Accept: text/event-stream`) or on polls (GETs, the first answered at
+//! once). Each direction has a keep-alive HTTP/1.1 connection of its own,
+//! spoken with hyper.
+//!
+//! What arrives is handed to the same reader as a WebSocket's messages
+//! ([`Messages`]): an event's data, or a poll's body, is one message.
+
+use std::io;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::client::{self, Incoming, Target};
+use crate::hub::Hub;
+use crate::options::{HubEncoding, HubTransport};
+
+/// A source of server messages: a WebSocket's decoder, or a fallback
+/// transport's stream or polls.
+#[allow(async_fn_in_trait)] // static dispatch only, on one thread
+pub trait Messages {
+    /// The next message; `UnexpectedEof` once the server has ended the
+    /// connection.
+    async fn next(&mut self) -> io::Result<Incoming<'_>>;
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Messages for client::Decoder<R> {
+    async fn next(&mut self) -> io::Result<Incoming<'_>> {
+        client::Decoder::next(self).await
+    }
+}
+
+/// Where a fallback connection's requests go.
+#[derive(Clone)]
+struct Url {
+    target: Target,
+    /// The hub's path, without the query.
+    path: String,
+    token: String,
+}
+
+impl Url {
+    fn connection(&self) -> String {
+        format!("{}?id={}", self.path, self.token)
+    }
+}
+
+/// The sending side: POSTs on a connection of their own.
+pub struct Poster {
+    url: Url,
+    http: SendRequest<Full<Bytes>>,
+    transport: HubTransport,
+    hub: Hub,
+}
+
+/// The receiving side: the event stream, or the polls.
+pub struct Receiver {
+    hub: Hub,
+    kind: Kind,
+    /// The data of the message lent out last.
+    message: Vec<u8>,
+}
+
+enum Kind {
+    Events {
+        body: hyper::body::Incoming,
+        /// Bytes of the stream not parsed into events yet.
+        pending: Vec<u8>,
+    },
+    Polls {
+        url: Box<Url>,
+        http: SendRequest<Full<Bytes>>,
+    },
+}
+
+/// One HTTP/1.1 connection to the server (with TLS for wss://), driven by
+/// a task of its own.
+async fn http(target: &Target, source: Option<IpAddr>) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = client::open(target, source).await?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::task::spawn_local(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+fn request(
+    target: &Target,
+    method: hyper::Method,
+    uri: &str,
+    body: Bytes,
+) -> anyhow::Result<hyper::Request<Full<Bytes>>> {
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(hyper::header::HOST, &target.host);
+    for header in &target.handshake.headers {
+        if let Some((name, value)) = header.split_once(':') {
+            builder = builder.header(name.trim(), value.trim());
+        }
+    }
+    if let Some(origin) = &target.handshake.origin {
+        builder = builder.header(hyper::header::ORIGIN, origin);
+    }
+    Ok(builder.body(Full::new(body))?)
+}
+
+/// Negotiates a connection on `transport`, opens its receiving side and
+/// performs the hub handshake: both sides, ready for Echo invocations.
+pub async fn connect(
+    target: &Target,
+    source: Option<IpAddr>,
+    transport: HubTransport,
+    hub: Hub,
+) -> anyhow::Result<(Poster, Receiver)> {
+    let path = target.path.split('?').next().unwrap_or("/").to_string();
+    let mut posts = http(target, source).await?;
+    let negotiate = format!("{path}/negotiate?negotiateVersion=1");
+    let answer = posts
+        .send_request(request(
+            target,
+            hyper::Method::POST,
+            &negotiate,
+            Bytes::new(),
+        )?)
+        .await?;
+    let status = answer.status();
+    let body = answer.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status == hyper::StatusCode::OK,
+        "handshake refused: HTTP/1.1 {status} (negotiation)"
+    );
+    let negotiated: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| anyhow::anyhow!("negotiation answered with what is not JSON: {e}"))?;
+    let offered = negotiated["availableTransports"]
+        .as_array()
+        .is_some_and(|all| {
+            all.iter()
+                .any(|t| t["transport"] == transport.signalr_name())
+        });
+    anyhow::ensure!(
+        offered,
+        "the server does not offer {} (negotiation offered {})",
+        transport.signalr_name(),
+        negotiated["availableTransports"]
+    );
+    let token = negotiated["connectionToken"]
+        .as_str()
+        .or_else(|| negotiated["connectionId"].as_str())
+        .ok_or_else(|| anyhow::anyhow!("negotiation named no connection token"))?;
+    let url = Url {
+        target: target.clone(),
+        path,
+        token: token.to_string(),
+    };
+    let mut receiving = http(target, source).await?;
+    let kind = match transport {
+        HubTransport::Sse => {
+            let mut open = request(target, hyper::Method::GET, &url.connection(), Bytes::new())?;
+            open.headers_mut().insert(
+                hyper::header::ACCEPT,
+                hyper::header::HeaderValue::from_static("text/event-stream"),
+            );
+            let answer = receiving.send_request(open).await?;
+            anyhow::ensure!(
+                answer.status() == hyper::StatusCode::OK,
+                "handshake refused: HTTP/1.1 {} (event stream)",
+                answer.status()
+            );
+            Kind::Events {
+                body: answer.into_body(),
+                pending: Vec::new(),
+            }
+        }
+        _ => {
+            // The first poll opens the connection, answered at once.
+            let first = request(target, hyper::Method::GET, &url.connection(), Bytes::new())?;
+            let answer = receiving.send_request(first).await?;
+            let status = answer.status();
+            answer.into_body().collect().await?;
+            anyhow::ensure!(
+                status == hyper::StatusCode::OK,
+                "handshake refused: HTTP/1.1 {status} (first poll)"
+            );
+            Kind::Polls {
+                url: Box::new(url.clone()),
+                http: receiving,
+            }
+        }
+    };
+    let mut poster = Poster {
+        url,
+        http: posts,
+        transport,
+        hub,
+    };
+    let mut receiver = Receiver {
+        hub,
+        kind,
+        message: Vec::new(),
+    };
+    poster.send(hub.handshake()).await?;
+    let answer = receiver.receive().await?;
+    let record = answer
+        .split(|&b| b == crate::hub::RECORD_SEPARATOR)
+        .next()
+        .unwrap_or_default();
+    anyhow::ensure!(
+        record == b"{}" && answer.len() == 3,
+        "hub handshake refused: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok((poster, receiver))
+}
+
+impl Poster {
+    /// Sends hub messages (whole records or MessagePack messages) in one
+    /// POST, and waits for its 200.
+    pub async fn send(&mut self, messages: &[u8]) -> io::Result<()> {
+        let body = Bytes::copy_from_slice(messages);
+        let post = request(
+            &self.url.target,
+            hyper::Method::POST,
+            &self.url.connection(),
+            body,
+        )
+        .map_err(io::Error::other)?;
+        let answer = self
+            .http
+            .send_request(post)
+            .await
+            .map_err(io::Error::other)?;
+        let status = answer.status();
+        answer
+            .into_body()
+            .collect()
+            .await
+            .map_err(io::Error::other)?;
+        if status != hyper::StatusCode::OK {
+            return Err(io::Error::other(format!("a POST answered {status}")));
+        }
+        Ok(())
+    }
+
+    /// Ends the connection as the official client does: DELETE for long
+    /// polling; a Close message for events (which have no DELETE).
+    pub async fn close(&mut self) {
+        let url = self.url.connection();
+        let request = match self.transport {
+            HubTransport::Longpolling => {
+                request(&self.url.target, hyper::Method::DELETE, &url, Bytes::new())
+            }
+            _ => {
+                let close = match self.hub.encoding {
+                    HubEncoding::Json => &b"{\"type\":7}\x1e"[..],
+                    HubEncoding::Messagepack => &[2, 0x91, 0x07][..],
+                };
+                let body = Bytes::from_static(close);
+                request(&self.url.target, hyper::Method::POST, &url, body)
+            }
+        };
+        if let Ok(request) = request {
+            if let Ok(answer) = self.http.send_request(request).await {
+                let _ = answer.into_body().collect().await;
+            }
+        }
+    }
+}
+
+impl Receiver {
+    /// The next message's data, owned.
+    async fn receive(&mut self) -> io::Result<Vec<u8>> {
+        self.fill().await?;
+        Ok(std::mem::take(&mut self.message))
+    }
+
+    /// Waits for the next non-empty message into `self.message`.
+    async fn fill(&mut self) -> io::Result<()> {
+        self.message.clear();
+        match &mut self.kind {
+            Kind::Events { body, pending } => loop {
+                if let Some(end) = event_end(pending) {
+                    let event: Vec<u8> = pending.drain(..end).collect();
+                    if event_data(&event, &mut self.message) && !self.message.is_empty() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            pending.extend_from_slice(&data);
+                        }
+                    }
+                    Some(Err(e)) => return Err(io::Error::other(e)),
+                    None => return Err(io::ErrorKind::UnexpectedEof.into()),
+                }
+            },
+            Kind::Polls { url, http } => loop {
+                let poll = request(
+                    &url.target,
+                    hyper::Method::GET,
+                    &url.connection(),
+                    Bytes::new(),
+                )
+                .map_err(io::Error::other)?;
+                let answer = http.send_request(poll).await.map_err(io::Error::other)?;
+                let status = answer.status();
+                let body = answer
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(io::Error::other)?
+                    .to_bytes();
+                match status {
+                    // The connection has ended.
+                    hyper::StatusCode::NO_CONTENT => {
+                        return Err(io::ErrorKind::UnexpectedEof.into())
+                    }
+                    hyper::StatusCode::OK if body.is_empty() => continue, // timed out
+                    hyper::StatusCode::OK => {
+                        self.message.extend_from_slice(&body);
+                        return Ok(());
+                    }
+                    other => return Err(io::Error::other(format!("a poll answered {other}"))),
+                }
+            },
+        }
+    }
+}
+
+impl Messages for Receiver {
+    async fn next(&mut self) -> io::Result<Incoming<'_>> {
+        self.fill().await?;
+        Ok(match self.hub.encoding {
+            HubEncoding::Json => Incoming::Text(&self.message),
+            HubEncoding::Messagepack => Incoming::Binary(&self.message),
+        })
+    }
+}
+
+/// Where the first event in `stream` ends (past its blank line), if it has
+/// all arrived.
+fn event_end(stream: &[u8]) -> Option<usize> {
+    let lf = memchr::memmem::find(stream, b"\n\n").map(|at| at + 2);
+    let crlf = memchr::memmem::find(stream, b"\r\n\r\n").map(|at| at + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Appends an event's data to `out` (its `data:` lines, joined by
+/// newlines); false for an event without data (a comment).
+fn event_data(event: &[u8], out: &mut Vec<u8>) -> bool {
+    let mut any = false;
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        if any {
+            out.push(b'\n');
+        }
+        out.extend_from_slice(data.strip_prefix(b" ").unwrap_or(data));
+        any = true;
+    }
+    any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_and_their_data_lines_join() {
+        let stream = b":\r\n\r\ndata: {}\x1e\r\n\r\ndata: a\ndata: b\n\ndata: partial";
+        let first = event_end(stream).unwrap();
+        assert_eq!(&stream[..first], b":\r\n\r\n");
+        let mut out = Vec::new();
+        assert!(!event_data(&stream[..first], &mut out));
+        let rest = &stream[first..];
+        let second = event_end(rest).unwrap();
+        assert!(event_data(&rest[..second], &mut out));
+        assert_eq!(out, b"{}\x1e");
+        let rest = &rest[second..];
+        let third = event_end(rest).unwrap();
+        out.clear();
+        assert!(event_data(&rest[..third], &mut out));
+        assert_eq!(out, b"a\nb");
+        assert_eq!(event_end(&rest[third..]), None);
+    }
+}
