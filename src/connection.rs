@@ -238,7 +238,10 @@ impl Phase {
     fn spawn<S: Io + 'static>(self, upgrade: Upgrade, stream: S) {
         match upgrade.endpoint {
             Endpoint::Echo => tokio::task::spawn_local(self.echo(stream, upgrade.deflate)),
-            Endpoint::Hub => tokio::task::spawn_local(self.hub(stream, upgrade.deflate)),
+            Endpoint::Hub => tokio::task::spawn_local(self.hub(stream, upgrade.deflate, false)),
+            Endpoint::Broadcast => {
+                tokio::task::spawn_local(self.hub(stream, upgrade.deflate, true))
+            }
         };
     }
 
@@ -259,15 +262,15 @@ impl Phase {
         stats.open_connections.sub(1);
     }
 
-    async fn hub<S: Io>(self, stream: S, deflate: Option<Agreed>) {
+    /// A hub connection; `raw`: one of the raw broadcast endpoint.
+    async fn hub<S: Io>(self, stream: S, deflate: Option<Agreed>, raw: bool) {
         let (options, stats) = (&self.worker.options, self.worker.stats());
-        let hub = HubSession::new(
-            self.worker.hub.clone(),
-            stats,
-            options.hub_keep_alive(),
-            options.max_message_size,
-            options.max_pending_bytes,
-        );
+        let (hub, max) = (self.worker.hub.clone(), options.max_message_size);
+        let pending = options.max_pending_bytes;
+        let hub = match raw {
+            false => HubSession::new(hub, stats, options.hub_keep_alive(), max, pending),
+            true => HubSession::raw_broadcast(hub, stats, options.keep_alive(), max, pending),
+        };
         let (initial, shutdown) = (&self.initial, self.shutdown);
         crate::driver::task::run(stream, initial, &hub, deflate, options, stats, shutdown).await;
         stats.open_connections.sub(1);

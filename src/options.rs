@@ -247,6 +247,12 @@ pub struct Options {
     #[arg(long, value_name = "PATH", default_value = "/ws", value_parser = parse_path)]
     pub ws_path: String,
 
+    /// Path of the raw broadcast endpoint: every message a connection sends
+    /// there goes to every connection there, on every core (itself
+    /// included), as it came; the raw counterpart of the hub's SendToAll.
+    #[arg(long, value_name = "PATH", default_value = "/broadcast", value_parser = parse_path)]
+    pub broadcast_path: String,
+
     /// Path of the SignalR JSON hub endpoint (negotiation at PATH/negotiate).
     #[arg(long, value_name = "PATH", default_value = "/hub", value_parser = parse_path)]
     pub hub_path: String,

@@ -24,6 +24,8 @@ pub type Reply = Response<Bytes>;
 pub enum Endpoint {
     Echo,
     Hub,
+    /// Raw messages to every connection of the endpoint, on every core.
+    Broadcast,
 }
 
 /// A connection that becomes a WebSocket once its 101 is sent.
@@ -129,6 +131,16 @@ fn route(worker: &Worker, upgraded: &Cell<Option<Upgrade>>, request: &Parts) -> 
             }
             return handshake(worker, upgraded, request, Endpoint::Hub);
         }
+    }
+    if path == options.broadcast_path {
+        if wants_websocket {
+            return handshake(worker, upgraded, request, Endpoint::Broadcast);
+        }
+        worker.stats().bad_requests.add(1);
+        return text(
+            StatusCode::BAD_REQUEST,
+            "this is the raw broadcast endpoint: connect with a WebSocket client (Upgrade: websocket)\n",
+        );
     }
     if path == options.ws_path || (path == "/" && wants_websocket) {
         if wants_websocket {

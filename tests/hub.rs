@@ -396,3 +396,73 @@ fn transports_can_be_restricted() {
     assert_eq!(http_request(engine.addr, upgrade).0, 404);
     assert_eq!(transport_request(&engine, "GET", token, b"").0, 200);
 }
+
+/// The raw broadcast endpoint, with tokio-tungstenite: a message sent there
+/// reaches every connection there, on both workers, with its type, and the
+/// sender too; hub connections and the echo endpoint hear none of it.
+#[tokio::test]
+async fn the_raw_broadcast_endpoint_reaches_every_connection_on_every_core() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    for backend in BACKENDS {
+        let engine = Engine::start(backend, &["--threads", "2"]);
+        let mut listeners = Vec::new();
+        for _ in 0..8 {
+            let (ws, _) = tokio_tungstenite::connect_async(engine.url("/broadcast"))
+                .await
+                .unwrap();
+            listeners.push(ws);
+        }
+        let (mut hub, _) = tokio_tungstenite::connect_async(engine.url("/hub"))
+            .await
+            .unwrap();
+        hub.send(Message::text("{\"protocol\":\"json\",\"version\":1}\u{1e}"))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut hub).await, "{}\u{1e}");
+        let per_worker: Vec<u64> = (engine.stats()["workers"].as_array().unwrap().iter())
+            .map(|w| w["open_websockets"].as_u64().unwrap())
+            .collect();
+        assert_eq!(per_worker.iter().sum::<u64>(), 9, "{backend}");
+        listeners[0]
+            .send(Message::text("to everyone"))
+            .await
+            .unwrap();
+        listeners[3]
+            .send(Message::binary(vec![1u8, 2, 3]))
+            .await
+            .unwrap();
+        for (i, ws) in listeners.iter_mut().enumerate() {
+            let mut heard = Vec::new();
+            while heard.len() < 2 {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await {
+                    Ok(Some(Ok(Message::Ping(_)))) => continue,
+                    Ok(Some(Ok(message))) => heard.push(message),
+                    other => panic!("{backend}: listener {i}: {other:?}"),
+                }
+            }
+            // Each sender's messages in order; the two senders' may interleave.
+            assert!(
+                heard.contains(&Message::text("to everyone"))
+                    && heard.contains(&Message::binary(vec![1u8, 2, 3])),
+                "{backend}: listener {i}: {heard:?}"
+            );
+        }
+        // The hub connection heard nothing of it: its next message is the
+        // answer to its own Echo.
+        let echo =
+            "{\"type\":1,\"invocationId\":\"1\",\"target\":\"Echo\",\"arguments\":[1]}\u{1e}";
+        hub.send(Message::text(echo)).await.unwrap();
+        assert_eq!(
+            next_text(&mut hub).await,
+            "{\"type\":3,\"invocationId\":\"1\",\"result\":1}\u{1e}",
+            "{backend}"
+        );
+        for mut ws in listeners {
+            ws.close(None).await.unwrap();
+        }
+        hub.close(None).await.unwrap();
+        let stats = engine.wait_for_no_connections();
+        assert_eq!(stats["totals"]["closes"]["1006"], 0, "{backend}");
+    }
+}

@@ -54,15 +54,22 @@ pub mod msgpack;
 /// its frame in each encoding, made once by the sender.
 pub type Broadcast = Arc<Frames>;
 
-/// One hub message as a server frame in each encoding.
+/// One hub message as a server frame in each encoding; or, from the raw
+/// broadcast endpoint, one raw message for that endpoint's connections (an
+/// empty frame is for nobody).
+#[derive(Default)]
 pub struct Frames {
     pub json: Vec<u8>,
     pub messagepack: Vec<u8>,
+    pub raw: Vec<u8>,
 }
 
 impl Frames {
-    fn of(&self, encoding: Encoding) -> &[u8] {
-        match encoding {
+    fn of(&self, mailbox: &Mailbox) -> &[u8] {
+        if mailbox.raw {
+            return &self.raw;
+        }
+        match mailbox.encoding.get() {
             Encoding::Json => &self.json,
             Encoding::MessagePack => &self.messagepack,
         }
@@ -145,8 +152,10 @@ pub struct HubWorker {
 #[derive(Default)]
 struct Mailbox {
     frames: RefCell<VecDeque<Broadcast>>,
-    /// Which of a broadcast's frames this connection takes.
+    /// Which of a broadcast's frames this connection takes: the raw one on
+    /// the raw broadcast endpoint, else the one in its encoding.
     encoding: Cell<Encoding>,
+    raw: bool,
     /// Bytes in `frames`, against --max-pending-bytes.
     bytes: Cell<u64>,
     /// Set when a frame did not fit: the connection closes with 1008.
@@ -173,7 +182,7 @@ impl HubWorker {
     /// Puts one frame in every hub connection's mailbox of this worker.
     pub fn deliver_one(&self, frame: &Broadcast) {
         for (_, mailbox) in self.mailboxes.borrow().iter() {
-            let len = frame.of(mailbox.encoding.get()).len();
+            let len = frame.of(mailbox).len();
             if len == 0 {
                 // Not expressible in this connection's encoding.
                 continue;
@@ -264,8 +273,35 @@ impl<'a> HubSession<'a> {
         max_message: usize,
         max_pending: u64,
     ) -> Self {
+        Self::with_mailbox(worker, stats, keep_alive, max_message, max_pending, false)
+    }
+
+    /// A connection of the raw broadcast endpoint: every message it sends
+    /// goes, as it is, to every connection of that endpoint on every core,
+    /// itself included, through the hub's per-core queues; it gets no
+    /// answer of its own. It measures what a broadcast costs without the hub
+    /// protocol.
+    pub fn raw_broadcast(
+        worker: Rc<HubWorker>,
+        stats: &'a WorkerStats,
+        keep_alive: Option<Duration>,
+        max_message: usize,
+        max_pending: u64,
+    ) -> Self {
+        Self::with_mailbox(worker, stats, keep_alive, max_message, max_pending, true)
+    }
+
+    fn with_mailbox(
+        worker: Rc<HubWorker>,
+        stats: &'a WorkerStats,
+        keep_alive: Option<Duration>,
+        max_message: usize,
+        max_pending: u64,
+        raw: bool,
+    ) -> Self {
         let mailbox = Rc::new(Mailbox {
             limit: max_pending,
+            raw,
             ..Mailbox::default()
         });
         let key = worker.mailboxes.borrow_mut().insert(mailbox.clone());
@@ -486,6 +522,7 @@ impl Frames {
         Frames {
             json: frame(Encoding::Json, json.as_deref().map(Arg::Json)),
             messagepack: frame(Encoding::MessagePack, packed.as_deref().map(Arg::Packed)),
+            raw: Vec::new(),
         }
     }
 }
@@ -534,7 +571,7 @@ impl HubSession<'_> {
             )));
         }
         let frames = self.mailbox.frames.borrow_mut().pop_front()?;
-        let frame = frames.of(self.mailbox.encoding.get());
+        let frame = frames.of(&self.mailbox);
         self.mailbox
             .bytes
             .set(self.mailbox.bytes.get() - frame.len() as u64);
@@ -565,24 +602,45 @@ impl HubSession<'_> {
     }
 }
 
+impl HubSession<'_> {
+    /// A message on the raw broadcast endpoint: to everyone, as it came.
+    fn broadcast_raw(&self, opcode: OpCode, payload: &[u8]) {
+        self.stats.messages_in.add(1);
+        self.stats.bytes_in.add(payload.len() as u64);
+        self.worker.broadcast(Frames {
+            raw: codec::encode(opcode, payload),
+            ..Frames::default()
+        });
+    }
+}
+
 impl Handler for HubSession<'_> {
     fn on_message(
         &self,
-        _opcode: OpCode,
+        opcode: OpCode,
         buf: &mut [u8],
         payload: Range<usize>,
         out: &mut Vec<Out>,
     ) -> Result<(), Violation> {
+        if self.mailbox.raw {
+            self.broadcast_raw(opcode, &buf[payload]);
+            return Ok(());
+        }
         self.on_data(&buf[payload], out)
     }
 
     fn on_assembled(
         &self,
-        _opcode: OpCode,
+        opcode: OpCode,
         data: Vec<u8>,
         out: &mut Vec<Out>,
     ) -> Result<(), Violation> {
-        self.on_data(&data[codec::MAX_SERVER_HEADER..], out)
+        let payload = &data[codec::MAX_SERVER_HEADER..];
+        if self.mailbox.raw {
+            self.broadcast_raw(opcode, payload);
+            return Ok(());
+        }
+        self.on_data(payload, out)
     }
 
     fn keep_alive_interval(&self) -> Option<Duration> {
@@ -594,6 +652,9 @@ impl Handler for HubSession<'_> {
     }
 
     fn keep_alive_frame(&self) -> Vec<u8> {
+        if self.mailbox.raw {
+            return codec::encode(OpCode::Ping, b"");
+        }
         match self.mailbox.encoding.get() {
             Encoding::Json => codec::encode(OpCode::Text, b"{\"type\":6}\x1e"),
             // A Ping, [6], behind its length.

@@ -839,14 +839,21 @@ impl<'w> Core<'w> {
                     };
                     Stage::Echo(ws(handler, options, deflate))
                 }
-                Endpoint::Hub => {
-                    let handler = HubSession::new(
-                        worker.hub.clone(),
-                        stats,
-                        options.hub_keep_alive(),
-                        options.max_message_size,
-                        options.max_pending_bytes,
-                    );
+                Endpoint::Hub | Endpoint::Broadcast => {
+                    let (hub, max) = (worker.hub.clone(), options.max_message_size);
+                    let pending = options.max_pending_bytes;
+                    let handler = match endpoint {
+                        Endpoint::Hub => {
+                            HubSession::new(hub, stats, options.hub_keep_alive(), max, pending)
+                        }
+                        _ => HubSession::raw_broadcast(
+                            hub,
+                            stats,
+                            options.keep_alive(),
+                            max,
+                            pending,
+                        ),
+                    };
                     Stage::Hub(Box::new(ws(handler, options, deflate)))
                 }
             };
