@@ -411,6 +411,68 @@ fn hub_fallback_transports_are_measured_and_checked() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// --scenario broadcast against the engine on two workers: the hub's
+/// SendToAll in both encodings and over both fallbacks, and the raw
+/// broadcast endpoint; every delivery to every connection checked, none
+/// missing or duplicated.
+#[test]
+fn broadcasts_reach_every_connection_across_workers() {
+    use loadgen::options::{HubEncoding, HubTransport, Scenario};
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-broadcast-{}", std::process::id()));
+    let engine = Engine::start("io-uring", &["--threads", "2"]);
+    for (path, protocol, encoding, transport) in [
+        (
+            "/hub",
+            Protocol::Hub,
+            HubEncoding::Json,
+            HubTransport::Websockets,
+        ),
+        (
+            "/hub",
+            Protocol::Hub,
+            HubEncoding::Messagepack,
+            HubTransport::Websockets,
+        ),
+        ("/hub", Protocol::Hub, HubEncoding::Json, HubTransport::Sse),
+        (
+            "/hub",
+            Protocol::Hub,
+            HubEncoding::Messagepack,
+            HubTransport::Longpolling,
+        ),
+        (
+            "/broadcast",
+            Protocol::Raw,
+            HubEncoding::Json,
+            HubTransport::Websockets,
+        ),
+    ] {
+        let mut run = args(&engine, protocol, Some(200.0), Io::Auto, dir.join("b.json"));
+        run.load.url = engine.url(path);
+        run.load.hub_encoding = encoding;
+        run.load.transport = transport;
+        run.load.scenario = Scenario::Broadcast;
+        run.load.connections = 20;
+        run.load.senders = 3;
+        run.load.in_flight = 1;
+        run.load.size = 48;
+        run.load.duration = 1.0;
+        let case = format!("{path} {encoding:?} {transport:?}");
+        let result = loadgen::run::run(&run).expect("the broadcast runs");
+        let s = &result.summary;
+        assert_eq!(s.errors.total(), 0, "{case}: {:?}", s.errors);
+        let sent = s.broadcasts_sent.unwrap();
+        assert!(sent >= 200, "{case}: {sent} sent");
+        // Deliveries in the measured second: about 200 × 20.
+        assert!(s.messages > 2000, "{case}: {} deliveries", s.messages);
+        assert!(result.label.contains("broadcast"), "{}", result.label);
+    }
+    let stats = engine.wait_for_no_connections();
+    assert_eq!(stats["totals"]["closes"]["1006"], 0, "{stats}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// --connection-stages against the engine: a second with no connection
 /// sending carries (almost) nothing, the seconds around it carry the load,
 /// on both clients, and every connection stays open throughout.

@@ -305,3 +305,47 @@ fn messagepack_invocations_are_answered_by_the_official_protocol() {
         assert_eq!(result.load.hub_encoding, HubEncoding::Messagepack);
     }
 }
+
+/// --scenario broadcast against Python's websockets broadcasting every
+/// message to every connection: all deliveries counted and checked; then
+/// with deliveries dropped and duplicated by the server, loadgen counts
+/// exactly those.
+#[test]
+fn broadcast_deliveries_are_counted_missing_and_duplicated_ones_too() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let run = |server: &Server| {
+        let mut run = run_args(&format!("ws://127.0.0.1:{}/", server.port));
+        run.load.scenario = loadgen::options::Scenario::Broadcast;
+        run.load.connections = 10;
+        run.load.senders = 2;
+        run.load.rate = Some(100.0);
+        run.load.size = 64;
+        loadgen::run::run(&run).expect("the broadcast runs")
+    };
+    let clean = Server::start(&["--broadcast"]);
+    let result = run(&clean);
+    let s = &result.summary;
+    assert_eq!(s.errors.total(), 0, "{:?}", s.errors);
+    let sent = s.broadcasts_sent.unwrap();
+    // 100 a second for 1.2 s, give or take the last one.
+    assert!((110..=121).contains(&sent), "{sent}");
+    assert!(s.messages > 0 && s.messages <= sent * 10, "{}", s.messages);
+    let faulty = Server::start(&[
+        "--broadcast",
+        "--drop-every",
+        "7",
+        "--duplicate-every",
+        "11",
+    ]);
+    let result = run(&faulty);
+    let (e, sent) = (
+        &result.summary.errors,
+        result.summary.broadcasts_sent.unwrap(),
+    );
+    let deliveries = sent * 10;
+    // Over the deliveries the server attempted: every 7th dropped; every
+    // 11th sent twice, unless it was dropped first (every 77th).
+    assert_eq!(e.missing, deliveries / 7, "{e:?}");
+    assert_eq!(e.duplicated, deliveries / 11 - deliveries / 77, "{e:?}");
+    assert_eq!((e.mismatches, e.unexpected_frames), (0, 0), "{e:?}");
+}

@@ -114,6 +114,81 @@ impl Hub {
         }
     }
 
+    /// Appends `SendToAll(payload)`, an invocation without an id (no answer
+    /// comes back but the broadcast itself), as the official client's
+    /// `send` writes it.
+    pub fn write_send_to_all(self, payload: &[u8], out: &mut Vec<u8>) {
+        match self.encoding {
+            HubEncoding::Json => {
+                out.extend_from_slice(b"{\"type\":1,\"target\":\"SendToAll\",\"arguments\":[\"");
+                out.extend_from_slice(payload);
+                out.extend_from_slice(b"\"]}\x1e");
+            }
+            HubEncoding::Messagepack => {
+                // [1, {}, nil, "SendToAll", [payload], []]
+                let header = self.payload_header(payload.len());
+                let body = 3 + 1 + 10 + 1 + header + payload.len() + 1;
+                hub_msgpack::write_length(out, body);
+                out.extend_from_slice(&[0x96, 0x01, 0x80, 0xC0]);
+                out.extend_from_slice(b"\xa9SendToAll\x91");
+                out.extend_from_slice(&self.header_of(payload.len())[..header]);
+                out.extend_from_slice(payload);
+                out.push(0x90);
+            }
+        }
+    }
+
+    /// Reads a message the server broadcast: the payload of `Receive(x)`
+    /// (a string in JSON; a string or bytes, as sent, in MessagePack).
+    pub fn read_receive<'a>(self, message: &'a [u8]) -> Received<'a> {
+        match self.encoding {
+            HubEncoding::Json => {
+                let exact = message
+                    .strip_prefix(RECEIVE_HEAD)
+                    .and_then(|rest| rest.strip_suffix(b"\"]}".as_slice()));
+                if let Some(payload) = exact {
+                    return Received::Payload(Cow::Borrowed(payload));
+                }
+                match serde_json::from_slice::<Invocation>(message) {
+                    Ok(call) if call.kind == 1 && call.target.as_deref() == Some("Receive") => {
+                        match call.arguments.as_deref() {
+                            Some([value]) => {
+                                Received::Payload(Cow::Owned(value.as_bytes().to_vec()))
+                            }
+                            _ => Received::Unexpected,
+                        }
+                    }
+                    Ok(call) if call.kind == 6 => Received::Ping,
+                    Ok(call) if call.kind == 7 => Received::Close,
+                    _ => Received::Unexpected,
+                }
+            }
+            HubEncoding::Messagepack => {
+                let Ok(call) = hub_msgpack::parse(message) else {
+                    return Received::Unexpected;
+                };
+                match (call.kind, call.target, call.arguments.as_slice()) {
+                    (1, Some("Receive"), [value]) => {
+                        let mut rest = *value;
+                        let len = match self.message_type {
+                            MessageType::Text => rmp::decode::read_str_len(&mut rest).ok(),
+                            MessageType::Binary => rmp::decode::read_bin_len(&mut rest).ok(),
+                        };
+                        match len {
+                            Some(len) if len as usize == rest.len() => {
+                                Received::Payload(Cow::Borrowed(rest))
+                            }
+                            _ => Received::Unexpected,
+                        }
+                    }
+                    (6, _, _) => Received::Ping,
+                    (7, _, _) => Received::Close,
+                    _ => Received::Unexpected,
+                }
+            }
+        }
+    }
+
     /// Reads one record or message (without its separator or length), as
     /// [`read_record`] does for JSON.
     pub fn read(self, message: &[u8], expected: Option<u64>, pattern: &Pattern) -> Said {
@@ -184,6 +259,30 @@ pub fn invocation(seq: u64, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(INVOCATION_ID);
     out.extend_from_slice(decimal(seq, &mut [0; 20]));
     out.extend_from_slice(INVOCATION_END);
+}
+
+/// How the engine (and ASP.NET Core) write `Receive("<payload>")`: the
+/// payload between this and `"]}`.
+const RECEIVE_HEAD: &[u8] = b"{\"type\":1,\"target\":\"Receive\",\"arguments\":[\"";
+
+/// A broadcast message, as a receiver reads it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received<'a> {
+    Payload(Cow<'a, [u8]>),
+    Ping,
+    Close,
+    Unexpected,
+}
+
+/// The fields of an invocation that a receiver of broadcasts reads.
+#[derive(Deserialize)]
+struct Invocation<'a> {
+    #[serde(rename = "type")]
+    kind: u8,
+    #[serde(borrow, default)]
+    target: Option<Cow<'a, str>>,
+    #[serde(default)]
+    arguments: Option<Vec<String>>,
 }
 
 /// What a server's record is to loadgen.
@@ -457,6 +556,59 @@ mod tests {
             bytes.read(&completion, Some(3), &pattern),
             Said::Completion { ok: false }
         );
+    }
+
+    /// SendToAll as the engine's own reader sees it, and Receive as the
+    /// engine writes it, read back, in both encodings.
+    #[test]
+    fn broadcasts_are_written_and_read_in_both_encodings() {
+        let json = Hub {
+            encoding: HubEncoding::Json,
+            message_type: MessageType::Text,
+        };
+        let mut out = Vec::new();
+        json.write_send_to_all(b"abc", &mut out);
+        let value: serde_json::Value = serde_json::from_slice(&out[..out.len() - 1]).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"type": 1, "target": "SendToAll", "arguments": ["abc"]})
+        );
+        let receive = b"{\"type\":1,\"target\":\"Receive\",\"arguments\":[\"abc\"]}";
+        assert_eq!(
+            json.read_receive(receive),
+            Received::Payload(Cow::Borrowed(b"abc"))
+        );
+        let spaced = b"{ \"arguments\": [\"abc\"], \"target\": \"Receive\", \"type\": 1 }";
+        assert_eq!(
+            json.read_receive(spaced),
+            Received::Payload(Cow::Borrowed(b"abc"))
+        );
+        assert_eq!(json.read_receive(b"{\"type\":6}"), Received::Ping);
+        for message_type in [MessageType::Text, MessageType::Binary] {
+            let packed = Hub {
+                encoding: HubEncoding::Messagepack,
+                message_type,
+            };
+            out.clear();
+            packed.write_send_to_all(b"xyz", &mut out);
+            let mut bodies = Vec::new();
+            packed.records().feed(&out, |b| bodies.push(b.to_vec()));
+            assert_eq!(bodies.len(), 1, "the length prefix covers the body");
+            let call = hub_msgpack::parse(&bodies[0]).unwrap();
+            assert_eq!(
+                (call.kind, call.target, call.invocation_id),
+                (1, Some("SendToAll"), None)
+            );
+            // Receive(x) as the engine writes it, from that argument.
+            let mut receive = Vec::new();
+            hub_msgpack::Writer(&mut receive).invocation(None, "Receive", call.arguments[0]);
+            let mut body = Vec::new();
+            packed.records().feed(&receive, |b| body = b.to_vec());
+            assert_eq!(
+                packed.read_receive(&body),
+                Received::Payload(Cow::Borrowed(b"xyz"))
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! [`report`] and [`plot`] put runs side by side; [`options`] defines the
 //! command line.
 
+pub mod broadcast;
 pub mod client;
 pub mod cluster;
 pub mod hub;

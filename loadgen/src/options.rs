@@ -499,6 +499,23 @@ pub struct LoadConfig {
     #[serde(default, skip_serializing_if = "HubTransport::is_websockets")]
     pub transport: HubTransport,
 
+    /// What the connections do: `echo` (each message comes back to its
+    /// sender), or `broadcast`: --senders connections send, at --rate in
+    /// all, messages the server delivers to every connection (the hub's
+    /// SendToAll with --protocol hub; with raw, --url names the server's
+    /// broadcast endpoint, such as ringecho's /broadcast). Every delivery
+    /// is checked, its latency measured from when it was due, and missing
+    /// or duplicated deliveries counted. Runs on the epoll client.
+    #[arg(long, value_enum, default_value_t = Scenario::Echo)]
+    #[serde(default, skip_serializing_if = "Scenario::is_echo")]
+    pub scenario: Scenario,
+
+    /// With --scenario broadcast: how many connections send (the first
+    /// ones); every connection, senders included, receives.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[serde(default = "one_sender", skip_serializing_if = "is_one_sender")]
+    pub senders: u32,
+
     /// Closed loop: messages outstanding per connection (pipelining).
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "rate")]
     pub in_flight: u32,
@@ -822,6 +839,30 @@ impl HubEncoding {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Every message back to its sender.
+    #[default]
+    Echo,
+    /// Every message to every connection.
+    Broadcast,
+}
+
+impl Scenario {
+    fn is_echo(&self) -> bool {
+        *self == Scenario::Echo
+    }
+}
+
+fn one_sender() -> u32 {
+    1
+}
+
+fn is_one_sender(n: &u32) -> bool {
+    *n == 1
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HubTransport {
     /// One WebSocket per connection.
     #[default]
@@ -964,6 +1005,40 @@ impl LoadConfig {
         }
         if self.hub_encoding != HubEncoding::Json && self.protocol != Protocol::Hub {
             return Err("--hub-encoding is for --protocol hub".into());
+        }
+        if self.scenario == Scenario::Broadcast {
+            let needs = |what: &str| Err(format!("--scenario broadcast {what}"));
+            if self.rate.is_none() {
+                return needs(
+                    "sends at a constant rate: give --rate (messages sent per second, in all)",
+                );
+            }
+            if self.senders > self.connections {
+                return Err(format!(
+                    "--senders {} exceeds --connections {}",
+                    self.senders, self.connections
+                ));
+            }
+            if self.payload_size() < crate::broadcast::HEADER {
+                return needs(&format!(
+                    "needs --size {} or more (each payload says who sent it, and when)",
+                    crate::broadcast::HEADER
+                ));
+            }
+            if self.io == Io::IoUring {
+                return needs("runs on the epoll client: use --io epoll (or auto)");
+            }
+            if self.shard.is_some() || !self.connection_stages.is_empty() || !self.stages.is_empty()
+            {
+                return needs("runs in one process at one rate: leave out --shard and the stages");
+            }
+            if self.deflate || self.payload_file.is_some() {
+                return needs(
+                    "sends its own payloads, uncompressed: leave out --deflate and --payload-file",
+                );
+            }
+        } else if self.senders != 1 {
+            return Err("--senders is for --scenario broadcast".into());
         }
         if self.transport.is_fallback() {
             if self.protocol != Protocol::Hub {
@@ -1115,6 +1190,10 @@ impl LoadConfig {
         if self.transport.is_fallback() {
             args.extend(["--transport".into(), name(&self.transport)]);
         }
+        if self.scenario == Scenario::Broadcast {
+            args.extend(["--scenario".into(), name(&self.scenario)]);
+            args.extend(["--senders".into(), self.senders.to_string()]);
+        }
         if self.payload_file.is_none() {
             args.extend(["--payload".into(), name(&self.payload)]);
         }
@@ -1181,6 +1260,7 @@ impl LoadConfig {
                     .collect();
                 format!("stages {} msg/s", targets.join("→"))
             }
+            Some(rate) if self.scenario == Scenario::Broadcast => format!("{rate} sent/s"),
             Some(rate) => format!("{rate} msg/s"),
             None if !self.connection_stages.is_empty() => {
                 let counts: Vec<String> = std::iter::once(0)
@@ -1214,6 +1294,12 @@ impl LoadConfig {
             (None, PayloadKind::Words) => " words".into(),
             (None, PayloadKind::Utf8) => " UTF-8".into(),
         };
+        if self.scenario == Scenario::Broadcast {
+            return format!(
+                "{protocol}broadcast, {} of {} connections sending {} B{words}, {mode}",
+                self.senders, self.connections, self.size
+            );
+        }
         format!(
             "{protocol}{deflate}{} × {} B{words}, {mode}",
             self.connections, self.size

@@ -124,6 +124,18 @@ pub fn summary(result: &RunResult) -> String {
             lag.max
         ));
     }
+    if let Some(sent) = s.broadcasts_sent {
+        out.push_str(&format!(
+            "broadcast: {sent} sent by {} connection{} ({:.0}/s over the run), each due at {} connections; \
+             msgs/s counts deliveries; missing {}, duplicated {}\n",
+            load.senders,
+            if load.senders == 1 { "" } else { "s" },
+            sent as f64 / (load.warmup + load.duration),
+            s.connections,
+            s.errors.missing,
+            s.errors.duplicated
+        ));
+    }
     if let Some(warning) = &s.bottleneck {
         out.push_str(&format!("WARNING: {warning}\n"));
     }
@@ -179,8 +191,14 @@ pub fn summary(result: &RunResult) -> String {
     let e = &s.errors;
     if e.total() > 0 || s.unanswered > 0 {
         out.push_str(&format!(
-            "errors: {} mismatched echoes, {} unexpected frames, {} unexpected closes, {} failed connections; {} messages unanswered\n",
-            e.mismatches, e.unexpected_frames, e.unexpected_closes, e.connect_failures, s.unanswered
+            "errors: {} mismatched echoes, {} unexpected frames, {} unexpected closes, {} failed connections{}; {} messages unanswered\n",
+            e.mismatches, e.unexpected_frames, e.unexpected_closes, e.connect_failures,
+            if s.broadcasts_sent.is_some() {
+                format!(", {} missing and {} duplicated deliveries", e.missing, e.duplicated)
+            } else {
+                String::new()
+            },
+            s.unanswered
         ));
     }
     out

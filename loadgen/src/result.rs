@@ -213,6 +213,10 @@ pub struct Summary {
     /// before shards); a merge checks that its parts' windows agree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
+    /// Broadcast: messages sent, over the whole run (warm-up included); each
+    /// was due at every connection. `messages` counts deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcasts_sent: Option<u64>,
 }
 
 /// A measured window on the wall clock, seconds since the Unix epoch.
@@ -314,6 +318,10 @@ impl Summary {
     }
 }
 
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 fn one() -> u64 {
     1
 }
@@ -327,6 +335,12 @@ pub struct Errors {
     /// Connections the server closed or reset during the run.
     pub unexpected_closes: u64,
     pub connect_failures: u64,
+    /// Broadcast: deliveries that never came (sent × receivers, less those
+    /// delivered), and deliveries that came twice.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub missing: u64,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub duplicated: u64,
     /// The connect failures by kind: "refused", "timeout", "reset",
     /// "HTTP 503" (the handshake's answer), "other".
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -344,7 +358,12 @@ impl Errors {
     }
 
     pub fn total(&self) -> u64 {
-        self.mismatches + self.unexpected_frames + self.unexpected_closes + self.connect_failures
+        self.mismatches
+            + self.unexpected_frames
+            + self.unexpected_closes
+            + self.connect_failures
+            + self.missing
+            + self.duplicated
     }
 
     pub fn add(&mut self, other: &Errors) {
@@ -352,6 +371,8 @@ impl Errors {
         self.unexpected_frames += other.unexpected_frames;
         self.unexpected_closes += other.unexpected_closes;
         self.connect_failures += other.connect_failures;
+        self.missing += other.missing;
+        self.duplicated += other.duplicated;
         for (kind, n) in &other.connect_failures_by_kind {
             *self
                 .connect_failures_by_kind

@@ -421,6 +421,7 @@ pub(crate) fn load_thread(
     let counts = Counts {
         errors: thread.errors.clone(),
         unanswered,
+        ..Counts::default()
     };
     let _ = to_main.send(Report::Done {
         histogram: thread.latency,

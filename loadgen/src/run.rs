@@ -20,8 +20,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::client::{self, Decoder, Encoder, Incoming, Target};
+use crate::hub::Received;
 use crate::hub::{Hub, Said};
-use crate::options::{Io, LoadConfig, MessageType, Protocol, RunArgs};
+use crate::options::{Io, LoadConfig, MessageType, Protocol, RunArgs, Scenario};
 use crate::payload::Pattern;
 use crate::result::{self, Errors, Histograms, Percentiles, RunResult, Summary};
 use crate::schedule::Schedule;
@@ -241,6 +242,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     }
 
     errors.add(&counts.errors);
+    if load.scenario == Scenario::Broadcast {
+        // Every message sent was due at every open connection.
+        errors.missing = (counts.sent * connected).saturating_sub(counts.delivered);
+        errors.duplicated = counts.duplicated;
+    }
     // The whole seconds of warm-up and measurement that every thread
     // reported; the drain after the end is not part of the run.
     let whole = (load.warmup + load.duration).ceil() as usize;
@@ -270,6 +276,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         unpinned_threads: unpinned.load(Ordering::Relaxed),
         connecting_secs: Some(connecting_secs),
         window: Some(window),
+        broadcasts_sent: (load.scenario == Scenario::Broadcast).then_some(counts.sent),
     };
     summary.bottleneck = summary.bottleneck_warning(load.threads, load.rate.is_none());
     let mut result = RunResult {
@@ -308,8 +315,10 @@ fn resolve_io(load: &LoadConfig) -> anyhow::Result<Io> {
     match load.io {
         // Only the tokio client speaks TLS.
         Io::Auto if load.url.starts_with("wss://") => Ok(Io::Epoll),
-        // Only the tokio client speaks the hub's fallback transports.
+        // Only the tokio client speaks the hub's fallback transports, and
+        // runs broadcasts.
         Io::Auto if load.transport.is_fallback() => Ok(Io::Epoll),
+        Io::Auto if load.scenario == Scenario::Broadcast => Ok(Io::Epoll),
         Io::Auto if crate::ring::available() => Ok(Io::IoUring),
         Io::Auto | Io::Epoll => Ok(Io::Epoll),
         Io::IoUring => {
@@ -439,12 +448,19 @@ pub(crate) enum Report {
 pub(crate) struct Counts {
     pub(crate) errors: Errors,
     pub(crate) unanswered: u64,
+    /// Broadcast: messages sent; deliveries, new and duplicated.
+    pub(crate) sent: u64,
+    pub(crate) delivered: u64,
+    pub(crate) duplicated: u64,
 }
 
 impl Counts {
     fn add(&mut self, other: &Counts) {
         self.errors.add(&other.errors);
         self.unanswered += other.unanswered;
+        self.sent += other.sent;
+        self.delivered += other.delivered;
+        self.duplicated += other.duplicated;
     }
 }
 
@@ -456,7 +472,6 @@ struct ThreadState {
     message_type: MessageType,
     rate: Option<f64>,
     in_flight: u32,
-    connections: u32,
     /// --connection-stages: from the start, how many connections send.
     sending: Option<(Instant, crate::schedule::Profile)>,
     /// Echoes completing in [measure_from, end] are measured.
@@ -471,6 +486,11 @@ struct ThreadState {
     unexpected_frames: Cell<u64>,
     unexpected_closes: Cell<u64>,
     unanswered: Cell<u64>,
+    /// --scenario broadcast: how many connections send (the first ids).
+    senders: Option<u32>,
+    sent: Cell<u64>,
+    delivered: Cell<u64>,
+    duplicated: Cell<u64>,
 }
 
 async fn load_thread(
@@ -496,7 +516,6 @@ async fn load_thread(
         message_type: load.message_type,
         rate: load.rate,
         in_flight: load.in_flight,
-        connections: load.connections,
         sending: crate::schedule::Profile::connections_of(&load).map(|p| (start, p)),
         measure_from: start + Duration::from_secs_f64(load.warmup),
         end: start + Duration::from_secs_f64(load.warmup + load.duration),
@@ -507,6 +526,10 @@ async fn load_thread(
         unexpected_frames: Cell::new(0),
         unexpected_closes: Cell::new(0),
         unanswered: Cell::new(0),
+        senders: (load.scenario == Scenario::Broadcast).then_some(load.senders),
+        sent: Cell::new(0),
+        delivered: Cell::new(0),
+        duplicated: Cell::new(0),
     });
 
     tokio::time::sleep_until(start).await;
@@ -521,7 +544,10 @@ async fn load_thread(
         .collect();
     let pacer = load.rate.map(|_| {
         let profile = crate::schedule::Profile::of(&load);
-        tokio::task::spawn_local(pace(start, profile, state.clone(), talks))
+        // A broadcast's rate is shared by its senders alone.
+        let spread = state.senders.unwrap_or(load.connections);
+        talks.retain(|(id, _)| *id < spread);
+        tokio::task::spawn_local(pace(start, profile, spread, state.clone(), talks))
     });
 
     // The live line: this thread's last second, every second.
@@ -564,6 +590,9 @@ async fn load_thread(
             ..Errors::default()
         },
         unanswered: state.unanswered.get(),
+        sent: state.sent.get(),
+        delivered: state.delivered.get(),
+        duplicated: state.duplicated.get(),
     };
     let histogram = state.latency.replace(result::new_histogram());
     let send_lag = state.send_lag.replace(result::new_histogram());
@@ -661,6 +690,7 @@ pub(crate) async fn connect_share(
 async fn pace(
     start: Instant,
     profile: crate::schedule::Profile,
+    spread: u32,
     state: Rc<ThreadState>,
     talks: Vec<(u32, Rc<Conversation>)>,
 ) {
@@ -668,7 +698,7 @@ async fn pace(
     let profile = Rc::new(profile);
     let schedules: Vec<Schedule> = talks
         .iter()
-        .map(|(id, _)| Schedule::new(start, profile.clone(), state.connections, *id))
+        .map(|(id, _)| Schedule::new(start, profile.clone(), spread, *id))
         .collect();
     let mut next: std::collections::BinaryHeap<Reverse<(Instant, usize, u64)>> = schedules
         .iter()
@@ -837,7 +867,22 @@ async fn write_loop(mut write: Sink, state: Rc<ThreadState>, talk: Rc<Conversati
         for pong in talk.pongs.borrow_mut().drain(..) {
             encoder.encode(OpCode::Pong, &pong, &mut frame);
         }
-        if let Some(hub) = state.hub {
+        if state.senders.is_some() {
+            // A broadcast: who sends, which, and when it was due.
+            payload.clear();
+            crate::broadcast::write(&state.pattern, talk.id, seq, due.into_std(), &mut payload);
+            match state.hub {
+                Some(hub) => {
+                    record.clear();
+                    hub.write_send_to_all(&payload, &mut record);
+                    if matches!(write, Sink::Socket(_)) {
+                        encoder.encode(hub.opcode(), &record, &mut frame);
+                    }
+                }
+                None => encoder.encode(opcode, &payload, &mut frame),
+            }
+            bump(&state.sent);
+        } else if let Some(hub) = state.hub {
             // The payload straight into the invocation: one copy.
             record.clear();
             hub.write_invocation(seq, state.pattern.size(), &mut record, |out| {
@@ -850,7 +895,9 @@ async fn write_loop(mut write: Sink, state: Rc<ThreadState>, talk: Rc<Conversati
             state.pattern.write(seq, &mut payload);
             encoder.encode(opcode, &payload, &mut frame);
         }
-        talk.in_flight.borrow_mut().push_back((seq, due));
+        if state.senders.is_none() {
+            talk.in_flight.borrow_mut().push_back((seq, due));
+        }
         let now = Instant::now();
         if state.rate.is_some() && now >= state.measure_from && now <= state.end {
             let lag = now.saturating_duration_since(due).as_micros() as u64;
@@ -869,10 +916,13 @@ async fn write_loop(mut write: Sink, state: Rc<ThreadState>, talk: Rc<Conversati
         }
         seq += 1;
     }
-    // The run is over: wait for outstanding echoes, then close.
+    // The run is over: wait for outstanding echoes, then close. A
+    // broadcast's receivers wait out the drain: deliveries sent by others
+    // just before the end may still come.
     let drained = state.end + DRAIN;
-    while !talk.in_flight.borrow().is_empty() && !talk.reader_done.get() && Instant::now() < drained
-    {
+    let waits =
+        |talk: &Conversation| state.senders.is_some() || !talk.in_flight.borrow().is_empty();
+    while waits(&talk) && !talk.reader_done.get() && Instant::now() < drained {
         tokio::select! {
             () = talk.wake.notified() => {
                 if flush_pongs(&mut write, &mut encoder, &talk).await.is_err() { return; }
@@ -918,6 +968,7 @@ async fn read_loop(
     talk: Rc<Conversation>,
 ) {
     let mut records = state.hub.map(Hub::records).unwrap_or_default();
+    let mut receiver = Receiver::default();
     loop {
         let incoming = decoder.next().await;
         let now = Instant::now();
@@ -929,6 +980,21 @@ async fn read_loop(
             {
                 let hub = state.hub.expect("a hub connection");
                 let mut server_closed = false;
+                if state.senders.is_some() {
+                    records.feed(data, |message| match hub.read_receive(message) {
+                        Received::Payload(payload) => receiver.deliver(&state, &payload, now),
+                        Received::Ping => {}
+                        Received::Close => server_closed = true,
+                        Received::Unexpected => bump(&state.unexpected_frames),
+                    });
+                    if server_closed {
+                        if !talk.closing.get() {
+                            bump(&state.unexpected_closes);
+                        }
+                        break;
+                    }
+                    continue;
+                }
                 records.feed(data, |record| {
                     let expected = talk.in_flight.borrow().front().map(|&(seq, _)| seq);
                     match hub.read(record, expected, &state.pattern) {
@@ -957,6 +1023,16 @@ async fn read_loop(
             }
             Ok(Incoming::Binary(_)) | Ok(Incoming::Text(_)) if state.hub.is_some() => {
                 bump(&state.unexpected_frames)
+            }
+            Ok(Incoming::Binary(payload)) | Ok(Incoming::Text(payload))
+                if state.senders.is_some() =>
+            {
+                let is_text = matches!(incoming, Ok(Incoming::Text(_)));
+                if is_text != (state.message_type == MessageType::Text) {
+                    bump(&state.mismatches);
+                    continue;
+                }
+                receiver.deliver(&state, payload, now);
             }
             Ok(Incoming::Binary(payload)) | Ok(Incoming::Text(payload)) => {
                 let is_text = matches!(incoming, Ok(Incoming::Text(_)));
@@ -996,6 +1072,33 @@ async fn read_loop(
     }
     talk.reader_done.set(true);
     talk.wake.notify_one();
+}
+
+/// One receiver's bookkeeping of broadcast deliveries.
+#[derive(Default)]
+struct Receiver {
+    tracker: crate::broadcast::Tracker,
+    /// The expected payload, rebuilt to check each delivery.
+    scratch: Vec<u8>,
+}
+
+impl Receiver {
+    /// Checks one delivery and measures it from when it was due.
+    fn deliver(&mut self, state: &ThreadState, payload: &[u8], now: Instant) {
+        use crate::broadcast::Verdict;
+        let Some(delivery) = crate::broadcast::read(&state.pattern, payload, &mut self.scratch)
+        else {
+            bump(&state.mismatches);
+            return;
+        };
+        match self.tracker.judge(&delivery) {
+            Verdict::Duplicate => bump(&state.duplicated),
+            Verdict::New { .. } => {
+                bump(&state.delivered);
+                record_latency(state, Instant::from_std(delivery.due), now);
+            }
+        }
+    }
 }
 
 /// Records one echo's latency, counted from when it was due.

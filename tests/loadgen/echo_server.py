@@ -6,9 +6,14 @@ until its standard input closes (so it never outlives the test).
     echo_server.py [--port N] [--tls CERT KEY]
                    [--require-header "Name: value"] [--subprotocol NAME]
                    [--delay-ms MS]
+                   [--broadcast [--drop-every N] [--duplicate-every N]]
 
 --delay-ms holds each echo that long: a connection then echoes at most
 1000/MS messages a second, so throughput counts the connections sending.
+
+--broadcast sends every message to every connection instead of echoing it;
+--drop-every N skips every Nth delivery, --duplicate-every N sends every
+Nth twice: faults for loadgen to find.
 
 Port 0 (the default) picks a free one.
 """
@@ -27,7 +32,32 @@ parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
 parser.add_argument("--require-header")
 parser.add_argument("--subprotocol")
 parser.add_argument("--delay-ms", type=float, default=0)
+parser.add_argument("--broadcast", action="store_true")
+parser.add_argument("--drop-every", type=int, default=0)
+parser.add_argument("--duplicate-every", type=int, default=0)
 args = parser.parse_args()
+
+connected = set()
+deliveries = 0
+
+
+async def broadcast(ws):
+    global deliveries
+    connected.add(ws)
+    try:
+        async for message in ws:
+            for peer in list(connected):
+                deliveries += 1
+                if args.drop_every and deliveries % args.drop_every == 0:
+                    continue
+                copies = 2 if args.duplicate_every and deliveries % args.duplicate_every == 0 else 1
+                for _ in range(copies):
+                    try:
+                        await peer.send(message)
+                    except Exception:
+                        pass
+    finally:
+        connected.discard(ws)
 
 
 async def echo(ws):
@@ -51,7 +81,7 @@ async def main():
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*args.tls)
     async with serve(
-        echo,
+        broadcast if args.broadcast else echo,
         "127.0.0.1",
         args.port,
         ssl=context,
