@@ -92,13 +92,13 @@ pub struct BenchOptions {
 
     /// Protocols to measure, comma-separated: raw WebSocket echo, and Echo
     /// invocations over the SignalR hub protocol (small, medium and large
-    /// cases), set side by side in raw-vs-hub.md.
+    /// cases), set side by side in raw-vs-signalr.md.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "raw,hub")]
     pub protocol: Vec<loadgen::options::Protocol>,
 
     /// The hub's encodings to measure, comma-separated: SignalR's JSON (the
     /// payload a string) and MessagePack (the payload bytes, as the raw
-    /// echo's are); each is set beside the raw echo in raw-vs-hub.md.
+    /// echo's are); each is set beside the raw echo in raw-vs-signalr.md.
     #[arg(
         long,
         value_enum,
@@ -108,8 +108,40 @@ pub struct BenchOptions {
     )]
     pub hub_encoding: Vec<loadgen::options::HubEncoding>,
 
+    /// The hub's transports to measure, comma-separated: websockets (in
+    /// each --hub-encoding), and the fallbacks sse and longpolling (in JSON,
+    /// the official client's default); each is set beside the raw echo in
+    /// raw-vs-signalr.md.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "TRANSPORT,…",
+        value_delimiter = ',',
+        default_value = "websockets,sse,longpolling"
+    )]
+    pub hub_transport: Vec<loadgen::options::HubTransport>,
+
+    /// Broadcast runs: for each count, that many connections receive what
+    /// four of them send: the engine's raw broadcast endpoint, and the
+    /// hub's SendToAll over WebSockets in each --hub-encoding, at
+    /// --broadcast-deliveries a second, 32 B payloads; set side by side in
+    /// raw-vs-signalr.md. 0 skips them.
+    #[arg(
+        long,
+        value_name = "N,…",
+        value_delimiter = ',',
+        default_value = "100,1000"
+    )]
+    pub broadcast_receivers: Vec<u32>,
+
+    /// Deliveries a second each broadcast run asks for (messages sent a
+    /// second × receivers): a constant load, to compare CPU per delivery
+    /// (about a quarter of a core here); 0 skips the broadcast runs.
+    #[arg(long, value_name = "N", default_value_t = 100000.0)]
+    pub broadcast_deliveries: f64,
+
     /// Rounds of every closed-loop run, interleaved (raw then hub of a size,
-    /// back to back): raw-vs-hub.md reports the median ratio with its range.
+    /// back to back): raw-vs-signalr.md reports the median ratio with its range.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub repeat: u32,
 

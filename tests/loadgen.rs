@@ -560,6 +560,12 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
             "300",
             "--storm-limit",
             "200",
+            "--hub-transport",
+            "websockets,longpolling",
+            "--broadcast-receivers",
+            "20",
+            "--broadcast-deliveries",
+            "2000",
             "--quiet",
         ])
         .arg("--out")
@@ -573,9 +579,9 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("[12/12]"),
-        "two configurations × (small raw, small hub in JSON and MessagePack, constant rate, \
-         knee, storm): {stdout}"
+        stdout.contains("[20/20]"),
+        "two configurations × (small raw; small hub in JSON and MessagePack, and in JSON over \
+         long polling; broadcast raw and hub in both encodings; constant rate, knee, storm): {stdout}"
     );
     for backend in ["tokio-uring", "epoll"] {
         let knee = dir.join(format!("{backend}-buf4096-t1-small-knee.json"));
@@ -590,14 +596,26 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
             .join(format!("{backend}-buf4096-t1-small-knee.svg"))
             .exists());
     }
-    let comparison = std::fs::read_to_string(dir.join("raw-vs-hub.md")).unwrap();
+    let comparison = std::fs::read_to_string(dir.join("raw-vs-signalr.md")).unwrap();
     assert!(
-        comparison.contains("| 20 B | 100 | JSON |")
-            && comparison.contains("| 20 B | 100 | MessagePack |")
+        comparison.contains("| 20 B | 100 | JSON over WebSockets |")
+            && comparison.contains("| 20 B | 100 | MessagePack over WebSockets |")
+            && comparison.contains("| 20 B | 100 | JSON over long polling |")
+            && comparison.contains("| 32 B | 20 | SendToAll, JSON |")
+            && comparison.contains("| 32 B | 20 | SendToAll, MessagePack |")
             && comparison.contains("hub/raw throughput"),
         "{comparison}"
     );
-    assert!(dir.join("raw-vs-hub.svg").exists());
+    // No delivery missing or duplicated, no echo wrong: every errors cell 0; 0.
+    assert!(
+        comparison
+            .lines()
+            .filter(|l| l.starts_with("| ") && l.contains(" B |"))
+            .all(|l| l.contains("| 0; 0 |")),
+        "{comparison}"
+    );
+    assert!(dir.join("raw-vs-signalr.svg").exists());
+    assert!(dir.join("raw-vs-signalr-broadcast.svg").exists());
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(
         summary.contains("tokio-uring, 4096 B buffers")
@@ -615,6 +633,9 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
         "epoll-buf4096-t1-small.json",
         "epoll-buf4096-t1-small-hub.json",
         "epoll-buf4096-t1-small-hub-msgpack.json",
+        "epoll-buf4096-t1-small-hub-longpolling.json",
+        "epoll-buf4096-t1-broadcast20.json",
+        "epoll-buf4096-t1-broadcast20-hub-msgpack.json",
         "tokio-uring-buf4096-t1-small-rate.hgrm",
     ] {
         assert!(dir.join(file).exists(), "{file} missing");
