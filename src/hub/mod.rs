@@ -1,7 +1,9 @@
 //! The SignalR hub protocol, as the official client speaks it, in both its
 //! encodings: JSON and MessagePack ([`msgpack`]).
 //!
-//! A hub connection is a WebSocket session whose [`Handler`] is [`HubSession`]:
+//! A hub connection is a session whose [`Handler`] is [`HubSession`], over a
+//! WebSocket or, through [`crate::transports`], over Server-Sent Events or
+//! long polling:
 //! first the handshake, a JSON text record ended by 0x1E, which names the
 //! encoding; then messages: JSON text records ended by 0x1E (several may
 //! share a frame, one may span frames), or MessagePack messages behind
