@@ -980,22 +980,16 @@ async fn read_loop(
             {
                 let hub = state.hub.expect("a hub connection");
                 let mut server_closed = false;
-                if state.senders.is_some() {
-                    records.feed(data, |message| match hub.read_receive(message) {
-                        Received::Payload(payload) => receiver.deliver(&state, &payload, now),
-                        Received::Ping => {}
-                        Received::Close => server_closed = true,
-                        Received::Unexpected => bump(&state.unexpected_frames),
-                    });
-                    if server_closed {
-                        if !talk.closing.get() {
-                            bump(&state.unexpected_closes);
-                        }
-                        break;
-                    }
-                    continue;
-                }
                 records.feed(data, |record| {
+                    if state.senders.is_some() {
+                        match hub.read_receive(record) {
+                            Received::Payload(payload) => receiver.deliver(&state, &payload, now),
+                            Received::Ping => {}
+                            Received::Close => server_closed = true,
+                            Received::Unexpected => bump(&state.unexpected_frames),
+                        }
+                        return;
+                    }
                     let expected = talk.in_flight.borrow().front().map(|&(seq, _)| seq);
                     match hub.read(record, expected, &state.pattern) {
                         Said::Completion { ok } => {
