@@ -550,10 +550,13 @@ impl<'w> Fallback<'w> {
         let options = &self.worker.options;
         let disconnect = options.disconnect_timeout();
         let keep_alive = options.hub_keep_alive();
-        let (mut gone, mut pinged) = (Vec::new(), Vec::new());
+        let (mut ended, mut gone, mut pinged) = (Vec::new(), Vec::new(), Vec::new());
         for (token, connection) in &mut self.connections {
             match &mut connection.kind {
-                Kind::Events { chunks, .. } if chunks.is_closed() => gone.push(token.clone()),
+                // A client ends an event stream by closing it: SSE has no
+                // DELETE, and the official client's Close message races
+                // its EventSource's close (it does not wait for that POST).
+                Kind::Events { chunks, .. } if chunks.is_closed() => ended.push(token.clone()),
                 // Events have no keep-alive of their own: the hub pings.
                 Kind::Events { .. } => {
                     if keep_alive.is_some_and(|every| now - connection.last_sent >= every) {
@@ -574,6 +577,9 @@ impl<'w> Fallback<'w> {
                     None => {}
                 },
             }
+        }
+        for token in ended {
+            self.close(&token, 1000);
         }
         for token in gone {
             self.close(&token, 1006);
