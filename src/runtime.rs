@@ -268,6 +268,7 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
     let transports_thread = {
         let (engine, options, stopped) = (engine.clone(), options.clone(), stopped.clone());
         let index = engine.stats.transports_index();
+        let ready_tx = ready_tx.clone();
         thread::Builder::new()
             .name("ringecho-transports".into())
             .spawn(move || {
@@ -293,10 +294,13 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
                 let runtime = match runtime {
                     Ok(runtime) => runtime,
                     Err(e) => {
-                        tracing::error!("the transports thread cannot start tokio: {e}");
+                        let _ = ready_tx.send(Err(format!("the transports thread: {e}")));
                         return;
                     }
                 };
+                // Ready like a worker: the engine counts as started (and its
+                // descriptors as settled) once this thread has its reactor.
+                let _ = ready_tx.send(Ok(()));
                 let serve = async move {
                     tokio::task::spawn_local(return_free_memory());
                     transports::serve(worker, transports_receiver, transports_inbox, stopped).await
@@ -307,7 +311,8 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
     };
     handles.push(transports_thread);
     drop(ready_tx);
-    for _ in 0..threads {
+    // The workers and the transports thread.
+    for _ in 0..=threads {
         match ready.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

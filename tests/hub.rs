@@ -301,7 +301,7 @@ fn fallback_transports_time_out_idle_polls_and_bound_what_waits() {
             "{backend}: held {waited:?}"
         );
         // No poll for --disconnect-timeout: the connection is gone.
-        std::thread::sleep(Duration::from_millis(2600));
+        std::thread::sleep(Duration::from_millis(3500));
         assert_eq!(
             transport_request(&engine, "POST", &token, echo).0,
             404,
