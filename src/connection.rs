@@ -265,12 +265,7 @@ impl Phase {
     /// A hub connection; `raw`: one of the raw broadcast endpoint.
     async fn hub<S: Io>(self, stream: S, deflate: Option<Agreed>, raw: bool) {
         let (options, stats) = (&self.worker.options, self.worker.stats());
-        let (hub, max) = (self.worker.hub.clone(), options.max_message_size);
-        let pending = options.max_pending_bytes;
-        let hub = match raw {
-            false => HubSession::new(hub, stats, options.hub_keep_alive(), max, pending),
-            true => HubSession::raw_broadcast(hub, stats, options.keep_alive(), max, pending),
-        };
+        let hub = HubSession::configured(self.worker.hub.clone(), stats, options, raw);
         let (initial, shutdown) = (&self.initial, self.shutdown);
         crate::driver::task::run(stream, initial, &hub, deflate, options, stats, shutdown).await;
         stats.open_connections.sub(1);

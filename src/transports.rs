@@ -418,13 +418,7 @@ impl<'w> Fallback<'w> {
         let options = &worker.options;
         let stats = worker.stats();
         stats.open_fallback_connections.add(1);
-        let session = HubSession::new(
-            worker.hub.clone(),
-            stats,
-            options.hub_keep_alive(),
-            options.max_message_size,
-            options.max_pending_bytes,
-        );
+        let session = HubSession::configured(worker.hub.clone(), stats, options, false);
         let connection = Connection {
             session,
             kind,

@@ -40,7 +40,7 @@ use smallvec::SmallVec;
 use tokio::sync::{mpsc, Notify};
 
 use crate::codec::{self, Violation};
-use crate::options::Transport;
+use crate::options::{Options, Transport};
 use crate::session::Handler;
 use crate::session::Out;
 use crate::stats::WorkerStats;
@@ -278,19 +278,24 @@ impl<'a> HubSession<'a> {
         Self::with_mailbox(worker, stats, keep_alive, max_message, max_pending, false)
     }
 
-    /// A connection of the raw broadcast endpoint: every message it sends
-    /// goes, as it is, to every connection of that endpoint on every core,
-    /// itself included, through the hub's per-core queues; it gets no
-    /// answer of its own. It measures what a broadcast costs without the hub
-    /// protocol.
-    pub fn raw_broadcast(
+    /// A session as the engine's options configure it. `raw`: a
+    /// connection of the raw broadcast endpoint, whose every message goes,
+    /// as it is, to every connection of that endpoint on every core, itself
+    /// included, through the hub's per-core queues, with no answer of its
+    /// own (what a broadcast costs without the hub protocol); it keeps alive
+    /// with WebSocket pings, as the echo does, not hub Pings.
+    pub fn configured(
         worker: Rc<HubWorker>,
         stats: &'a WorkerStats,
-        keep_alive: Option<Duration>,
-        max_message: usize,
-        max_pending: u64,
+        options: &Options,
+        raw: bool,
     ) -> Self {
-        Self::with_mailbox(worker, stats, keep_alive, max_message, max_pending, true)
+        let keep_alive = match raw {
+            false => options.hub_keep_alive(),
+            true => options.keep_alive(),
+        };
+        let (max_message, max_pending) = (options.max_message_size, options.max_pending_bytes);
+        Self::with_mailbox(worker, stats, keep_alive, max_message, max_pending, raw)
     }
 
     fn with_mailbox(

@@ -840,20 +840,8 @@ impl<'w> Core<'w> {
                     Stage::Echo(ws(handler, options, deflate))
                 }
                 Endpoint::Hub | Endpoint::Broadcast => {
-                    let (hub, max) = (worker.hub.clone(), options.max_message_size);
-                    let pending = options.max_pending_bytes;
-                    let handler = match endpoint {
-                        Endpoint::Hub => {
-                            HubSession::new(hub, stats, options.hub_keep_alive(), max, pending)
-                        }
-                        _ => HubSession::raw_broadcast(
-                            hub,
-                            stats,
-                            options.keep_alive(),
-                            max,
-                            pending,
-                        ),
-                    };
+                    let raw = endpoint == Endpoint::Broadcast;
+                    let handler = HubSession::configured(worker.hub.clone(), stats, options, raw);
                     Stage::Hub(Box::new(ws(handler, options, deflate)))
                 }
             };
