@@ -480,8 +480,10 @@ struct ThreadState {
     latency: RefCell<Histogram<u64>>,
     /// Constant rate: how late each send left, µs.
     send_lag: RefCell<Histogram<u64>>,
-    /// The current second, for the live line.
-    second: RefCell<Histogram<u64>>,
+    /// The seconds not yet reported, for the live line and the intervals.
+    seconds: RefCell<Seconds>,
+    /// When the run started: second 0 begins here.
+    start: Instant,
     mismatches: Cell<u64>,
     unexpected_frames: Cell<u64>,
     unexpected_closes: Cell<u64>,
@@ -521,7 +523,8 @@ async fn load_thread(
         end: start + Duration::from_secs_f64(load.warmup + load.duration),
         latency: RefCell::new(result::new_histogram()),
         send_lag: RefCell::new(result::new_histogram()),
-        second: RefCell::new(result::new_histogram()),
+        seconds: RefCell::new(Seconds::default()),
+        start,
         mismatches: Cell::new(0),
         unexpected_frames: Cell::new(0),
         unexpected_closes: Cell::new(0),
@@ -558,8 +561,7 @@ async fn load_thread(
             let mut index = 0;
             loop {
                 tokio::time::sleep_until(start + Duration::from_secs(index as u64 + 1)).await;
-                let histogram =
-                    std::mem::replace(&mut *state.second.borrow_mut(), result::new_histogram());
+                let histogram = state.seconds.borrow_mut().take(index);
                 let messages = histogram.len();
                 if to_main
                     .send(Report::Second {
@@ -1095,10 +1097,45 @@ impl Receiver {
     }
 }
 
+/// One thread's per-second histograms, each echo in the second it arrived
+/// in. The ticker that reports a second wakes a little after it ends (tokio's
+/// timers tick in milliseconds and the connections' tasks run first), so a
+/// single current histogram would lend the next second's first echoes to
+/// this one; keyed by arrival, a second holds exactly its own.
+#[derive(Default)]
+struct Seconds {
+    /// The index of `waiting[0]`: every earlier second was reported.
+    first: usize,
+    waiting: VecDeque<Histogram<u64>>,
+}
+
+impl Seconds {
+    fn record(&mut self, second: usize, micros: u64) {
+        // An echo can only arrive after the second it falls in was reported
+        // if the clock went backwards; it then counts in the oldest waiting.
+        let at = second.saturating_sub(self.first);
+        while self.waiting.len() <= at {
+            self.waiting.push_back(result::new_histogram());
+        }
+        self.waiting[at].saturating_record(micros);
+    }
+
+    /// The histogram of `second`, reported once its end has passed; every
+    /// second before it was taken already.
+    fn take(&mut self, second: usize) -> Histogram<u64> {
+        debug_assert_eq!(second, self.first, "seconds are taken in order");
+        self.first += 1;
+        self.waiting
+            .pop_front()
+            .unwrap_or_else(result::new_histogram)
+    }
+}
+
 /// Records one echo's latency, counted from when it was due.
 fn record_latency(state: &ThreadState, due: Instant, now: Instant) {
     let micros = now.saturating_duration_since(due).as_micros().max(1) as u64;
-    state.second.borrow_mut().saturating_record(micros);
+    let second = now.saturating_duration_since(state.start).as_secs() as usize;
+    state.seconds.borrow_mut().record(second, micros);
     if now >= state.measure_from && now <= state.end {
         state.latency.borrow_mut().saturating_record(micros);
     }
@@ -1118,4 +1155,28 @@ fn hub_of(load: &LoadConfig) -> Option<Hub> {
 
 fn incoming_is_text(incoming: &std::io::Result<Incoming>) -> bool {
     matches!(incoming, Ok(Incoming::Text(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seconds;
+
+    #[test]
+    fn each_echo_counts_in_the_second_it_arrived_in() {
+        let mut seconds = Seconds::default();
+        seconds.record(0, 10);
+        // Second 1's first echoes arrive before second 0 is reported.
+        seconds.record(1, 20);
+        seconds.record(1, 30);
+        seconds.record(0, 40);
+        assert_eq!(seconds.take(0).len(), 2);
+        // A second with no echo at all is reported empty.
+        seconds.record(3, 50);
+        assert_eq!(seconds.take(1).len(), 2);
+        assert_eq!(seconds.take(2).len(), 0);
+        assert_eq!(seconds.take(3).len(), 1);
+        // Later than reported (a clock gone backwards): the oldest waiting.
+        seconds.record(1, 60);
+        assert_eq!(seconds.take(4).len(), 1);
+    }
 }
