@@ -360,6 +360,47 @@ fn messagepack_hub_invocations_are_checked_on_both_clients() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Over WebSockets loadgen negotiates first, as the official client does,
+/// and upgrades with its one-use token (which the engine checks); with
+/// --skip-negotiation it goes straight to the hub URL. An engine that does
+/// not offer WebSockets tells the two apart: negotiation finds it missing
+/// from the offer, the skipped upgrade gets the engine's 404.
+#[test]
+fn hub_websockets_negotiate_unless_told_to_skip() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-negotiate-{}", std::process::id()));
+    let engine = Engine::start("io-uring", &["--threads", "2"]);
+    for io in [Io::Auto, Io::Epoll] {
+        for skip in [false, true] {
+            let mut run = args(&engine, Protocol::Hub, None, io, dir.join("n.json"));
+            run.load.skip_negotiation = skip;
+            run.load.duration = 1.0;
+            let result = loadgen::run::run(&run).expect("the run completes");
+            assert_eq!(result.summary.errors.total(), 0, "{io:?} skip {skip}");
+            assert_eq!(result.summary.connections, 20);
+            assert_eq!(result.load.skip_negotiation, skip);
+        }
+    }
+    engine.wait_for_no_connections();
+    let fallbacks_only = Engine::start("epoll", &["--transports", "long-polling"]);
+    for io in [Io::Auto, Io::Epoll] {
+        let mut run = args(&fallbacks_only, Protocol::Hub, None, io, dir.join("f.json"));
+        let why = loadgen::run::run(&run).expect_err("WebSockets are not offered");
+        assert!(
+            format!("{why:#}").contains("20 failed: 20 negotiation"),
+            "{io:?}: {why:#}"
+        );
+        run.load.skip_negotiation = true;
+        let why = loadgen::run::run(&run).expect_err("the upgrade is refused");
+        assert!(
+            format!("{why:#}").contains("20 failed: 20 HTTP 404"),
+            "{io:?}: {why:#}"
+        );
+    }
+    fallbacks_only.wait_for_no_connections();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// --transport sse and longpolling against the engine: negotiation, the
 /// handshake over POST, Echo invocations answered on the event stream or
 /// on polls, closed loop and paced, every completion checked; the

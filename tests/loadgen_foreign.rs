@@ -289,6 +289,8 @@ fn messagepack_invocations_are_answered_by_the_official_protocol() {
     ] {
         let mut run = run_args(&url);
         run.load.protocol = Protocol::Hub;
+        // A hub with no negotiation endpoint: straight to its URL.
+        run.load.skip_negotiation = true;
         run.load.hub_encoding = HubEncoding::Messagepack;
         run.load.io = io;
         run.load.message_type = message_type;

@@ -99,9 +99,13 @@ impl Target {
 /// Opens a TCP connection (from `source` if given), TLS over it for
 /// `wss://`, and performs the WebSocket handshake. Returns the stream and
 /// any bytes read past the server's 101 response.
-pub async fn connect(target: &Target, source: Option<IpAddr>) -> anyhow::Result<(Stream, Vec<u8>)> {
+pub async fn connect(
+    target: &Target,
+    source: Option<IpAddr>,
+    token: Option<&str>,
+) -> anyhow::Result<(Stream, Vec<u8>)> {
     let mut stream = open(target, source).await?;
-    let (request, key) = upgrade_request(target, false);
+    let (request, key) = upgrade_request(target, token, false);
     stream.write_all(request.as_bytes()).await?;
     stream.flush().await?;
     let mut response = Vec::with_capacity(512);
@@ -149,8 +153,9 @@ pub async fn open(target: &Target, source: Option<IpAddr>) -> anyhow::Result<Str
 
 /// What kind of connect failure `why` (an error's text) was: "refused",
 /// "timeout", "reset", "HTTP 503" for a handshake answered with a status,
-/// "TLS" for a TLS handshake that failed (an untrusted certificate), or
-/// "other".
+/// "TLS" for a TLS handshake that failed (an untrusted certificate),
+/// "negotiation" for a hub's negotiation that gave no connection for the
+/// transport, or "other".
 pub fn failure_kind(why: &str) -> String {
     let lower = why.to_ascii_lowercase();
     if let Some(status) = why.strip_prefix("handshake refused: ") {
@@ -162,6 +167,8 @@ pub fn failure_kind(why: &str) -> String {
     }
     let kind = if why.starts_with("TLS: ") {
         "TLS"
+    } else if why.starts_with("negotiation: ") {
+        "negotiation"
     } else if lower.contains("refused") {
         "refused"
     } else if lower.contains("timed out") || lower.contains("no answer within") {
@@ -177,19 +184,26 @@ pub fn failure_kind(why: &str) -> String {
 /// The offer `--deflate` makes: what browsers offer.
 pub const DEFLATE_OFFER: &str = "permessage-deflate; client_max_window_bits";
 
-/// The opening handshake's request for `target`, and its key; `deflate`
+/// The opening handshake's request for `target`, and its key; `token`, a
+/// negotiated hub connection's, goes on the query as `id`; `deflate`
 /// offers permessage-deflate.
-pub fn upgrade_request(target: &Target, deflate: bool) -> (String, String) {
+pub fn upgrade_request(target: &Target, token: Option<&str>, deflate: bool) -> (String, String) {
     let key = base64::engine::general_purpose::STANDARD.encode(random_bytes::<16>());
     let extensions = if deflate {
         format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
     } else {
         String::new()
     };
+    let mut path = target.path.clone();
+    if let Some(token) = token {
+        path.push(if path.contains('?') { '&' } else { '?' });
+        path.push_str("id=");
+        path.extend(url::form_urlencoded::byte_serialize(token.as_bytes()));
+    }
     let mut request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extensions}",
-        target.path, target.host
+        target.host
     );
     let h = &target.handshake;
     if let Some(origin) = &h.origin {
@@ -593,11 +607,42 @@ mod tests {
             "server closed during the handshake",
             "the server accepted none of the offered subprotocols (chat)",
             "TLS: invalid peer certificate: UnknownIssuer",
+            "negotiation: the server does not offer WebSockets (it offered [])",
         ]
         .map(failure_kind);
         assert_eq!(
             kinds,
-            ["refused", "HTTP 503", "timeout", "reset", "reset", "other", "TLS"]
+            [
+                "refused",
+                "HTTP 503",
+                "timeout",
+                "reset",
+                "reset",
+                "other",
+                "TLS",
+                "negotiation"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_negotiated_token_goes_on_the_upgrades_query() {
+        let first_line = |url: &str, token| {
+            let (request, _) = upgrade_request(&Target::parse(url).unwrap(), token, false);
+            request.lines().next().unwrap().to_string()
+        };
+        assert_eq!(
+            first_line("ws://127.0.0.1:1/hub", None),
+            "GET /hub HTTP/1.1"
+        );
+        assert_eq!(
+            first_line("ws://127.0.0.1:1/hub", Some("a-b_c")),
+            "GET /hub?id=a-b_c HTTP/1.1"
+        );
+        // Added to a query the URL has, and escaped as a query value.
+        assert_eq!(
+            first_line("ws://127.0.0.1:1/hub?room=1", Some("x+y/z=")),
+            "GET /hub?room=1&id=x%2By%2Fz%3D HTTP/1.1"
         );
     }
 

@@ -1,8 +1,8 @@
 //! The SignalR hub protocol, client side, in both its encodings (JSON
 //! records, or MessagePack messages behind VarInt lengths, through the
 //! `hub-msgpack` crate the engine uses too): enough to measure `Echo`
-//! invocations. Connections skip negotiation (the WebSocket goes straight to
-//! the hub URL), as the official client's `skipNegotiation` does.
+//! invocations. Negotiation, and the fallback transports, are in
+//! `transport`.
 
 use std::borrow::Cow;
 

@@ -489,15 +489,24 @@ pub struct LoadConfig {
     #[serde(default, skip_serializing_if = "HubEncoding::is_json")]
     pub hub_encoding: HubEncoding,
 
-    /// The hub transport, with --protocol hub: `websockets` (straight to
-    /// the hub URL, as the official client's skipNegotiation), or a
-    /// fallback after negotiation, as the official client does it:
+    /// The hub transport, with --protocol hub: `websockets` (after
+    /// negotiation, unless --skip-negotiation), or a fallback after
+    /// negotiation, as the official client does it:
     /// `sse` (messages back on a Server-Sent Events stream, JSON only) or
     /// `longpolling` (messages back on polls); both send with POSTs, one at
     /// a time per connection. Fallbacks run on the epoll client.
     #[arg(long, value_enum, value_name = "TRANSPORT", default_value_t = HubTransport::Websockets)]
     #[serde(default, skip_serializing_if = "HubTransport::is_websockets")]
     pub transport: HubTransport,
+
+    /// With --protocol hub over WebSockets: connect straight to the hub URL,
+    /// as the official client's skipNegotiation, instead of first asking
+    /// `POST …/negotiate?negotiateVersion=1` for a connection token and
+    /// upgrading at `…?id=TOKEN`. Negotiation is part of connecting, never
+    /// of the measured window.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_negotiation: bool,
 
     /// What the connections do: `echo` (each message comes back to its
     /// sender), or `broadcast`: --senders connections send, at --rate in
@@ -1040,6 +1049,13 @@ impl LoadConfig {
         } else if self.senders != 1 {
             return Err("--senders is for --scenario broadcast".into());
         }
+        if self.skip_negotiation && (self.protocol != Protocol::Hub || self.transport.is_fallback())
+        {
+            return Err(
+                "--skip-negotiation is for --protocol hub over WebSockets (the fallbacks always negotiate)"
+                    .into(),
+            );
+        }
         if self.transport.is_fallback() {
             if self.protocol != Protocol::Hub {
                 return Err("--transport is for --protocol hub".into());
@@ -1189,6 +1205,9 @@ impl LoadConfig {
         }
         if self.transport.is_fallback() {
             args.extend(["--transport".into(), name(&self.transport)]);
+        }
+        if self.skip_negotiation {
+            args.push("--skip-negotiation".into());
         }
         if self.scenario == Scenario::Broadcast {
             args.extend(["--scenario".into(), name(&self.scenario)]);

@@ -165,6 +165,8 @@ struct Opening {
     addr_len: libc::socklen_t,
     key: String,
     began: Instant,
+    /// The negotiated hub connection's token, for the upgrade's `?id=`.
+    token: Option<String>,
 }
 
 /// Writes messages as frames straight into a send buffer: the frame head
@@ -590,6 +592,11 @@ impl Thread<'_> {
             }
             failures.connect_failed(why);
         };
+        let mut negotiator = (self.hub.is_some() && !self.load.skip_negotiation).then(|| {
+            let source = self.load.source_addr.first().copied();
+            crate::transport::BlockingNegotiator::new(self.target, source)
+                .map_err(|e| format!("no runtime to negotiate on: {e}"))
+        });
         let (mut next, mut active) = (0, 0);
         let mut batch = [Cqe::default(); 256];
         let mut next_check = Instant::now();
@@ -609,11 +616,24 @@ impl Thread<'_> {
                 let source = (!self.load.source_addr.is_empty()).then(|| {
                     self.load.source_addr[ids[next] as usize % self.load.source_addr.len()]
                 });
-                match self.start_connect(next, source) {
+                // A hub connection negotiates first, as the official client
+                // does: part of its opening, and of its connect time.
+                let began = Instant::now();
+                let token = match &mut negotiator {
+                    None => Ok(None),
+                    Some(Ok(negotiator)) => {
+                        negotiator.token().map(Some).map_err(|e| format!("{e:#}"))
+                    }
+                    Some(Err(e)) => Err(e.clone()),
+                };
+                match token.and_then(|token| {
+                    self.start_connect(next, source, token, began)
+                        .map_err(|e| e.to_string())
+                }) {
                     Ok(()) => active += 1,
                     Err(e) => {
                         self.conns[next].done = true;
-                        fail(&e.to_string(), next);
+                        fail(&e, next);
                     }
                 }
                 next += 1;
@@ -672,6 +692,8 @@ impl Thread<'_> {
         &mut self,
         key: usize,
         source: Option<std::net::IpAddr>,
+        token: Option<String>,
+        began: Instant,
     ) -> std::io::Result<()> {
         let addr = self.target.addr;
         let domain = if addr.is_ipv4() {
@@ -711,7 +733,8 @@ impl Thread<'_> {
             addr,
             addr_len,
             key: String::new(),
-            began: Instant::now(),
+            began,
+            token,
         });
         let entry = opcode::Connect::new(
             Fd(fd),
@@ -740,7 +763,9 @@ impl Thread<'_> {
             self.finish_open(key, Err(why));
             return;
         }
-        let (request, handshake_key) = client::upgrade_request(self.target, self.load.deflate);
+        let token = conn.opening.as_ref().and_then(|o| o.token.as_deref());
+        let (request, handshake_key) =
+            client::upgrade_request(self.target, token, self.load.deflate);
         if let Some(opening) = conn.opening.as_mut() {
             opening.key = handshake_key;
         }

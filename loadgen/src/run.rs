@@ -126,6 +126,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
         let kinds = &errors.connect_failures_by_kind;
         let hint = if kinds.contains_key("TLS") {
             "is the server's certificate trusted? (--ca FILE, or --insecure for a test certificate)"
+        } else if kinds.contains_key("negotiation") {
+            "the hub's negotiation gave no connection on this transport (--transport; \
+             --skip-negotiation for a hub without negotiation)"
         } else if kinds.keys().any(|k| k.starts_with("HTTP")) {
             "the server refused the WebSocket handshake (its path, --origin, --header?)"
         } else {
@@ -623,6 +626,12 @@ pub(crate) async fn connect_share(
     let mut connect = result::new_histogram();
     let mut failures = Errors::default();
     let mut streams = Vec::with_capacity(ids.len());
+    // One negotiation after another on one HTTP connection per thread.
+    let negotiator = tokio::sync::Mutex::new(crate::transport::Negotiator::new(
+        target,
+        source_for(&load.source_addr, ids.first().copied().unwrap_or(0)),
+    ));
+    let negotiator = &negotiator;
     let attempt = |id: u32, due: Option<Instant>| {
         let source = source_for(&load.source_addr, id);
         let hub = hub_of(load);
@@ -637,13 +646,18 @@ pub(crate) async fn connect_share(
                         .await
                         .map(|link| Link::Fallback(Box::new(link)))
                 }
-                Some(hub) => match client::connect(target, source).await {
+                Some(hub) => match async {
+                    let token = negotiated(negotiator, load).await?;
+                    client::connect(target, source, token.as_deref()).await
+                }
+                .await
+                {
                     Ok((mut stream, leftover)) => client::hub_handshake(&mut stream, leftover, hub)
                         .await
                         .map(|leftover| Link::Socket(stream, leftover)),
                     Err(e) => Err(e),
                 },
-                None => client::connect(target, source)
+                None => client::connect(target, source, None)
                     .await
                     .map(|(stream, leftover)| Link::Socket(stream, leftover)),
             };
@@ -803,6 +817,18 @@ async fn connection(link: Link, talk: Rc<Conversation>, state: Rc<ThreadState>) 
     state
         .unanswered
         .set(state.unanswered.get() + talk.in_flight.borrow().len() as u64);
+}
+
+/// A WebSocket hub connection's negotiated token, or None with
+/// --skip-negotiation.
+async fn negotiated(
+    negotiator: &tokio::sync::Mutex<crate::transport::Negotiator>,
+    load: &LoadConfig,
+) -> anyhow::Result<Option<String>> {
+    if load.skip_negotiation {
+        return Ok(None);
+    }
+    negotiator.lock().await.token().await.map(Some)
 }
 
 /// With --connection-stages, how often a waiting connection looks at the

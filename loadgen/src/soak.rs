@@ -293,7 +293,7 @@ async fn open(
     active: bool,
     counts: Rc<Counts>,
 ) -> anyhow::Result<Held> {
-    let (stream, leftover) = client::connect(target, source).await?;
+    let (stream, leftover) = client::connect(target, source, None).await?;
     let (stop, mut stopped) = oneshot::channel();
     let task = tokio::task::spawn_local(async move {
         let (read, mut write) = stream.into_split();

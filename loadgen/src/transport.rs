@@ -8,6 +8,9 @@
 //!
 //! What arrives is handed to the same reader as a WebSocket's messages
 //! ([`Messages`]): an event's data, or a poll's body, is one message.
+//!
+//! WebSocket hub connections negotiate here too ([`Negotiator`]), unless
+//! told to skip it: the token then goes on the upgrade's `?id=`.
 
 use std::io;
 use std::net::IpAddr;
@@ -111,18 +114,20 @@ fn request(
     Ok(builder.body(Full::new(body))?)
 }
 
-/// Negotiates a connection on `transport`, opens its receiving side and
-/// performs the hub handshake: both sides, ready for Echo invocations.
-pub async fn connect(
+/// The hub's path, without the query.
+fn hub_path(target: &Target) -> String {
+    target.path.split('?').next().unwrap_or("/").to_string()
+}
+
+/// One negotiation over `http`, as the official client's: a connection
+/// token for `transport`, which the server must offer.
+async fn negotiate(
+    http: &mut SendRequest<Full<Bytes>>,
     target: &Target,
-    source: Option<IpAddr>,
     transport: HubTransport,
-    hub: Hub,
-) -> anyhow::Result<(Poster, Receiver)> {
-    let path = target.path.split('?').next().unwrap_or("/").to_string();
-    let mut posts = http(target, source).await?;
-    let negotiate = format!("{path}/negotiate?negotiateVersion=1");
-    let answer = posts
+) -> anyhow::Result<String> {
+    let negotiate = format!("{}/negotiate?negotiateVersion=1", hub_path(target));
+    let answer = http
         .send_request(request(
             target,
             hyper::Method::POST,
@@ -137,7 +142,7 @@ pub async fn connect(
         "handshake refused: HTTP/1.1 {status} (negotiation)"
     );
     let negotiated: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| anyhow::anyhow!("negotiation answered with what is not JSON: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("negotiation: the answer is not JSON: {e}"))?;
     let offered = negotiated["availableTransports"]
         .as_array()
         .is_some_and(|all| {
@@ -146,18 +151,98 @@ pub async fn connect(
         });
     anyhow::ensure!(
         offered,
-        "the server does not offer {} (negotiation offered {})",
+        "negotiation: the server does not offer {} (it offered {})",
         transport.signalr_name(),
         negotiated["availableTransports"]
     );
-    let token = negotiated["connectionToken"]
+    negotiated["connectionToken"]
         .as_str()
         .or_else(|| negotiated["connectionId"].as_str())
-        .ok_or_else(|| anyhow::anyhow!("negotiation named no connection token"))?;
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("negotiation: the answer names no connection token"))
+}
+
+/// Negotiates WebSocket connections, one after another on one keep-alive
+/// HTTP/1.1 connection (opened again when the server has closed it): each
+/// token then goes on its connection's upgrade request as `?id=`, as the
+/// official client does unless told skipNegotiation.
+pub struct Negotiator {
+    target: Target,
+    source: Option<IpAddr>,
+    http: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Negotiator {
+    pub fn new(target: &Target, source: Option<IpAddr>) -> Self {
+        Negotiator {
+            target: target.clone(),
+            source,
+            http: None,
+        }
+    }
+
+    /// A new token for a WebSocket connection.
+    pub async fn token(&mut self) -> anyhow::Result<String> {
+        // A keep-alive connection the server closed while idle fails the
+        // next request before the server has seen it: open one again, once.
+        for attempt in 0..2 {
+            let http = match &mut self.http {
+                Some(http) if !http.is_closed() => http,
+                _ => self.http.insert(http(&self.target, self.source).await?),
+            };
+            match negotiate(http, &self.target, HubTransport::Websockets).await {
+                Ok(token) => return Ok(token),
+                Err(e) if attempt == 0 && e.downcast_ref::<hyper::Error>().is_some() => {
+                    self.http = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+}
+
+/// A [`Negotiator`] for a thread with no runtime of its own (the ring
+/// client's, while it opens its connections): each token on a small
+/// current-thread runtime, which also drives the HTTP connection.
+pub struct BlockingNegotiator {
+    runtime: tokio::runtime::Runtime,
+    local: tokio::task::LocalSet,
+    negotiator: Negotiator,
+}
+
+impl BlockingNegotiator {
+    pub fn new(target: &Target, source: Option<IpAddr>) -> io::Result<Self> {
+        Ok(BlockingNegotiator {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            local: tokio::task::LocalSet::new(),
+            negotiator: Negotiator::new(target, source),
+        })
+    }
+
+    /// A new token for a WebSocket connection.
+    pub fn token(&mut self) -> anyhow::Result<String> {
+        self.local.block_on(&self.runtime, self.negotiator.token())
+    }
+}
+
+/// Negotiates a connection on `transport`, opens its receiving side and
+/// performs the hub handshake: both sides, ready for Echo invocations.
+pub async fn connect(
+    target: &Target,
+    source: Option<IpAddr>,
+    transport: HubTransport,
+    hub: Hub,
+) -> anyhow::Result<(Poster, Receiver)> {
+    let path = hub_path(target);
+    let mut posts = http(target, source).await?;
+    let token = negotiate(&mut posts, target, transport).await?;
     let url = Url {
         target: target.clone(),
         path,
-        token: token.to_string(),
+        token,
     };
     let mut receiving = http(target, source).await?;
     let kind = match transport {
