@@ -207,7 +207,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
             index += 1;
             println!(
                 "[{index}/{total}] {name} · {}, {} s",
-                job.describe(),
+                job.describe(options),
                 job.duration
             );
             let result = measure(&engine, options, &out_dir, &name, &spare, &job)?;
@@ -227,7 +227,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<ExitCode> {
                 let job = Job::new(case, Protocol::Raw, rate, options.rate_duration);
                 println!(
                     "[{index}/{total}] {name} · {} (half the closed-loop maximum), {} s",
-                    job.describe(),
+                    job.describe(options),
                     job.duration
                 );
                 let result = measure(&engine, options, &out_dir, &name, &spare, &job)?;
@@ -415,7 +415,7 @@ impl Job {
         label
     }
 
-    fn describe(&self) -> String {
+    fn describe(&self, options: &BenchOptions) -> String {
         let encoding = match self.encoding {
             HubEncoding::Json => "JSON",
             HubEncoding::Messagepack => "MessagePack",
@@ -437,7 +437,7 @@ impl Job {
                 BROADCAST_SENDERS.min(receivers)
             );
         }
-        let (connections, size) = self.case.shape();
+        let (connections, size) = options.shape(self.case);
         let mode = match self.rate {
             Some(rate) => format!("at {rate:.0} msg/s"),
             None => "closed loop".to_string(),
@@ -536,7 +536,7 @@ fn load_for(
     rate: Option<f64>,
     duration: f64,
 ) -> LoadConfig {
-    let (connections, size) = case.shape();
+    let (connections, size) = options.shape(case);
     let path = match protocol {
         Protocol::Raw => "/ws",
         Protocol::Hub => "/hub",

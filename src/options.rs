@@ -90,6 +90,14 @@ pub struct BenchOptions {
     )]
     pub cases: Vec<Case>,
 
+    /// Closed-loop connections of a case instead of its standard count,
+    /// comma-separated CASE=N (e.g. medium=30,large=30): where the
+    /// standard count leaves the engine waiting between echoes, more
+    /// connections keep its core busy, so that throughput is the engine's
+    /// maximum. [default: the standard counts]
+    #[arg(long, value_name = "CASE=N,…", value_delimiter = ',', value_parser = parse_case_connections)]
+    pub connections: Vec<(Case, u32)>,
+
     /// Protocols to measure, comma-separated: raw WebSocket echo, and Echo
     /// invocations over the SignalR hub protocol (small, medium and large
     /// cases), set side by side in raw-vs-signalr.md.
@@ -517,6 +525,32 @@ fn parse_max_message_size(s: &str) -> Result<usize, String> {
 }
 
 /// A storm's connection rate: per second, 0 or more (0 skips).
+fn parse_case_connections(text: &str) -> Result<(Case, u32), String> {
+    let bad = || {
+        format!("{text:?} is not CASE=N: give a standard case and its connections, e.g. medium=30")
+    };
+    let (case, count) = text.split_once('=').ok_or_else(bad)?;
+    let case = Case::from_str(case.trim(), true).map_err(|_| bad())?;
+    match count.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok((case, n)),
+        _ => Err(bad()),
+    }
+}
+
+impl BenchOptions {
+    /// A case's (connections, payload bytes), with --connections applied.
+    pub fn shape(&self, case: Case) -> (u32, usize) {
+        let (standard, size) = case.shape();
+        let connections = self
+            .connections
+            .iter()
+            .rev()
+            .find(|(c, _)| *c == case)
+            .map_or(standard, |&(_, n)| n);
+        (connections, size)
+    }
+}
+
 fn parse_storm_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
@@ -564,6 +598,15 @@ mod tests {
         );
         assert!(bench(&["--receive-buffer-size", "4096,12"]).is_err());
         assert!(bench(&["--cases", "huge"]).is_err());
+        // Connections per case: the standard count unless given.
+        let b = bench(&["--connections", "medium=30,large=40"]).unwrap();
+        assert_eq!(b.shape(Case::Small), (100, 20));
+        assert_eq!(b.shape(Case::Medium), (30, 1024));
+        assert_eq!(b.shape(Case::Large), (40, 16384));
+        for bad in ["medium", "huge=3", "medium=0", "medium=x"] {
+            let e = bench(&["--connections", bad]).unwrap_err().to_string();
+            assert!(e.contains("is not CASE=N"), "{bad}: {e}");
+        }
         // Engine options belong before no subcommand: mixing is refused.
         assert!(Cli::try_parse_from(["ringecho", "--threads", "2", "bench"]).is_err());
     }
