@@ -937,7 +937,9 @@ async fn write_loop(mut write: Sink, state: Rc<ThreadState>, talk: Rc<Conversati
                 Ok(()) => socket.flush().await,
                 Err(e) => Err(e),
             },
-            Sink::Post(poster) => poster.send(&record).await,
+            // The record becomes the POST's body, not copied: the next one
+            // is written into a new buffer.
+            Sink::Post(poster) => poster.send(std::mem::take(&mut record).into()).await,
         };
         if sent.is_err() {
             return;

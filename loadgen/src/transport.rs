@@ -75,6 +75,8 @@ enum Kind {
         body: hyper::body::Incoming,
         /// Bytes of the stream not parsed into events yet.
         pending: Vec<u8>,
+        /// How much of `pending` was searched for an event's end in vain.
+        searched: usize,
     },
     Polls {
         url: Box<Url>,
@@ -261,6 +263,7 @@ pub async fn connect(
             Kind::Events {
                 body: answer.into_body(),
                 pending: Vec::new(),
+                searched: 0,
             }
         }
         _ => {
@@ -290,7 +293,7 @@ pub async fn connect(
         kind,
         message: Vec::new(),
     };
-    poster.send(hub.handshake()).await?;
+    poster.send(Bytes::copy_from_slice(hub.handshake())).await?;
     let answer = receiver.receive().await?;
     let record = answer
         .split(|&b| b == crate::hub::RECORD_SEPARATOR)
@@ -307,8 +310,7 @@ pub async fn connect(
 impl Poster {
     /// Sends hub messages (whole records or MessagePack messages) in one
     /// POST, and waits for its 200.
-    pub async fn send(&mut self, messages: &[u8]) -> io::Result<()> {
-        let body = Bytes::copy_from_slice(messages);
+    pub async fn send(&mut self, body: Bytes) -> io::Result<()> {
         let post = request(
             &self.url.target,
             hyper::Method::POST,
@@ -369,14 +371,21 @@ impl Receiver {
     async fn fill(&mut self) -> io::Result<()> {
         self.message.clear();
         match &mut self.kind {
-            Kind::Events { body, pending } => loop {
-                if let Some(end) = event_end(pending) {
-                    let event: Vec<u8> = pending.drain(..end).collect();
-                    if event_data(&event, &mut self.message) && !self.message.is_empty() {
+            Kind::Events {
+                body,
+                pending,
+                searched,
+            } => loop {
+                if let Some(end) = event_end(pending, *searched) {
+                    let data = event_data(&pending[..end], &mut self.message);
+                    pending.drain(..end);
+                    *searched = 0;
+                    if data && !self.message.is_empty() {
                         return Ok(());
                     }
                     continue;
                 }
+                *searched = pending.len();
                 match body.frame().await {
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
@@ -397,22 +406,20 @@ impl Receiver {
                 .map_err(io::Error::other)?;
                 let answer = http.send_request(poll).await.map_err(io::Error::other)?;
                 let status = answer.status();
-                let body = answer
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(io::Error::other)?
-                    .to_bytes();
+                // The body's pieces straight into the message: one copy.
+                let mut body = answer.into_body();
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
+                        self.message.extend_from_slice(&data);
+                    }
+                }
                 match status {
                     // The connection has ended.
                     hyper::StatusCode::NO_CONTENT => {
                         return Err(io::ErrorKind::UnexpectedEof.into())
                     }
-                    hyper::StatusCode::OK if body.is_empty() => continue, // timed out
-                    hyper::StatusCode::OK => {
-                        self.message.extend_from_slice(&body);
-                        return Ok(());
-                    }
+                    hyper::StatusCode::OK if self.message.is_empty() => continue, // timed out
+                    hyper::StatusCode::OK => return Ok(()),
                     other => return Err(io::Error::other(format!("a poll answered {other}"))),
                 }
             },
@@ -431,21 +438,33 @@ impl Messages for Receiver {
 }
 
 /// Where the first event in `stream` ends (past its blank line), if it has
-/// all arrived.
-fn event_end(stream: &[u8]) -> Option<usize> {
-    let lf = memchr::memmem::find(stream, b"\n\n").map(|at| at + 2);
-    let crlf = memchr::memmem::find(stream, b"\r\n\r\n").map(|at| at + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+/// all arrived; the first `searched` bytes were searched before (a large
+/// event arrives in many pieces: each is searched once).
+fn event_end(stream: &[u8], searched: usize) -> Option<usize> {
+    // A blank line: "\n\n", or "\n\r\n" where lines end with CRLF. A
+    // line end just before `searched` may start one.
+    let from = searched.saturating_sub(2);
+    memchr::memchr_iter(b'\n', &stream[from..]).find_map(|at| {
+        let at = from + at;
+        match stream.get(at + 1..) {
+            Some([b'\n', ..]) => Some(at + 2),
+            Some([b'\r', b'\n', ..]) => Some(at + 3),
+            _ => None,
+        }
+    })
 }
 
 /// Appends an event's data to `out` (its `data:` lines, joined by
 /// newlines); false for an event without data (a comment).
 fn event_data(event: &[u8], out: &mut Vec<u8>) -> bool {
     let mut any = false;
-    for line in event.split(|&b| b == b'\n') {
+    let mut rest = event;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(at) => (&rest[..at], &rest[at + 1..]),
+            None => (rest, &[][..]),
+        };
+        rest = next;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(data) = line.strip_prefix(b"data:") else {
             continue;
@@ -466,19 +485,31 @@ mod tests {
     #[test]
     fn events_split_and_their_data_lines_join() {
         let stream = b":\r\n\r\ndata: {}\x1e\r\n\r\ndata: a\ndata: b\n\ndata: partial";
-        let first = event_end(stream).unwrap();
+        let first = event_end(stream, 0).unwrap();
         assert_eq!(&stream[..first], b":\r\n\r\n");
         let mut out = Vec::new();
         assert!(!event_data(&stream[..first], &mut out));
         let rest = &stream[first..];
-        let second = event_end(rest).unwrap();
+        let second = event_end(rest, 0).unwrap();
         assert!(event_data(&rest[..second], &mut out));
         assert_eq!(out, b"{}\x1e");
         let rest = &rest[second..];
-        let third = event_end(rest).unwrap();
+        let third = event_end(rest, 0).unwrap();
         out.clear();
         assert!(event_data(&rest[..third], &mut out));
         assert_eq!(out, b"a\nb");
-        assert_eq!(event_end(&rest[third..]), None);
+        assert_eq!(event_end(&rest[third..], 0), None);
+    }
+
+    #[test]
+    fn an_event_arriving_in_pieces_ends_where_its_blank_line_completes() {
+        for stream in [&b"data: abc\n\nnext"[..], b"data: abc\r\n\r\nnext"] {
+            let end = stream.len() - 4;
+            // Every split into two pieces, the first searched in vain.
+            for cut in 0..end {
+                assert_eq!(event_end(&stream[..cut], 0), None, "{cut}");
+                assert_eq!(event_end(stream, cut), Some(end), "{cut}");
+            }
+        }
     }
 }
