@@ -14,8 +14,9 @@ use crate::payload::Pattern;
 
 /// The header at the front of every payload: sender (4 hex digits), number
 /// (8), due time in µs since this process's base instant (12). Hex digits
-/// are text, valid in a JSON string and in a text frame.
-pub const HEADER: usize = 24;
+/// are text, valid in a JSON string and in a text frame. (Its size is an
+/// option's lower bound, so options holds it.)
+pub use crate::options::BROADCAST_HEADER as HEADER;
 
 /// The instant due times count from: one per process, so any of its
 /// threads reads any other's. (Shards of a cluster each have their own.)

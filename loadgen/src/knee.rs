@@ -12,9 +12,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::Verdict;
 use crate::options::{KneeArgs, RunArgs, DEFAULT_KNEE_START_RATE};
 use crate::result::RunResult;
+use crate::result::Verdict;
 
 pub const SCHEMA: &str = "ringecho-loadgen-knee/1";
 

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod hub;
 pub mod knee;
 pub mod limits;
+mod load_thread;
 pub mod options;
 pub mod payload;
 pub mod plot;

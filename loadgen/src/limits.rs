@@ -1,20 +1,8 @@
 //! Pass/fail: a run against its limits (`run --max-p99 …`), and results
 //! against a baseline (`compare --max-regression …`), for gating CI.
 
-use serde::{Deserialize, Serialize};
-
 use crate::options::Limits;
-use crate::result::{Percentiles, RunResult};
-
-/// One limit as judged: what it was, what the run did, and whether it held.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Verdict {
-    /// The option as given: "--max-p99 1000 µs".
-    pub limit: String,
-    /// What the run measured, in the same unit.
-    pub measured: String,
-    pub held: bool,
-}
+use crate::result::{Percentiles, RunResult, Verdict};
 
 /// Every limit that was set, judged against `result`.
 pub fn judge(result: &RunResult, limits: &Limits) -> Vec<Verdict> {

@@ -55,7 +55,7 @@ pub enum Command {
     },
     /// Hold many connections with pings and a little echo load, churn them,
     /// close them, and watch the server's memory and connection count.
-    Soak(crate::soak::SoakArgs),
+    Soak(SoakArgs),
     /// One load over several hosts: starts `run --shard K/N` on each
     /// through a launcher (ssh by default) with a common start, collects
     /// the shards' results and merges them. A failed or late shard is
@@ -78,7 +78,7 @@ pub enum Command {
         output: PathBuf,
         /// How far apart (seconds) the parts' measured windows may start;
         /// `inf` also accepts results that recorded no window.
-        #[arg(long, value_name = "SECS", default_value_t = crate::result::DEFAULT_WINDOW_TOLERANCE_SECS)]
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_WINDOW_TOLERANCE_SECS)]
         window_tolerance: f64,
     },
 }
@@ -181,7 +181,7 @@ pub struct ClusterArgs {
     pub label: Option<String>,
 
     /// How far apart (seconds) the shards' measured windows may start.
-    #[arg(long, value_name = "SECS", default_value_t = crate::result::DEFAULT_WINDOW_TOLERANCE_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_WINDOW_TOLERANCE_SECS)]
     pub window_tolerance: f64,
 
     /// Limits judged on the merged result (the shards are not given them).
@@ -192,6 +192,43 @@ pub struct ClusterArgs {
     #[arg(long)]
     pub dry_run: bool,
 }
+
+/// `loadgen soak`'s options.
+#[derive(Args, Debug, Clone)]
+pub struct SoakArgs {
+    /// WebSocket URL of the echo server (ws:// only).
+    #[arg(long, value_name = "ws://HOST:PORT/PATH")]
+    pub url: String,
+    /// Connections held open at once.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub connections: usize,
+    /// Local addresses to spread connections over, comma-separated.
+    #[arg(long, value_name = "A,B…", value_delimiter = ',')]
+    pub source_addr: Vec<IpAddr>,
+    /// Seconds to hold every connection, a tenth of them echoing.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub hold: u64,
+    /// Seconds of churn after the hold.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub churn: u64,
+    /// Connections closed and reopened per second during the churn.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub churn_rate: usize,
+    /// The server's process id, to sample its resident memory.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Write the stages as JSON to this file.
+    #[arg(long, value_name = "FILE.json")]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// The bytes at the front of every broadcast payload (`broadcast` writes
+/// and reads them): --size cannot be less.
+pub const BROADCAST_HEADER: usize = 24;
+
+/// How far apart the measured windows of merged results may start, unless
+/// `merge --window-tolerance` says otherwise.
+pub const DEFAULT_WINDOW_TOLERANCE_SECS: f64 = 1.0;
 
 pub const DEFAULT_LAUNCHER: &str = "ssh -o BatchMode=yes {host} {command}";
 
@@ -1028,10 +1065,10 @@ impl LoadConfig {
                     self.senders, self.connections
                 ));
             }
-            if self.payload_size() < crate::broadcast::HEADER {
+            if self.payload_size() < BROADCAST_HEADER {
                 return needs(&format!(
                     "needs --size {} or more (each payload says who sent it, and when)",
-                    crate::broadcast::HEADER
+                    BROADCAST_HEADER
                 ));
             }
             if self.io == Io::IoUring {

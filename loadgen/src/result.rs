@@ -46,7 +46,7 @@ pub struct RunResult {
     pub intervals: Vec<Interval>,
     /// The pass/fail limits the run was given (`--max-p99` …), judged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub limits: Vec<crate::limits::Verdict>,
+    pub limits: Vec<Verdict>,
 }
 
 /// One second of a run.
@@ -148,9 +148,15 @@ pub struct Part {
     pub summary: Summary,
 }
 
-/// How far apart the measured windows of merged results may start, unless
-/// `merge --window-tolerance` says otherwise.
-pub const DEFAULT_WINDOW_TOLERANCE_SECS: f64 = 1.0;
+/// One limit as judged: what it was, what the run did, and whether it held.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Verdict {
+    /// The option as given: "--max-p99 1000 µs".
+    pub limit: String,
+    /// What the run measured, in the same unit.
+    pub measured: String,
+    pub held: bool,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Tool {

@@ -38,11 +38,11 @@ use uring_loop::{Alarm, BufRing, Cqe, InFlight, Ring, UserData};
 
 use crate::client::{self, Encoder, Target};
 use crate::hub::{self, Hub, Said};
+use crate::load_thread::{Counts, Report, CLOSE_WAIT, DRAIN, STAGE_TICK};
 use crate::options::Protocol;
 use crate::options::{LoadConfig, MessageType};
 use crate::payload::Pattern;
 use crate::result::{self, Errors};
-use crate::run::{Counts, Report, CLOSE_WAIT, DRAIN};
 use crate::schedule::{Profile, Schedule};
 use permessage_deflate::{self as pmd, Compressor, Decompressor};
 
@@ -533,7 +533,7 @@ impl Thread<'_> {
             if self.stage == Stage::Running {
                 wake = wake.min(self.end);
                 if connection_stages.is_some() {
-                    wake = wake.min(now + crate::run::STAGE_TICK);
+                    wake = wake.min(now + STAGE_TICK);
                 }
                 // With a reply on its way, its wake-up can carry the send
                 // (up to `slack` late) and no timer of ours is needed.

@@ -22,16 +22,13 @@ use tokio::time::Instant;
 use crate::client::{self, Decoder, Encoder, Incoming, Target};
 use crate::hub::Received;
 use crate::hub::{Hub, Said};
+use crate::load_thread::{Counts, Report, CLOSE_WAIT, DRAIN, STAGE_TICK};
 use crate::options::{Io, LoadConfig, MessageType, Protocol, RunArgs, Scenario};
 use crate::payload::Pattern;
 use crate::result::{self, Errors, Histograms, Percentiles, RunResult, Summary};
 use crate::schedule::Schedule;
 use crate::tls::{Stream, WriteHalf};
 
-/// How long after the end of the run outstanding echoes are still awaited.
-pub(crate) const DRAIN: Duration = Duration::from_secs(2);
-/// How long the server has to answer our close.
-pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Handshakes under way at once per thread: enough to open thousands of
 /// connections in seconds, few enough not to overflow a listen backlog.
 const CONNECTING_AT_ONCE: usize = 64;
@@ -427,46 +424,6 @@ fn group(n: u64) -> String {
     out
 }
 
-/// What a load thread tells the main thread.
-pub(crate) enum Report {
-    Connected {
-        histogram: Histogram<u64>,
-        /// Only the connect failures are counted here.
-        failures: Errors,
-    },
-    Second {
-        index: usize,
-        histogram: Histogram<u64>,
-        messages: u64,
-    },
-    Done {
-        histogram: Histogram<u64>,
-        /// Constant rate: how late each send left, µs.
-        send_lag: Histogram<u64>,
-        counts: Counts,
-    },
-}
-
-#[derive(Default, Clone)]
-pub(crate) struct Counts {
-    pub(crate) errors: Errors,
-    pub(crate) unanswered: u64,
-    /// Broadcast: messages sent; deliveries, new and duplicated.
-    pub(crate) sent: u64,
-    pub(crate) delivered: u64,
-    pub(crate) duplicated: u64,
-}
-
-impl Counts {
-    fn add(&mut self, other: &Counts) {
-        self.errors.add(&other.errors);
-        self.unanswered += other.unanswered;
-        self.sent += other.sent;
-        self.delivered += other.delivered;
-        self.duplicated += other.duplicated;
-    }
-}
-
 /// A load thread's shared state: touched by its connections only.
 struct ThreadState {
     pattern: Pattern,
@@ -830,10 +787,6 @@ async fn negotiated(
     }
     negotiator.lock().await.token().await.map(Some)
 }
-
-/// With --connection-stages, how often a waiting connection looks at the
-/// count again: a count reached shows within this.
-pub(crate) const STAGE_TICK: Duration = Duration::from_millis(5);
 
 async fn write_loop(mut write: Sink, state: Rc<ThreadState>, talk: Rc<Conversation>) {
     let opcode = match state.message_type {

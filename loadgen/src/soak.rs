@@ -8,7 +8,6 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use clap::Args;
 use fastwebsockets::OpCode;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -16,37 +15,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::client::{self, Decoder, Encoder, Incoming, Target};
+use crate::options::SoakArgs;
 
 /// How long after the last connection opened its memory is sampled.
 const SETTLE: Duration = Duration::from_secs(2);
-
-#[derive(Args, Debug, Clone)]
-pub struct SoakArgs {
-    /// WebSocket URL of the echo server (ws:// only).
-    #[arg(long, value_name = "ws://HOST:PORT/PATH")]
-    pub url: String,
-    /// Connections held open at once.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub connections: usize,
-    /// Local addresses to spread connections over, comma-separated.
-    #[arg(long, value_name = "A,B…", value_delimiter = ',')]
-    pub source_addr: Vec<IpAddr>,
-    /// Seconds to hold every connection, a tenth of them echoing.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    pub hold: u64,
-    /// Seconds of churn after the hold.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    pub churn: u64,
-    /// Connections closed and reopened per second during the churn.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    pub churn_rate: usize,
-    /// The server's process id, to sample its resident memory.
-    #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
-    /// Write the stages as JSON to this file.
-    #[arg(long, value_name = "FILE.json")]
-    pub out: Option<std::path::PathBuf>,
-}
 
 #[derive(Debug, Serialize)]
 pub struct Stage {
