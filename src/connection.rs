@@ -24,16 +24,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::admission::Admission;
 use crate::deflate::Agreed;
 use crate::driver::uring::UringStream;
 use crate::driver::Io;
+use crate::engine::Worker;
+use crate::handover::Body;
 use crate::hub::HubSession;
 use crate::options::Backend;
 use crate::routes::{self, Endpoint, Routed, Upgrade, MAX_HEADER_BYTES};
-use crate::runtime::{Admission, Worker};
 use crate::session::RawEcho;
 use crate::shutdown::Listener;
-use crate::transports::Body;
 
 /// Serves one accepted connection until it closes, on the accepting core.
 pub async fn serve(stream: TcpStream, worker: Rc<Worker>) {

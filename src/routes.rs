@@ -14,7 +14,7 @@ use sha1::{Digest, Sha1};
 
 use crate::deflate::{self, Agreed};
 use crate::options::{Options, Transport};
-use crate::runtime::Worker;
+use crate::engine::Worker;
 
 /// An answer: status, headers and the whole body.
 pub type Reply = Response<Bytes>;

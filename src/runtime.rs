@@ -7,7 +7,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,13 +16,16 @@ use anyhow::{bail, Context as _};
 use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 
+use crate::admission::Admissions;
 use crate::connection;
 use crate::driver::ring;
+use crate::engine::{Engine, Worker};
+use crate::handover;
 use crate::hub::{self, HubWorker, Inbox};
+use crate::memory;
 use crate::options::{Backend, BackendChoice, Options};
 use crate::shutdown::Shutdown;
-use crate::startup::Startup;
-use crate::stats::{EngineStats, WorkerStats};
+use crate::stats::EngineStats;
 use crate::transports;
 
 /// Submission queue entries per io_uring. In-flight operations are not
@@ -31,117 +34,6 @@ const RING_ENTRIES: u32 = 1024;
 const LISTEN_BACKLOG: i32 = 4096;
 /// Descriptors kept free of connections: listeners, rings, logs, /stats.
 const RESERVED_FDS: u64 = 64;
-pub const COMMIT: &str = env!("RINGECHO_COMMIT");
-
-/// What every worker shares, read-only: the configuration in force and the
-/// counters (each worker writes only its own).
-pub struct Engine {
-    pub options: Options,
-    pub listen: SocketAddr,
-    pub backend: Backend,
-    pub cores: Vec<Option<usize>>,
-    pub stats: Arc<EngineStats>,
-    /// Connection tokens handed out by hub negotiation.
-    pub hub_tokens: hub::Tokens,
-    /// The way to the thread serving the hub's fallback transports.
-    pub transports: transports::Sender,
-    /// --max-connections, resolved.
-    pub max_connections: usize,
-    /// TCP connections open on all cores: touched on accept and close only.
-    open: AtomicUsize,
-    /// Set once the engine stops; the io-uring backend's workers read it
-    /// when their doorbell rings (the tokio backends watch a channel).
-    pub stopping: AtomicBool,
-    started: Instant,
-    /// The same instant on the wall clock, for `/stats` and `/metrics`.
-    started_at: SystemTime,
-}
-
-/// A connection counted against --max-connections until dropped.
-pub struct Admission(Arc<Engine>);
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// One worker's context, owned by its thread.
-pub struct Worker {
-    pub index: usize,
-    pub backend: Backend,
-    pub options: Arc<Options>,
-    pub engine: Arc<Engine>,
-    pub shutdown: Rc<Shutdown>,
-    /// This core's hub connections and broadcast queues.
-    pub hub: Rc<HubWorker>,
-}
-
-impl Worker {
-    pub fn stats(&self) -> &WorkerStats {
-        self.engine.stats.worker(self.index)
-    }
-}
-
-impl Engine {
-    /// Counts a new connection in, or says no when the limit is reached.
-    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
-        let admitted = self.open.fetch_add(1, Ordering::Relaxed) < self.max_connections;
-        let admission = Admission(self.clone());
-        admitted.then_some(admission)
-    }
-
-    /// The `/stats` document: per-worker counters, totals and the
-    /// configuration in force.
-    pub fn stats_json(&self) -> String {
-        let report = self.stats.report();
-        let mut config = serde_json::to_value(&self.options).expect("options serialize");
-        config["listen"] = self.listen.to_string().into();
-        config["backend_requested"] = config["backend"].take();
-        config["backend"] = self.backend.name().into();
-        config["threads"] = self.cores.len().into();
-        config["pinned"] = self.cores.iter().all(Option::is_some).into();
-        config["max_connections"] = self.max_connections.into();
-        serde_json::to_string_pretty(&serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "commit": COMMIT,
-            "backend": self.backend.name(),
-            "listen": self.listen.to_string(),
-            "uptime_secs": self.started.elapsed().as_secs_f64(),
-            "process": crate::stats::Process::now(self.started_at),
-            "config": config,
-            "workers": report.workers,
-            "transports": report.transports,
-            "totals": report.totals,
-        }))
-        .expect("stats serialize")
-    }
-
-    /// The `/metrics` document: the same figures in Prometheus's format.
-    pub fn metrics_text(&self) -> String {
-        let about = crate::metrics::About {
-            version: env!("CARGO_PKG_VERSION"),
-            commit: COMMIT,
-            backend: self.backend.name(),
-        };
-        crate::metrics::render(
-            &about,
-            &self.stats.report(),
-            &crate::stats::Process::now(self.started_at),
-        )
-    }
-
-    pub fn startup(&self) -> Startup {
-        Startup {
-            listen: self.listen,
-            ws_path: self.options.ws_path.clone(),
-            backend: self.backend.name().to_string(),
-            threads: self.cores.len(),
-            cores: self.cores.iter().copied().collect(),
-            receive_buffer_size: self.options.receive_buffer_size,
-        }
-    }
-}
 
 /// Runs the engine until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(options: Options) -> anyhow::Result<()> {
@@ -155,7 +47,7 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
     // Registered first, so that a signal sent as soon as the start-up line
     // appears is never lost to the default action.
     let signals = Signals::register()?;
-    purge_freed_memory_at_once();
+    memory::purge_freed_memory_at_once();
     let backend = resolve_backend(options.backend)?;
     if options.send_zc_min > 0 && backend != Backend::IoUring {
         tracing::warn!(
@@ -174,7 +66,7 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
         .collect();
     let (listeners, listen) = bind_listeners(options.listen, threads)?;
     let max_connections = connection_limit(options.max_connections, threads);
-    let (transports_sender, transports_receiver) = transports::channel();
+    let (transports_sender, transports_receiver) = handover::channel();
     let engine = Arc::new(Engine {
         listen,
         backend,
@@ -183,8 +75,7 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
         options: options.clone(),
         hub_tokens: hub::Tokens::default(),
         transports: transports_sender,
-        max_connections,
-        open: AtomicUsize::new(0),
+        admissions: Admissions::new(max_connections),
         stopping: AtomicBool::new(false),
         started: Instant::now(),
         started_at: SystemTime::now(),
@@ -302,7 +193,7 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
                 // descriptors as settled) once this thread has its reactor.
                 let _ = ready_tx.send(Ok(()));
                 let serve = async move {
-                    tokio::task::spawn_local(return_free_memory());
+                    tokio::task::spawn_local(memory::return_free_memory());
                     transports::serve(worker, transports_receiver, transports_inbox, stopped).await
                 };
                 tokio::task::LocalSet::new().block_on(&runtime, serve);
@@ -457,7 +348,7 @@ fn run_worker(
     let backend = worker.backend;
     let serve = async move {
         tokio::task::spawn_local(worker.hub.clone().deliver(hub_inbox));
-        tokio::task::spawn_local(return_free_memory());
+        tokio::task::spawn_local(memory::return_free_memory());
         accept_loop(worker, listener, stopped, ready).await
     };
     match backend {
@@ -523,41 +414,6 @@ async fn accept_loop(
     while worker.stats().open_connections.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// `mi_option_purge_delay` in mimalloc.h: 15 in both v2 and v3 (v3 is what
-/// libmimalloc-sys builds by default; the crate names no constant for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// mimalloc holds memory freed inside its segments for 10 ms before giving
-/// it back, and only gives it back during a later allocation or collection
-/// on the same thread; memory freed by the HTTP phase of connections that
-/// are now idle WebSockets then stays resident. Purging at once costs no
-/// measurable CPU on the echo path (it allocates nothing per message) and
-/// took the resident memory per idle io-uring connection from about 2.2 to
-/// 1.7 KB (10 000 connections, one worker).
-fn purge_freed_memory_at_once() {
-    // SAFETY: sets a process-wide mimalloc option; any thread may.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-}
-
-/// mimalloc returns freed memory to the OS lazily, during the same thread's
-/// later allocations; a worker whose connections all closed makes none, and
-/// its resident memory would stay at its peak. A collection once a second
-/// (nothing to do costs next to nothing) lets it fall back: the soak test saw
-/// 46.7 MiB stay resident after 2 000 connections closed without this.
-async fn return_free_memory() {
-    let mut every = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        every.tick().await;
-        collect_freed_memory();
-    }
-}
-
-/// Lets mimalloc return what this thread freed (see return_free_memory).
-pub fn collect_freed_memory() {
-    // SAFETY: collects this thread's own mimalloc heap.
-    unsafe { libmimalloc_sys::mi_collect(false) };
 }
 
 /// SIGINT and SIGTERM, caught on the main thread.

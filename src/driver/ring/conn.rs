@@ -14,10 +14,10 @@ use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::time::Instant;
 
+use crate::admission::Admission;
 use crate::codec::Violation;
 use crate::hub::HubSession;
 use crate::routes::Upgrade;
-use crate::runtime::Admission;
 use crate::session::Out;
 use crate::session::{Handler, Phase, RawEcho, Session, Timers};
 use uring_loop::InFlight;

@@ -36,13 +36,13 @@ use slab::Slab;
 use uring_loop::{BufRing, Cqe, Doorbell, DoorbellReader, InFlight, Ring, Timers, UserData};
 
 use self::conn::{Conn, Http, RecvBuf, Stage, View, WriteState, Ws};
+use crate::engine::Worker;
+use crate::handover::Handoff;
 use crate::hub::{Broadcast, HubSession};
 use crate::routes::{self, Endpoint, Upgrade};
-use crate::runtime::Worker;
 use crate::session::Out;
 use crate::session::{Due, Phase, RawEcho, Session, Timers as SessionTimers, CLOSE_WAIT};
 use crate::stats::WorkerStats;
-use crate::transports::Handoff;
 
 /// Submission queue entries; in-flight operations are not bounded by it.
 const RING_ENTRIES: u32 = 1024;
@@ -118,7 +118,7 @@ pub fn serve(worker: Rc<Worker>, start: Start) {
 /// a table that never has to grow by doubling carries no slack: an idle
 /// connection costs its slot (`size_of::<Conn>`), not up to twice that.
 fn table_reserve(worker: &Worker) -> usize {
-    (worker.engine.max_connections + 64).clamp(256, 1 << 16)
+    (worker.engine.admissions.max() + 64).clamp(256, 1 << 16)
 }
 
 /// One worker's loop and everything it owns.
@@ -933,7 +933,7 @@ impl<'w> Core<'w> {
         if self.starved.capacity() > 2 * self.starved.len().max(64) {
             self.starved.shrink_to_fit();
         }
-        crate::runtime::collect_freed_memory();
+        crate::memory::collect_freed_memory();
     }
 
     fn on_timer(&mut self, key: usize, now: Instant) {
