@@ -475,9 +475,13 @@ fn measure(
         job.rate,
         duration,
     );
-    // MessagePack hub payloads travel as bytes, as raw ones do.
     load.hub_encoding = job.encoding;
     load.transport = job.transport;
+    if job.protocol == Protocol::Hub && job.encoding == HubEncoding::Messagepack {
+        // MessagePack hub payloads travel as bytes, as raw ones do (load_for
+        // made them text, as JSON's must be).
+        load.message_type = loadgen::options::MessageType::Binary;
+    }
     if let Some(receivers) = job.receivers {
         let path = match job.protocol {
             Protocol::Raw => "/broadcast",

@@ -657,6 +657,20 @@ fn bench_sweeps_configurations_and_writes_tables_plots_and_results() {
     );
     assert!(dir.join("raw-vs-signalr.svg").exists());
     assert!(dir.join("raw-vs-signalr-broadcast.svg").exists());
+    // Raw and MessagePack payloads are bytes, JSON's a string.
+    for (job, binary) in [
+        ("small", true),
+        ("small-hub", false),
+        ("small-hub-msgpack", true),
+    ] {
+        let file = dir.join(format!("epoll-buf4096-t1-{job}.json"));
+        let result = loadgen::RunResult::load(&file).unwrap();
+        assert_eq!(
+            result.load.message_type == loadgen::options::MessageType::Binary,
+            binary,
+            "{job}"
+        );
+    }
     let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(
         summary.contains("tokio-uring, 4096 B buffers")
