@@ -13,8 +13,8 @@ use http::{Method, Response, StatusCode, Version};
 use sha1::{Digest, Sha1};
 
 use crate::deflate::{self, Agreed};
-use crate::options::{Options, Transport};
 use crate::engine::Worker;
+use crate::options::{Options, Transport};
 
 /// An answer: status, headers and the whole body.
 pub type Reply = Response<Bytes>;

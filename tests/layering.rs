@@ -133,7 +133,10 @@ fn no_crate_has_an_import_circle() {
         "hub-msgpack",
     ] {
         let graph = graph(&root.join(krate).join("src"));
-        assert!(graph.len() > 1 || krate != ".", "no modules found in {krate}");
+        assert!(
+            graph.len() > 1 || krate != ".",
+            "no modules found in {krate}"
+        );
         if let Some(found) = circle(&graph) {
             panic!("{krate}: import circle {}", found.join(" → "));
         }
