@@ -47,7 +47,7 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
     // Registered first, so that a signal sent as soon as the start-up line
     // appears is never lost to the default action.
     let signals = Signals::register()?;
-    memory::purge_freed_memory_at_once();
+    memory::set_purge_delay();
     let backend = resolve_backend(options.backend)?;
     if options.send_zc_min > 0 && backend != Backend::IoUring {
         tracing::warn!(
