@@ -2,8 +2,8 @@
 //! its latency in HdrHistogram.
 //!
 //! [`run`] drives the load through [`client`] connections (or, for the
-//! hub's fallbacks, [`transport`] ones) on [`schedule`] with [`payload`]
-//! patterns; [`result`] files hold everything a run was;
+//! hub's fallbacks, [`transport`] ones) on [`schedule`], paced by
+//! [`pacing`], with [`payload`] patterns; [`result`] files hold everything a run was;
 //! [`report`] and [`plot`] put runs side by side; [`options`] defines the
 //! command line.
 
@@ -15,6 +15,7 @@ pub mod knee;
 pub mod limits;
 mod load_thread;
 pub mod options;
+pub mod pacing;
 pub mod payload;
 pub mod plot;
 pub mod report;

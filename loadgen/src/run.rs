@@ -50,22 +50,38 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     let pattern = Pattern::for_load(load)?;
     let server = crate::server_info::fetch(&target);
     let cores = pick_cores(load);
+    let shares = shares(load, &cores);
     let unpinned = Arc::new(AtomicU32::new(0));
 
     let connecting = std::time::Instant::now();
     let (to_main, from_threads) = mpsc::channel::<Report>();
     let mut starts = Vec::new();
     let mut handles = Vec::new();
-    for thread in 0..load.threads as u32 {
+    for (thread, share) in shares.iter().cloned().enumerate() {
+        let thread = thread as u32;
         let (start_tx, start_rx) = mpsc::channel::<std::time::Instant>();
         starts.push(start_tx);
         let (load, target, to_main) = (load.clone(), target.clone(), to_main.clone());
         let pattern = pattern.clone();
-        let core = cores.get(thread as usize).copied();
+        let core = share.core;
         let unpinned = unpinned.clone();
+        let name = if share.senders {
+            "loadgen-senders".to_string()
+        } else {
+            format!("loadgen-{thread}")
+        };
         let handle = std::thread::Builder::new()
-            .name(format!("loadgen-{thread}"))
+            .name(name)
             .spawn(move || {
+                if share.senders {
+                    if let Err(e) = crate::pacing::run_realtime() {
+                        eprintln!(
+                            "loadgen: the broadcast's senders run at normal priority ({e}): \
+                             their sends may leave late behind bursts of deliveries (run as \
+                             root, or with CAP_SYS_NICE, for real-time priority)"
+                        );
+                    }
+                }
                 if let Some(id) = core {
                     if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
                         eprintln!(
@@ -90,7 +106,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
                 let local = tokio::task::LocalSet::new();
                 local.block_on(
                     &runtime,
-                    load_thread(thread, load, target, pattern, start_rx, to_main),
+                    load_thread(share, load, target, pattern, start_rx, to_main),
                 )
             })
             .context("spawning a load thread")?;
@@ -102,7 +118,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     let mut connect = result::new_histogram();
     let mut errors = Errors::default();
     let mut connected = 0;
-    for _ in 0..load.threads {
+    for _ in 0..shares.len() {
         match from_threads
             .recv()
             .context("a load thread died while connecting")?
@@ -194,7 +210,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     let mut counts = Counts::default();
     let mut seconds: Vec<(Histogram<u64>, u64, usize)> = Vec::new();
     let mut finished = 0;
-    while finished < load.threads {
+    while finished < shares.len() {
         match from_threads.recv().context("a load thread died")? {
             Report::Second {
                 index,
@@ -208,7 +224,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
                 second.0.add(histogram)?;
                 second.1 += messages;
                 second.2 += 1;
-                if second.2 == load.threads as usize {
+                if second.2 == shares.len() {
                     progress.set_position(index as u64 + 1);
                     progress.set_message(format!(
                         "{:>9} msgs/s   p50 {:>6} µs   p99 {:>6} µs{}",
@@ -253,7 +269,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     let intervals: Vec<result::Interval> = seconds
         .iter()
         .take(whole)
-        .take_while(|(_, _, threads)| *threads == load.threads as usize)
+        .take_while(|(_, _, threads)| *threads == shares.len())
         .enumerate()
         .map(|(n, (h, _, _))| result::Interval::new(n as f64, 1.0, h))
         .collect();
@@ -308,6 +324,50 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
     };
     result.limits = crate::limits::judge(&result, &args.limits);
     Ok(result)
+}
+
+/// One load thread's part of the load.
+#[derive(Clone, Debug, PartialEq)]
+struct Share {
+    /// Its connections' global numbers.
+    ids: Vec<u32>,
+    core: Option<usize>,
+    /// A broadcast's senders' thread: real-time, beside the first thread.
+    senders: bool,
+}
+
+/// This process's connections (its shard's), dealt out to its threads; a
+/// broadcast's senders get a thread of their own on the first thread's core
+/// (see `pacing`), the receivers are dealt out as the rest.
+fn shares(load: &LoadConfig, cores: &[usize]) -> Vec<Share> {
+    let own = load.own_connections();
+    let senders = match load.scenario {
+        Scenario::Broadcast => load.senders,
+        Scenario::Echo => 0,
+    };
+    let (sending, rest): (Vec<u32>, Vec<u32>) = own.into_iter().partition(|&id| id < senders);
+    let mut shares: Vec<Share> = (0..load.threads as usize)
+        .map(|thread| Share {
+            ids: rest
+                .iter()
+                .copied()
+                .skip(thread)
+                .step_by(load.threads as usize)
+                .collect(),
+            core: cores.get(thread).copied(),
+            senders: false,
+        })
+        .collect();
+    if !sending.is_empty() {
+        shares.push(Share {
+            ids: sending,
+            core: cores.first().copied(),
+            senders: true,
+        });
+    }
+    // (Every sender: no receiver-only thread.)
+    shares.retain(|share| !share.ids.is_empty());
+    shares
 }
 
 /// Which client runs the load: the ring where it can, tokio otherwise.
@@ -456,14 +516,14 @@ struct ThreadState {
 }
 
 async fn load_thread(
-    thread: u32,
+    share: Share,
     load: LoadConfig,
     target: Target,
     pattern: Pattern,
     start: mpsc::Receiver<std::time::Instant>,
     to_main: mpsc::Sender<Report>,
 ) {
-    let (streams, connect, failures) = connect_share(thread, &load, &target).await;
+    let (streams, connect, failures) = connect_share(&share.ids, &load, &target).await;
     let _ = to_main.send(Report::Connected {
         histogram: connect,
         failures,
@@ -510,7 +570,20 @@ async fn load_thread(
         // A broadcast's rate is shared by its senders alone.
         let spread = state.senders.unwrap_or(load.connections);
         talks.retain(|(id, _)| *id < spread);
-        tokio::task::spawn_local(pace(start, profile, spread, state.clone(), talks))
+        // A real-time thread must never spin: it would starve its core.
+        let spin_below = if share.senders {
+            Duration::ZERO
+        } else {
+            crate::pacing::SPIN_BELOW
+        };
+        tokio::task::spawn_local(pace(
+            start,
+            profile,
+            spread,
+            spin_below,
+            state.clone(),
+            talks,
+        ))
     });
 
     // The live line: this thread's last second, every second.
@@ -565,21 +638,14 @@ async fn load_thread(
     });
 }
 
-/// Opens this thread's share of the connections (ids thread, thread +
-/// threads, …), a few dozen handshakes at a time: the streams with any bytes
+/// Opens this thread's share of the connections (see `shares`), a few
+/// dozen handshakes at a time: the streams with any bytes
 /// read past the handshake, the connect-and-handshake times, the failures.
 pub(crate) async fn connect_share(
-    thread: u32,
+    ids: &[u32],
     load: &LoadConfig,
     target: &Target,
 ) -> (Vec<(u32, Link)>, Histogram<u64>, Errors) {
-    // This process's connections (its shard's), dealt out to its threads.
-    let ids: Vec<u32> = load
-        .own_connections()
-        .into_iter()
-        .skip(thread as usize)
-        .step_by(load.threads as usize)
-        .collect();
     let mut connect = result::new_histogram();
     let mut failures = Errors::default();
     let mut streams = Vec::with_capacity(ids.len());
@@ -656,14 +722,14 @@ pub(crate) async fn connect_share(
 }
 
 /// Constant rate: hands each connection its due times, in order across the
-/// thread's connections. tokio's timers tick in milliseconds, far too coarse
-/// for latencies of tens of microseconds, so the pacer sleeps only until a
-/// millisecond before a due time and yields to the connections (without
-/// blocking the thread) through the rest: a busy thread, but sends on time.
+/// thread's connections, sleeping on a timerfd in between (tokio's timers
+/// tick in milliseconds; see `pacing`), or, through gaps shorter than
+/// `spin_below`, yielding to the connections until the time comes.
 async fn pace(
     start: Instant,
     profile: crate::schedule::Profile,
     spread: u32,
+    spin_below: Duration,
     state: Rc<ThreadState>,
     talks: Vec<(u32, Rc<Conversation>)>,
 ) {
@@ -678,6 +744,10 @@ async fn pace(
         .enumerate()
         .map(|(i, s)| Reverse((s.due(0), i, 0)))
         .collect();
+    let timer = crate::pacing::Timer::new();
+    if let Err(e) = &timer {
+        eprintln!("loadgen: no timerfd ({e}): sends are paced to the millisecond");
+    }
     while let Some(Reverse((due, i, k))) = next.pop() {
         if due >= state.end {
             break;
@@ -687,10 +757,16 @@ async fn pace(
             if now >= due {
                 break;
             }
-            if due - now > Duration::from_millis(2) {
-                tokio::time::sleep_until(due - Duration::from_millis(1)).await;
-            } else {
-                tokio::task::yield_now().await;
+            let slept = match &timer {
+                Ok(timer) if due - now >= spin_below => timer.sleep_until(due).await.is_ok(),
+                Ok(_) => {
+                    tokio::task::yield_now().await;
+                    true
+                }
+                Err(_) => false,
+            };
+            if !slept {
+                tokio::time::sleep_until(due).await;
             }
         }
         let talk = &talks[i].1;
@@ -1140,7 +1216,43 @@ fn incoming_is_text(incoming: &std::io::Result<Incoming>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Seconds;
+    use super::{shares, Seconds, Share};
+    use crate::options::Scenario;
+
+    #[test]
+    fn threads_share_the_connections_and_a_broadcasts_senders_get_their_own() {
+        let mut load = crate::test_load();
+        load.connections = 7;
+        load.threads = 2;
+        let share = |ids: &[u32], core, senders| Share {
+            ids: ids.to_vec(),
+            core,
+            senders,
+        };
+        assert_eq!(
+            shares(&load, &[2, 3]),
+            [
+                share(&[0, 2, 4, 6], Some(2), false),
+                share(&[1, 3, 5], Some(3), false)
+            ]
+        );
+        load.scenario = Scenario::Broadcast;
+        load.senders = 3;
+        assert_eq!(
+            shares(&load, &[2, 3]),
+            [
+                share(&[3, 5], Some(2), false),
+                share(&[4, 6], Some(3), false),
+                share(&[0, 1, 2], Some(2), true)
+            ]
+        );
+        // Unpinned, and every connection a sender: no empty thread.
+        load.senders = 7;
+        assert_eq!(
+            shares(&load, &[]),
+            [share(&[0, 1, 2, 3, 4, 5, 6], None, true)]
+        );
+    }
 
     #[test]
     fn each_echo_counts_in_the_second_it_arrived_in() {
