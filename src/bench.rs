@@ -4,6 +4,7 @@
 //! comparison and write result files, tables and plots under `results/`.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -1100,7 +1101,29 @@ impl EngineProcess {
     fn start(config: &EngineConfig, max_connections: Option<u32>) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the ringecho binary")?;
         let limit = max_connections.map(|n| ["--max-connections".to_string(), n.to_string()]);
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        // The engine ends with bench however bench ends: killed, bench would
+        // otherwise leave it serving, pinned to the core the next run
+        // measures.
+        let bench = std::process::id();
+        // SAFETY: the closure runs in the child between fork and exec, where
+        // only async-signal-safe calls may be made: prctl and getppid are,
+        // and it touches no memory shared with the parent. (The signal comes
+        // when the forking thread ends: bench starts engines from its main
+        // thread, which lives until bench is done.)
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Bench died before the prctl: no signal would come.
+                if libc::getppid() as u32 != bench {
+                    return Err(std::io::Error::other("bench has gone"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
             .args(limit.iter().flatten())
             .args([
                 "--listen",

@@ -8,6 +8,7 @@ use common::Engine;
 use loadgen::options::{Io, LoadConfig, Protocol, RunArgs};
 use loadgen::report::{self, Style};
 use loadgen::RunResult;
+use std::time::{Duration, Instant};
 
 /// Each test loads both cores; run them one at a time so that neither
 /// starves the other's constant-rate schedule.
@@ -567,6 +568,73 @@ fn utf8_text_and_payload_files_echo_exactly() {
     });
     engine.wait_for_no_connections();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_killed_bench_takes_its_engine_with_it() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("ringecho-bench-killed-{}", std::process::id()));
+    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_ringecho"))
+        .args(["bench", "--cases", "small", "--threads", "1", "--quiet"])
+        .args([
+            "--duration",
+            "30",
+            "--warmup",
+            "0.2",
+            "--rate-duration",
+            "0",
+        ])
+        .args([
+            "--knee-p99",
+            "0",
+            "--storm-rate",
+            "0",
+            "--broadcast-receivers",
+            "0",
+        ])
+        .arg("--out")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The engine under test: the child of bench's main thread.
+    let children = format!("/proc/{0}/task/{0}/children", bench.id());
+    let started = Instant::now();
+    let engine: u32 = loop {
+        let listed = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = listed.split_whitespace().next() {
+            break pid.parse().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "bench started no engine"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Its load running: the engine has started and been connected to.
+    std::thread::sleep(Duration::from_secs(2));
+    bench.kill().unwrap();
+    bench.wait().unwrap();
+    // Gone, or a zombie for init to reap, within its shutdown time.
+    let killed = Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{engine}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        if matches!(state, None | Some("Z" | "X")) {
+            break;
+        }
+        if killed.elapsed() > Duration::from_secs(15) {
+            let _ = std::process::Command::new("kill")
+                .arg(engine.to_string())
+                .status();
+            panic!("the engine (pid {engine}) outlived its killed bench by 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
