@@ -298,24 +298,17 @@ struct Thread<'a> {
     sending_below: u32,
 }
 
-/// One load thread on the ring: opens its share of the connections (ids
-/// `thread`, `thread + threads`, …) through the ring, reports them, waits for
-/// the common start, runs the load and reports as the tokio threads do.
+/// One load thread on the ring: opens its share of the connections (`ids`,
+/// dealt out by `run`) through the ring, reports them, waits for the common
+/// start, runs the load and reports as the tokio threads do.
 pub(crate) fn load_thread(
-    thread_index: u32,
+    ids: Vec<u32>,
     load: &LoadConfig,
     target: &Target,
     pattern: Pattern,
     start: mpsc::Receiver<std::time::Instant>,
     to_main: mpsc::Sender<Report>,
 ) -> anyhow::Result<()> {
-    // This process's connections (its shard's), dealt out to its threads.
-    let ids: Vec<u32> = load
-        .own_connections()
-        .into_iter()
-        .skip(thread_index as usize)
-        .step_by(load.threads as usize)
-        .collect();
     let (count, buffer) = pool_shape(load.size, ids.len());
     let set_up = Ring::new(1024).and_then(|ring| {
         let pool = BufRing::new(&ring, BUF_GROUP, count, buffer)?;

@@ -93,7 +93,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunResult> {
                 }
                 if load.io == Io::IoUring {
                     if let Err(e) =
-                        crate::ring::load_thread(thread, &load, &target, pattern, start_rx, to_main)
+                        crate::ring::load_thread(share.ids, &load, &target, pattern, start_rx, to_main)
                     {
                         eprintln!("loadgen: thread {thread}: {e:#}");
                     }
@@ -565,11 +565,12 @@ async fn load_thread(
             tokio::task::spawn_local(connection(link, talk, state.clone()))
         })
         .collect();
-    let pacer = load.rate.map(|_| {
+    // A broadcast's rate is shared by its senders alone: a thread of
+    // receivers has nothing to pace.
+    let spread = state.senders.unwrap_or(load.connections);
+    talks.retain(|(id, _)| *id < spread);
+    let pacer = load.rate.filter(|_| !talks.is_empty()).map(|_| {
         let profile = crate::schedule::Profile::of(&load);
-        // A broadcast's rate is shared by its senders alone.
-        let spread = state.senders.unwrap_or(load.connections);
-        talks.retain(|(id, _)| *id < spread);
         // A real-time thread must never spin: it would starve its core.
         let spin_below = if share.senders {
             Duration::ZERO
