@@ -429,8 +429,11 @@ impl<'w> Fallback<'w> {
                 // its EventSource's close (it does not wait for that POST).
                 Kind::Events { chunks, .. } if chunks.is_closed() => ended.push(token.clone()),
                 // Events have no keep-alive of their own: the hub pings.
+                // No Ping before the handshake's answer: the client expects
+                // that answer first.
                 Kind::Events { .. } => {
-                    if keep_alive.is_some_and(|every| now - connection.last_sent >= every) {
+                    let due = keep_alive.is_some_and(|every| now - connection.last_sent >= every);
+                    if due && connection.session.handshaken() {
                         let ping = connection.session.keep_alive_frame();
                         connection.push(codec::server_payload(&ping));
                         pinged.push(token.clone());

@@ -196,15 +196,20 @@ fn negotiated_tokens_work_once_and_unknown_ones_get_404() {
     assert_eq!(engine.get("/hub/negotiate").0, 405);
 }
 
+/// The next text message, past any WebSocket pings.
 async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await {
-        Ok(Some(Ok(Message::Text(text)))) => text.to_string(),
-        other => panic!("expected a text frame, got {other:?}"),
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => return text.to_string(),
+            // WebSocket keep-alives (tungstenite answers them itself).
+            Ok(Some(Ok(Message::Ping(_)))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
     }
 }
 
@@ -224,6 +229,61 @@ async fn the_server_pings_hub_connections_every_keep_alive_interval() {
         let started = std::time::Instant::now();
         assert_eq!(next_text(&mut ws).await, "{\"type\":6}\u{1e}", "{backend}");
         assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    }
+}
+
+/// A hub connection that has not sent its handshake yet hears none of the
+/// broadcasts sent meanwhile (and no hub Ping): its first message is the
+/// handshake's answer, as the official client requires, and broadcasts
+/// reach it from then on. Before this held, a connection that arrived while
+/// a SendToAll was being delivered got the broadcast first, and the
+/// official client's start failed ("Expected a handshake response from the
+/// server").
+#[tokio::test]
+async fn broadcasts_wait_for_a_connections_handshake() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const HANDSHAKE: &str = "{\"protocol\":\"json\",\"version\":1}\u{1e}";
+    let send = |id: u32| {
+        format!("{{\"type\":1,\"invocationId\":\"{id}\",\"target\":\"SendToAll\",\"arguments\":[{id}]}}\x1e")
+    };
+    let receive =
+        |id: u32| format!("{{\"type\":1,\"target\":\"Receive\",\"arguments\":[{id}]}}\x1e");
+    for backend in BACKENDS {
+        // One worker: the sender's broadcast is delivered on the late
+        // connection's own core while it waits.
+        let engine = Engine::start(backend, &["--threads", "1", "--hub-keep-alive", "1"]);
+        let (mut sender, _) = tokio_tungstenite::connect_async(engine.url("/hub"))
+            .await
+            .unwrap();
+        sender.send(Message::text(HANDSHAKE)).await.unwrap();
+        assert_eq!(next_text(&mut sender).await, "{}\u{1e}");
+        let (mut late, _) = tokio_tungstenite::connect_async(engine.url("/hub"))
+            .await
+            .unwrap();
+        sender.send(Message::text(send(1))).await.unwrap();
+        assert_eq!(
+            next_text(&mut sender).await,
+            "{\"type\":3,\"invocationId\":\"1\"}\u{1e}"
+        );
+        assert_eq!(next_text(&mut sender).await, receive(1), "{backend}");
+        // Past a keep-alive interval, so a hub Ping would have been due.
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        late.send(Message::text(HANDSHAKE)).await.unwrap();
+        assert_eq!(
+            next_text(&mut late).await,
+            "{}\u{1e}",
+            "{backend}: the answer first"
+        );
+        sender.send(Message::text(send(2))).await.unwrap();
+        assert_eq!(
+            next_text(&mut late).await,
+            receive(2),
+            "{backend}: joined once answered"
+        );
+        sender.close(None).await.unwrap();
+        late.close(None).await.unwrap();
+        engine.wait_for_no_connections();
     }
 }
 

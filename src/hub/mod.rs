@@ -158,6 +158,11 @@ struct Mailbox {
     /// the raw broadcast endpoint, else the one in its encoding.
     encoding: Cell<Encoding>,
     raw: bool,
+    /// Whether broadcasts reach this connection: a hub connection joins
+    /// once its handshake is answered, as ASP.NET Core's do (before it, the
+    /// client expects the handshake's answer first and no encoding is
+    /// known); a raw one at once.
+    joined: Cell<bool>,
     /// Bytes in `frames`, against --max-pending-bytes.
     bytes: Cell<u64>,
     /// Set when a frame did not fit: the connection closes with 1008.
@@ -184,6 +189,9 @@ impl HubWorker {
     /// Puts one frame in every hub connection's mailbox of this worker.
     pub fn deliver_one(&self, frame: &Broadcast) {
         for (_, mailbox) in self.mailboxes.borrow().iter() {
+            if !mailbox.joined.get() {
+                continue;
+            }
             let len = frame.of(mailbox).len();
             if len == 0 {
                 // Not expressible in this connection's encoding.
@@ -309,6 +317,7 @@ impl<'a> HubSession<'a> {
         let mailbox = Rc::new(Mailbox {
             limit: max_pending,
             raw,
+            joined: Cell::new(raw),
             ..Mailbox::default()
         });
         let key = worker.mailboxes.borrow_mut().insert(mailbox.clone());
@@ -347,11 +356,15 @@ impl<'a> HubSession<'a> {
             state.handshaken = true;
             match outcome {
                 // JSON records after it answer in the same frame.
-                Ok(Encoding::Json) => handshake_answer = Some(replies),
+                Ok(Encoding::Json) => {
+                    handshake_answer = Some(replies);
+                    self.mailbox.joined.set(true);
+                }
                 Ok(encoding) => {
                     out.extend(replies.into_frame());
                     state.encoding = encoding;
                     self.mailbox.encoding.set(encoding);
+                    self.mailbox.joined.set(true);
                 }
                 Err(violation) => {
                     out.extend(replies.into_frame());
@@ -585,6 +598,12 @@ impl HubSession<'_> {
         Some(Ok(frame.to_vec()))
     }
 
+    /// Whether the handshake was answered: hub messages (broadcasts,
+    /// Pings) go to this connection only from then on.
+    pub fn handshaken(&self) -> bool {
+        self.mailbox.joined.get()
+    }
+
     /// The encoding the handshake named (JSON until then).
     pub fn encoding(&self) -> Encoding {
         self.mailbox.encoding.get()
@@ -659,7 +678,10 @@ impl Handler for HubSession<'_> {
     }
 
     fn keep_alive_frame(&self) -> Vec<u8> {
-        if self.mailbox.raw {
+        // Before its handshake a hub client expects the handshake's answer
+        // and nothing else: a WebSocket ping keeps the connection alive
+        // without a hub message.
+        if self.mailbox.raw || !self.mailbox.joined.get() {
             return codec::encode(OpCode::Ping, b"");
         }
         match self.mailbox.encoding.get() {
@@ -919,6 +941,50 @@ mod tests {
         assert_eq!(
             converse(&hub, &["{\"type\":7}\x1e"]).1,
             Err(Violation::Ended("the client closed the hub connection"))
+        );
+    }
+
+    /// A connection whose handshake is not answered yet gets neither
+    /// broadcasts nor hub Pings: the official client takes any hub message
+    /// before the handshake's answer for a broken server ("Expected a
+    /// handshake response from the server") and fails its start.
+    #[test]
+    fn nothing_but_the_handshake_answer_before_the_handshake() {
+        let mut f = fixture();
+        let sender = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20, 1 << 20);
+        let early = HubSession::new(f.worker.clone(), &f.stats, None, 1 << 20, 1 << 20);
+        assert!(converse(&sender, &[HANDSHAKE]).1.is_ok());
+        let send = "{\"type\":1,\"target\":\"SendToAll\",\"arguments\":[1]}\x1e";
+        assert!(converse(&sender, &[send]).1.is_ok());
+        let frame = f.inbox.try_recv().expect("a broadcast on the queue");
+        f.worker.deliver_one(&frame);
+        assert!(sender.take_pushed().is_some(), "the sender hears itself");
+        assert!(
+            early.take_pushed().is_none(),
+            "no broadcast before the handshake"
+        );
+        assert!(!early.handshaken());
+        assert_eq!(
+            early.keep_alive_frame(),
+            [0x89, 0],
+            "a WebSocket ping, not a hub Ping"
+        );
+
+        let (replies, outcome) = converse(&early, &[HANDSHAKE]);
+        assert!(outcome.is_ok());
+        assert_eq!(replies, ["{}\x1e"]);
+        assert!(early.handshaken());
+        assert_eq!(text(&early.keep_alive_frame()), "{\"type\":6}\x1e");
+        assert!(converse(&sender, &[send]).1.is_ok());
+        let frame = f.inbox.try_recv().expect("a broadcast on the queue");
+        f.worker.deliver_one(&frame);
+        let heard = early
+            .take_pushed()
+            .expect("a broadcast once joined")
+            .unwrap();
+        assert_eq!(
+            text(&heard),
+            "{\"type\":1,\"target\":\"Receive\",\"arguments\":[1]}\x1e"
         );
     }
 
