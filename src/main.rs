@@ -6,6 +6,9 @@ use ringecho::options::{Cli, Command};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before anything is allocated here: a huge page faulted in now would
+    // stay (the engine's --transparent-huge-pages allows them again).
+    ringecho::memory::transparent_huge_pages(false);
     let cli: Cli = match loadgen::options::parse_or_exit("ringecho") {
         Ok(cli) => cli,
         Err(code) => return code,

@@ -48,6 +48,9 @@ pub fn run_with(options: Options, started: impl FnOnce(Arc<EngineStats>)) -> any
     // appears is never lost to the default action.
     let signals = Signals::register()?;
     memory::set_purge_delay();
+    if options.transparent_huge_pages {
+        memory::transparent_huge_pages(true);
+    }
     let backend = resolve_backend(options.backend)?;
     if options.send_zc_min > 0 && backend != Backend::IoUring {
         tracing::warn!(

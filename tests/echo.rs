@@ -581,6 +581,47 @@ fn startup_line_names_address_backend_threads_and_buffer() {
     assert_eq!(startup["receive_buffer_size"], 4096);
 }
 
+/// The engine keeps off transparent huge pages unless asked: its resident
+/// memory is then what it uses (the allocator asks for huge pages on its
+/// arenas, and a few live bytes kept whole 2 MiB pages resident). What the
+/// allocator touched before `main` may already sit on huge pages; nothing
+/// after it does, echoes of up to 1 MiB included.
+#[tokio::test]
+async fn the_engine_keeps_off_transparent_huge_pages_unless_asked() {
+    let status_line = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        (status.lines())
+            .find(|l| l.starts_with("THP_enabled:"))
+            .map(|l| l.split_whitespace().last().unwrap().to_string())
+            .expect("THP_enabled in /proc/PID/status (Linux 5.0 and later)")
+    };
+    let huge_kib = |pid: i32| -> u64 {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+        (rollup.lines())
+            .find(|l| l.starts_with("AnonHugePages:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .expect("AnonHugePages in smaps_rollup")
+    };
+    for backend in common::BACKENDS {
+        let engine = Engine::start(backend, &[]);
+        assert_eq!(status_line(engine.pid()), "0", "{backend}");
+        let before = huge_kib(engine.pid());
+        let mut ws = connect(&engine, "/ws").await;
+        for size in [20, 1 << 10, 1 << 16, 1 << 20] {
+            ws.send(Message::binary(vec![7u8; size])).await.unwrap();
+            assert_eq!(next(&mut ws).await.len(), size);
+        }
+        assert_eq!(
+            huge_kib(engine.pid()),
+            before,
+            "{backend}: KiB on huge pages"
+        );
+        ws.close(None).await.unwrap();
+    }
+    let engine = Engine::start("io-uring", &["--transparent-huge-pages"]);
+    assert_eq!(status_line(engine.pid()), "1", "asked for");
+}
+
 #[test]
 fn sigterm_right_after_startup_exits_0() {
     for backend in common::BACKENDS {
