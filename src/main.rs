@@ -23,7 +23,12 @@ fn main() -> ExitCode {
         .init();
     let outcome = match cli.command {
         None => ringecho::runtime::run(cli.engine).map(|()| ExitCode::SUCCESS),
-        Some(Command::Bench(options)) => ringecho::bench::run(&options),
+        Some(Command::Bench(options)) => {
+            // bench is a load generator (its engine is a process of its
+            // own): the kernel's huge pages as for any other program.
+            ringecho::memory::transparent_huge_pages(true);
+            ringecho::bench::run(&options)
+        }
     };
     match outcome {
         Ok(code) => code,
